@@ -1,7 +1,35 @@
-"""stereo_exp.models (see docs/ARCHITECTURE.md for what this package offers to the others)."""
+"""Stereo networks (CREStereo, RAFT-Stereo), their builders and published weights."""
+
+from __future__ import annotations
+
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from stereo_exp.models.config import NON_ARCHITECTURE_KEYS, ModelConfig
+from stereo_exp.models.registry import get_model_builder, list_models, register_model
+
+__all__ = ["ModelConfig", "build_model", "get_model_builder", "list_models", "register_configs", "register_model"]
 
 
 def register_configs(cs: ConfigStore) -> None:
-    """Store this package's config-group schemas in Hydra's ConfigStore."""
+    """Store the ``model`` group schemas: one per architecture family."""
+    from stereo_exp.models.crestereo import CREStereoConfig
+    from stereo_exp.models.raft_stereo import RaftStereoConfig
+
+    cs.store(group="model", name="crestereo_schema", node=CREStereoConfig)
+    cs.store(group="model", name="raft_stereo_schema", node=RaftStereoConfig)
+
+
+def build_model(cfg: DictConfig | Any) -> nn.Module:
+    """Build the network named ``cfg.name`` with the architecture keys of ``cfg`` and load ``cfg.weights`` if set."""
+    from stereo_exp.models.weights import load_weights
+
+    options: dict[str, Any] = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[assignment]
+    architecture = {k: v for k, v in options.items() if k not in NON_ARCHITECTURE_KEYS}
+    model = get_model_builder(options["name"])(**architecture)
+    if options["weights"]:
+        load_weights(model, options["weights"])
+    return model
