@@ -9,6 +9,7 @@ every key and type at composition, so a misspelt key or a wrong type stops the r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -21,10 +22,16 @@ class PathsConfig:
     output: str = "${hydra:runtime.output_dir}"  # this run's folder: checkpoints, resolved config, pictures
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
 @dataclass
 class TrainConfig:
     batch_size: int = 2  # samples per process and step; the global batch is batch_size * world size
-    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast dtype of the forward pass (GradScaler only for fp16)
+    precision: Precision = Precision.fp32  # fp32 | bf16 | fp16: autocast dtype of the forward (GradScaler: fp16 only)
     device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda
     max_steps: int | None = None  # stop after this many steps (debugging); null = the mix's sum of dataset_steps
     log_every: int = 10  # steps between metric records and progress-bar refreshes
@@ -32,6 +39,7 @@ class TrainConfig:
     max_nonfinite_steps: int = 10  # consecutive non-finite losses (skipped steps) after which the run stops
     detect_anomaly: bool = False  # torch.autograd anomaly detection (slow; for hunting NaNs)
     num_threads: int | None = None  # torch intra-op CPU threads per process; null = torch's default
+    find_unused_parameters: bool = False  # DDP: allow parameters without gradient in a step (slower; rarely needed)
 
 
 @dataclass

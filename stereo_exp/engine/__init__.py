@@ -1,7 +1,14 @@
-"""stereo_exp.engine (see docs/ARCHITECTURE.md for what this package offers to the others)."""
+"""Training engine: distributed setup, schedule, optimizer, loss, checkpoints and the training loop."""
 
 from hydra.core.config_store import ConfigStore
 
+from stereo_exp.engine.loss import LossConfig
+from stereo_exp.engine.optim import OptimConfig
+from stereo_exp.engine.schedule import ScheduleConfig
+
 
 def register_configs(cs: ConfigStore) -> None:
-    """Store this package's config-group schemas in Hydra's ConfigStore."""
+    """Store the ``schedule``, ``optim`` and ``loss`` group schemas."""
+    cs.store(group="schedule", name="schedule_schema", node=ScheduleConfig)
+    cs.store(group="optim", name="optim_schema", node=OptimConfig)
+    cs.store(group="loss", name="loss_schema", node=LossConfig)

@@ -1,7 +1,12 @@
-"""stereo_exp.tracking (see docs/ARCHITECTURE.md for what this package offers to the others)."""
+"""Experiment tracking (MLflow, rank 0 only) and disparity pictures."""
 
 from hydra.core.config_store import ConfigStore
 
+from stereo_exp.tracking.mlflow_tracker import MlflowTracker, TrackingConfig, flatten_config
+
+__all__ = ["MlflowTracker", "TrackingConfig", "flatten_config", "register_configs"]
+
 
 def register_configs(cs: ConfigStore) -> None:
-    """Store this package's config-group schemas in Hydra's ConfigStore."""
+    """Store the ``tracking`` group schema."""
+    cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)

@@ -1,0 +1,153 @@
+"""One object that describes the distributed setup, resolved once from the environment.
+
+Three ways to start a run, checked in this order (nothing is nested: the first that applies wins):
+
+* torchrun (or any launcher that exports ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``);
+* SLURM tasks: ``srun`` or submitit start one process per task and export ``SLURM_PROCID``/``SLURM_NTASKS``/
+  ``SLURM_LOCALID``; the rendezvous address is the job's first node and the port is derived from the job id, so
+  every task computes the same values without talking to the others;
+* a single process.
+
+Other code asks this object (``dist.is_main``, ``dist.world_size``) instead of reading environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as torch_dist
+
+# Port range for the SLURM rendezvous: the job id picks a port in [base, base + span) so concurrent jobs on a
+# shared node rarely collide, and every task of one job agrees on it without communicating.
+_SLURM_PORT_BASE = 20000
+_SLURM_PORT_SPAN = 20000
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Rank, world size and device of this process; ``backend`` is None for a single process."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    backend: str | None = None
+    source: str = "single"  # torchrun | slurm | single
+    master_addr: str | None = None
+    master_port: int | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes logs, checkpoints and MLflow records."""
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def from_environment(cls, device: str = "auto") -> DistEnv:
+        """Resolve rank/world size from torchrun or SLURM variables; ``device`` is auto | cpu | cuda."""
+        env = os.environ
+        if "RANK" in env and "WORLD_SIZE" in env:
+            rank, world_size = int(env["RANK"]), int(env["WORLD_SIZE"])
+            local_rank = int(env.get("LOCAL_RANK", "0"))
+            local_world_size = int(env.get("LOCAL_WORLD_SIZE", str(world_size)))
+            source = "torchrun"
+            master_addr, master_port = env.get("MASTER_ADDR"), env.get("MASTER_PORT")
+            port = int(master_port) if master_port else None
+        elif int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:
+            # Inside a job step (srun / submitit task): one process per task. Outside a step (the batch
+            # script itself) SLURM_STEP_ID is unset and we stay a single process.
+            rank, world_size = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+            local_rank = int(env.get("SLURM_LOCALID", "0"))
+            local_world_size = _slurm_tasks_on_this_node(env, world_size)
+            source = "slurm"
+            master_addr = env.get("MASTER_ADDR") or _first_slurm_host(env)
+            port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else _slurm_port(env)
+        else:
+            return cls(device=_pick_device(device, 0))
+
+        dev = _pick_device(device, local_rank)
+        return cls(
+            rank=rank,
+            local_rank=local_rank,
+            world_size=world_size,
+            local_world_size=local_world_size,
+            device=dev,
+            backend="nccl" if dev.type == "cuda" else "gloo",
+            source=source,
+            master_addr=master_addr,
+            master_port=port,
+        )
+
+    def init_process_group(self) -> None:
+        """Join the process group (no-op for a single process or when already initialised)."""
+        if not self.is_distributed or torch_dist.is_initialized():
+            return
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        # torch's env:// rendezvous reads these; SLURM does not set them, so export what we resolved.
+        os.environ.setdefault("MASTER_ADDR", self.master_addr or "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(self.master_port or 29500))
+        torch_dist.init_process_group(backend=self.backend, rank=self.rank, world_size=self.world_size)
+
+    def barrier(self) -> None:
+        if self.is_distributed and torch_dist.is_initialized():
+            torch_dist.barrier()
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over ranks in place (identity for one process) and return it."""
+        if self.is_distributed and torch_dist.is_initialized():
+            torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
+        return tensor
+
+    def any_rank(self, flag: bool) -> bool:
+        """True when ``flag`` is true on at least one rank (a collective: every rank must call it)."""
+        if not (self.is_distributed and torch_dist.is_initialized()):
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MAX)
+        return bool(value.item() > 0)
+
+    def destroy(self) -> None:
+        if torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+
+
+def _pick_device(preference: str, local_rank: int) -> torch.device:
+    if preference not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"train.device must be auto, cpu or cuda; got {preference!r}.")
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but torch.cuda.is_available() is False on this machine.")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def _first_slurm_host(env: os._Environ[str] | dict[str, str]) -> str:
+    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+        return out.stdout.split()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        # "node[01-04,07]" -> "node01" without scontrol (e.g. inside a container lacking SLURM's tools)
+        match = re.match(r"([^\[,]+)(?:\[(\d+))?", nodelist)
+        return (match.group(1) + (match.group(2) or "")) if match else "127.0.0.1"
+
+
+def _slurm_port(env: os._Environ[str] | dict[str, str]) -> int:
+    job_id = int(re.sub(r"\D", "", env.get("SLURM_JOB_ID", "0")) or 0)
+    return _SLURM_PORT_BASE + job_id % _SLURM_PORT_SPAN
+
+
+def _slurm_tasks_on_this_node(env: os._Environ[str] | dict[str, str], world_size: int) -> int:
+    # SLURM_TASKS_PER_NODE looks like "4(x2)" or "2,1"; the local count is what this node runs.
+    per_node = env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", "")
+    match = re.match(r"(\d+)", per_node)
+    return int(match.group(1)) if match else world_size

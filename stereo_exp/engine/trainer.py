@@ -1,0 +1,413 @@
+"""The training loop: build everything from the config, then step, log, validate and checkpoint.
+
+Read it top to bottom: ``train(cfg)`` sets up the run and always closes MLflow and the process group;
+``_run`` builds the pieces, restores a checkpoint if there is one, and runs the loop; ``train_step`` is one
+optimizer step (forward under autocast -> sequence loss -> backward -> clip -> step -> schedule).
+
+Reproducibility: the data order and every augmentation are pure functions of (seed, step) (see data/mix.py), the
+model starts from ``seed``, and a checkpoint holds every other piece of state, so a run resumed at step k
+computes exactly what the uninterrupted run computed (tested in tests/test_resume.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from stereo_exp import data, evaluation, models
+from stereo_exp.config import Precision
+from stereo_exp.engine import checkpoint as ckpt
+from stereo_exp.engine.distributed import DistEnv
+from stereo_exp.engine.loss import sequence_loss
+from stereo_exp.engine.optim import build_optimizer
+from stereo_exp.engine.schedule import build_scheduler
+from stereo_exp.models.weights import load_weights
+from stereo_exp.tracking import MlflowTracker
+
+log = logging.getLogger(__name__)
+
+AMP_DTYPES = {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
+
+# Keys that may differ between a checkpoint's config and the config that resumes it: they change how the run is
+# observed or executed, not what it computes.
+RESUMABLE_CHANGES = ("paths.", "tracking.", "loader.", "resume", "train.log_every", "train.max_steps",
+                     "train.num_threads", "train.device", "checkpoint.", "hydra")  # fmt: skip
+
+
+class Preempted(Exception):
+    """Raised after the checkpoint written on SIGTERM/SIGUSR1: the job can be requeued and resumed."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        super().__init__(f"Received {signal.Signals(signum).name}: checkpoint written at step {step}; exiting.")
+        self.signum = signum
+        self.step = step
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient norm."""
+
+
+@dataclass
+class StepStats:
+    loss: float  # this rank's loss (nan when non-finite)
+    grad_norm: float  # global gradient norm before clipping (all ranks agree)
+    skipped: bool  # True when the optimizer step was skipped because of non-finite values
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train as ``cfg`` says and return the final validation metrics (``{"val/<dataset>/<metric>": value}``)."""
+    check_config(cfg)
+    dist = DistEnv.from_environment(str(cfg.train.device))
+    dist.init_process_group()
+    tracker = MlflowTracker(cfg.tracking, dist)
+    status = "FAILED"
+    try:
+        metrics = _run(cfg, dist, tracker)
+        status = "FINISHED"
+        return metrics
+    except Preempted:
+        status = "RUNNING"  # the requeued job continues this MLflow run
+        raise
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if status != "RUNNING":
+            tracker.end(status)
+        dist.destroy()
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Run every schema's cross-key checks (``__post_init__``) and the checks across groups, before any work."""
+    OmegaConf.to_object(cfg)  # instantiates each schema dataclass, which validates its own keys
+    if cfg.train.batch_size < 1:
+        raise ValueError(f"train.batch_size must be >= 1; got {cfg.train.batch_size}.")
+    if cfg.train.max_steps is not None and cfg.train.max_steps < 1:
+        raise ValueError(f"train.max_steps must be >= 1 or null; got {cfg.train.max_steps}.")
+    for key in ("log_every", "val_every"):
+        if cfg.train[key] < 1:
+            raise ValueError(f"train.{key} must be >= 1; got {cfg.train[key]}.")
+    if cfg.checkpoint.every < 1 or cfg.checkpoint.keep_last < 1:
+        raise ValueError("checkpoint.every and checkpoint.keep_last must be >= 1.")
+
+
+def setup_runtime(cfg: DictConfig) -> None:
+    """Process-wide settings, in one place: threads, seeds, backend flags."""
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # every rank builds identical initial weights
+    torch.autograd.set_detect_anomaly(cfg.train.detect_anomaly)
+
+
+def _run(cfg: DictConfig, dist: DistEnv, tracker: MlflowTracker) -> dict[str, float]:
+    setup_runtime(cfg)
+    output = Path(cfg.paths.output)
+    device = dist.device
+    amp_dtype = AMP_DTYPES[cfg.train.precision]
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    schedule_steps = sum(cfg.mix.dataset_steps)  # the schedule always spans the whole mix
+    stop_step = min(schedule_steps, cfg.train.max_steps or schedule_steps)
+
+    # ---- state: fresh, resumed, or initialised from other weights --------------------------------------------
+    state = _find_resume_state(cfg, output, resolved)
+    model = models.build_model(cfg.model).to(device)
+    if state is not None:
+        model.load_state_dict(state["model"])
+    elif cfg.init_from:
+        load_weights(model, cfg.init_from)
+    optimizer = build_optimizer(model, cfg.optim, cfg.schedule.lr)
+    scheduler = build_scheduler(optimizer, cfg.schedule, schedule_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == Precision.fp16)
+    start_step, nonfinite_streak = 0, 0
+    history: dict[str, dict[str, float]] = {}  # "first" / "last" validation metrics, kept across resumes
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"])
+        start_step, nonfinite_streak = state["step"], state["nonfinite_streak"]
+        history = state["validation"]
+        log.info("Resumed from step %d", start_step)
+
+    train_model: nn.Module = model
+    if dist.is_distributed:
+        train_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.train.find_unused_parameters,
+        )  # fmt: skip
+
+    # ---- tracking -----------------------------------------------------------------------------------------------
+    run_name = cfg.tracking.run_name or _default_run_name()
+    run_id = tracker.start(params=resolved, run_id=state.get("mlflow_run_id") if state else None, run_name=run_name)
+    if dist.is_main and state is None:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+        tracker.log_artifact(output / "config.yaml")
+
+    def save(step: int) -> Path | None:
+        if not dist.is_main:
+            return None
+        path = ckpt.save_checkpoint(
+            ckpt.checkpoint_path(output, step),
+            {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                "rng": ckpt.rng_state(), "nonfinite_streak": nonfinite_streak, "validation": history,
+                "mlflow_run_id": run_id, "config": resolved,
+            },
+        )  # fmt: skip
+        ckpt.prune_checkpoints(output, cfg.checkpoint.keep_last, protect=path)
+        return path
+
+    def validate(step: int) -> dict[str, float]:
+        result = evaluation.run_validation(
+            model, cfg.eval, data_root=cfg.paths.data, dataset_options=cfg.datasets, num_iters=cfg.model.eval_iters,
+            dist=dist, device=device, amp_dtype=amp_dtype,
+        )  # fmt: skip
+        tracker.log_metrics(result.metrics, step)
+        for name, figure in result.figures.items():
+            tracker.log_figure(figure, f"validation/step_{step:07d}/{name}.png")
+        history.setdefault("first", {"step": step, **result.metrics})
+        history["last"] = {"step": step, **result.metrics}
+        return result.metrics
+
+    if start_step >= stop_step:
+        log.info("Nothing to do: the checkpoint is at step %d of %d.", start_step, stop_step)
+        return {k: v for k, v in history.get("last", {}).items() if k != "step"}
+
+    # ---- data ---------------------------------------------------------------------------------------------------
+    loader = data.build_train_loader(
+        cfg.mix, cfg.augmentation, cfg.loader, data_root=cfg.paths.data, dataset_options=cfg.datasets,
+        batch_size=cfg.train.batch_size, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
+        start_step=start_step, total_steps=stop_step,
+    )  # fmt: skip
+
+    # ---- loop ---------------------------------------------------------------------------------------------------
+    stop_signal = _install_stop_signals()
+    if start_step == 0:
+        validate(0)
+    samples_per_step = cfg.train.batch_size * dist.world_size
+    window = _LogWindow()
+    progress = tqdm(total=stop_step, initial=start_step, disable=not dist.is_main, desc="train", unit="step",
+                    dynamic_ncols=True)  # fmt: skip
+    batches = iter(loader)
+    try:
+        for step in range(start_step, stop_step):
+            tic = time.perf_counter()
+            batch = next(batches)
+            data_time = time.perf_counter() - tic
+            lr = optimizer.param_groups[0]["lr"]
+            stats = train_step(train_model, batch, optimizer, scheduler, scaler, cfg, device, amp_dtype)
+            nonfinite_streak = nonfinite_streak + 1 if stats.skipped else 0
+            if nonfinite_streak >= cfg.train.max_nonfinite_steps:
+                raise NonFiniteLossError(
+                    f"{nonfinite_streak} consecutive steps (last: step {step}) had a non-finite loss or gradient "
+                    f"norm (train.max_nonfinite_steps={cfg.train.max_nonfinite_steps}). Lower schedule.lr, set "
+                    "optim.clip_grad_norm, use train.precision=fp32, or look for bad ground truth "
+                    "(python -m stereo_exp.eda)."
+                )
+            window.add(stats, data_time, time.perf_counter() - tic, lr)
+            done = step + 1
+            progress.update(1)
+
+            if done % cfg.train.log_every == 0 or done == stop_step:
+                metrics = window.summary(dist, samples_per_step)
+                tracker.log_metrics(metrics, done)
+                progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{lr:.2e}",
+                                     sps=f"{metrics['train/samples_per_s']:.1f}")  # fmt: skip
+            if done % cfg.train.val_every == 0 or done == stop_step:
+                validate(done)
+            if done % cfg.checkpoint.every == 0 or done == stop_step:
+                save(done)
+            if done < stop_step and dist.any_rank(stop_signal.received is not None):
+                save(done)
+                raise Preempted(stop_signal.received or signal.SIGTERM, done)
+    finally:
+        progress.close()
+        stop_signal.restore()
+
+    final_checkpoint = ckpt.checkpoint_path(output, stop_step)
+    if dist.is_main and cfg.tracking.log_checkpoint:
+        tracker.log_artifact(final_checkpoint, "checkpoints")
+    if dist.is_main:
+        _print_summary(history, final_checkpoint, tracker)
+    return {k: v for k, v in history["last"].items() if k != "step"}
+
+
+def train_step(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    cfg: DictConfig,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+) -> StepStats:
+    """One optimizer step on ``batch``; skips the update (and says so) when the gradients are not finite."""
+    model.train()
+    non_blocking = device.type == "cuda"
+    left, right = (
+        batch["left"].to(device, non_blocking=non_blocking),
+        batch["right"].to(device, non_blocking=non_blocking),
+    )
+    gt, valid = (
+        batch["disparity"].to(device, non_blocking=non_blocking),
+        batch["valid"].to(device, non_blocking=non_blocking),
+    )
+
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        predictions = model(left, right, num_iters=cfg.model.train_iters)
+    # The loss is computed in fp32 from the (possibly bf16/fp16) predictions.
+    loss = sequence_loss([p.float() for p in predictions], gt, valid, gamma=cfg.loss.gamma,
+                         max_disparity=cfg.loss.max_disparity)  # fmt: skip
+
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    # After DDP's all-reduce every rank holds the same gradients, hence the same norm: the skip decision below is
+    # identical on all ranks without another collective. A NaN loss on any rank makes every rank's norm NaN.
+    max_norm = cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm is not None else math.inf
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=max_norm))
+    skipped = not math.isfinite(grad_norm)
+    if skipped:
+        optimizer.zero_grad(set_to_none=True)
+        scaler.update(new_scale=scaler.get_scale() / 2.0 if scaler.is_enabled() else None)
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+    scheduler.step()  # the schedule follows the step count, taken or skipped
+    return StepStats(loss=float(loss.detach()), grad_norm=grad_norm, skipped=skipped)
+
+
+class _LogWindow:
+    """Training statistics between two log steps."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum, self.grad_norm_sum, self.steps, self.finite_steps, self.skipped = 0.0, 0.0, 0, 0, 0
+        self.data_time, self.step_time, self.lr = 0.0, 0.0, 0.0
+        self.started = time.perf_counter()
+
+    def add(self, stats: StepStats, data_time: float, step_time: float, lr: float) -> None:
+        self.steps += 1
+        self.lr = lr
+        self.data_time += data_time
+        self.step_time += step_time
+        if stats.skipped:
+            self.skipped += 1
+        else:
+            self.loss_sum += stats.loss
+            self.grad_norm_sum += stats.grad_norm
+            self.finite_steps += 1
+
+    def summary(self, dist: DistEnv, samples_per_step: int) -> dict[str, float]:
+        """Averages over the window and over ranks (a collective: every rank calls it at the same steps)."""
+        totals = torch.tensor([self.loss_sum, float(self.finite_steps)], dtype=torch.float64)
+        if dist.is_distributed:
+            totals = dist.all_reduce_sum(totals.to(dist.device)).cpu()
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        metrics = {
+            "train/loss": float(totals[0] / max(totals[1].item(), 1.0)),
+            "train/lr": self.lr,
+            "train/grad_norm": self.grad_norm_sum / max(self.finite_steps, 1),
+            "train/samples_per_s": self.steps * samples_per_step / elapsed,
+            "train/data_wait_share": self.data_time / max(self.step_time, 1e-9),
+            "train/skipped_steps": float(self.skipped),
+        }
+        self.reset()
+        return metrics
+
+
+class _StopSignal:
+    """Remembers the first SIGTERM/SIGUSR1 so the loop can checkpoint and exit between two steps."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def handle(self, signum: int, _frame: Any) -> None:
+        if self.received is None:
+            log.warning("Received %s: checkpointing after this step.", signal.Signals(signum).name)
+        self.received = signum
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _install_stop_signals() -> _StopSignal:
+    stop = _StopSignal()
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        # signal.signal raises ValueError off the main thread (e.g. a test runner thread): no handling there.
+        with contextlib.suppress(ValueError):
+            stop._previous[signum] = signal.signal(signum, stop.handle)
+    return stop
+
+
+def _find_resume_state(cfg: DictConfig, output: Path, resolved: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint to continue from (``resume=auto|PATH|null``), checked against the current config."""
+    if cfg.resume is None:
+        return None
+    path = ckpt.latest_checkpoint(output) if cfg.resume == "auto" else Path(cfg.resume)
+    if path is None:
+        return None
+    state = ckpt.load_checkpoint(path)
+    changed = [k for k in _diff_keys(state["config"], resolved) if not k.startswith(RESUMABLE_CHANGES)]
+    if changed:
+        raise ValueError(
+            f"Cannot resume from {path}: the config differs in {', '.join(sorted(changed))}. A resumed run must "
+            "compute what the interrupted run would have; start a new run directory (hydra.run.dir=...) or pass "
+            "resume=null, or use init_from=PATH to start from these weights."
+        )
+    log.info("Resuming from %s", path)
+    return state
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = set(a) | set(b)
+        return [d for k in keys for d in _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _default_run_name() -> str | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = HydraConfig.get().runtime.choices
+        return "-".join(str(choices.get(group)) for group in ("model", "mix", "schedule"))
+    except ValueError:  # no Hydra context (tests calling train(cfg) directly)
+        return None
+
+
+def _print_summary(history: dict[str, dict[str, float]], checkpoint: Path, tracker: MlflowTracker) -> None:
+    first, last = history.get("first", {}), history.get("last", {})
+    keys = [k for k in last if k != "step"]
+    width = max((len(k) for k in keys), default=10)
+    lines = [
+        f"{'metric':<{width}}  {'step ' + str(int(first.get('step', 0))):>12}  {'step ' + str(int(last['step'])):>12}"
+    ]
+    lines += [f"{k:<{width}}  {first.get(k, float('nan')):>12.4f}  {last[k]:>12.4f}" for k in keys]
+    print("\nValidation summary\n" + "\n".join(lines))
+    print(f"Checkpoint: {checkpoint}")
+    if tracker.active:
+        print(f"MLflow run: {tracker.run_url()}  (mlflow ui --backend-store-uri {tracker.cfg.uri})")

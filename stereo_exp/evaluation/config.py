@@ -1,0 +1,80 @@
+"""Schemas of the ``eval`` group (validation during training, and the grid of ``evaluate``) and of ``evaluate.yaml``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+from omegaconf import MISSING
+
+from stereo_exp.config import PathsConfig
+from stereo_exp.evaluation.metrics import EXTRA_METRICS
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+def amp_dtype_of(precision: Precision | str) -> torch.dtype | None:
+    """Autocast dtype of a precision setting: None for fp32 (no autocast)."""
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[Precision(precision).value]
+
+
+@dataclass
+class EvalConfig:
+    datasets: list[str] = field(default_factory=lambda: ["motorcycle"])  # catalog names, evaluated one after another
+    size: list[int] | None = None  # [H, W]: resize (bilinear, no antialias; disparity scaled); null = native, padded
+    n_cascades: list[int] = field(default_factory=lambda: [1])  # 1 = full resolution; k = k levels, coarse to fine
+    n_iterations: list[int] | None = None  # recurrent updates per forward pass; null = the model's eval_iters
+    batch_size: int = 1  # images per forward pass and process (results are per-image averages: batching never shows)
+    num_workers: int = 0  # DataLoader worker processes for evaluation data (0 = load in the main process)
+    extras: list[str] = field(default_factory=list)  # metrics besides the published ones: bad-2.0 | d1
+    save_images: int = 0  # picture grids (left | right | gt | prediction | error) of the first N samples per dataset
+    max_error_px: float = 3.0  # error in px at which the error map's colour saturates
+    colormap: str = "turbo"  # matplotlib colour map of disparities in the pictures
+
+    def __post_init__(self) -> None:
+        check_eval_config(self)
+
+
+def check_eval_config(cfg: EvalConfig | Any, prefix: str = "eval") -> None:
+    """Cross-key checks of an ``EvalConfig`` (also for DictConfigs); errors name the key to change."""
+    if not cfg.datasets:
+        raise ValueError(f"{prefix}.datasets is empty; name at least one catalog dataset, e.g. [motorcycle].")
+    if cfg.size is not None and (len(cfg.size) != 2 or min(cfg.size) <= 0):
+        raise ValueError(f"{prefix}.size must be [H, W] with positive values or null; got {list(cfg.size)}.")
+    if not cfg.n_cascades or min(cfg.n_cascades) < 1:
+        raise ValueError(f"{prefix}.n_cascades must be a non-empty list of counts >= 1; got {list(cfg.n_cascades)}.")
+    if cfg.n_iterations is not None and (not cfg.n_iterations or min(cfg.n_iterations) < 1):
+        raise ValueError(f"{prefix}.n_iterations must be null or counts >= 1; got {list(cfg.n_iterations)}.")
+    if cfg.batch_size < 1:
+        raise ValueError(f"{prefix}.batch_size must be >= 1; got {cfg.batch_size}.")
+    unknown = [name for name in cfg.extras if name not in EXTRA_METRICS]
+    if unknown:
+        raise ValueError(f"{prefix}.extras has unknown metrics {unknown}; expected a subset of {list(EXTRA_METRICS)}.")
+    if cfg.save_images < 0:
+        raise ValueError(f"{prefix}.save_images must be >= 0; got {cfg.save_images}.")
+    if cfg.max_error_px <= 0:
+        raise ValueError(f"{prefix}.max_error_px must be > 0; got {cfg.max_error_px}.")
+
+
+@dataclass
+class EvaluateConfig:
+    """``python -m stereo_exp.evaluate``: the primary config of conf/evaluate.yaml."""
+
+    model: Any = MISSING  # conf/model/*: architecture for published names and state_dict files (checkpoints carry theirs)
+    tracking: Any = MISSING  # conf/tracking/*: MLflow run of this evaluation (or none)
+    eval: Any = MISSING  # conf/eval/*: datasets, size and grid (evaluate.yaml sets the published grid)
+    paths: PathsConfig = field(default_factory=PathsConfig)  # paths.data: dataset root; paths.output: tables, pictures
+    weights: str | None = None  # published name | .pth state_dict | our checkpoint | MLflow run id; null: see checkpoints
+    checkpoints: str = "outputs"  # with weights=null, the newest checkpoint under this folder; none: the model as is
+    dataset: Any = None  # shortcut for eval.datasets: one catalog name or a list [a, b]; null = eval.datasets
+    precision: Precision = Precision.fp32  # fp32 | bf16 | fp16: autocast dtype of the forward pass
+    device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda
+    progress: bool = True  # progress bar over images x grid cells (rank 0)
+    seed: int = 0  # initialisation of a model evaluated without weights (a smoke test, not a result)
+    num_threads: int | None = None  # torch intra-op CPU threads per process; null = torch's default

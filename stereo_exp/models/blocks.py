@@ -1,0 +1,452 @@
+"""Building blocks shared by the RAFT family of stereo networks (RAFT-Stereo and CREStereo).
+
+Every block keeps the attribute names of torchvision's optical-flow RAFT and its stereo prototypes, because those
+names are the state_dict keys of the published checkpoints (``../shared/weights-layout/*.tsv``):
+``convnormrelu1.0.weight`` is the convolution of a residual block, ``convnormrelu1.1.*`` its norm layer.
+Renaming an attribute here breaks loading of every published weight file.
+
+Conventions used in the docstrings: images and feature maps are (B, C, H, W); a *flow* is (B, 2, H, W) with channel
+0 the x-displacement and channel 1 the y-displacement, in pixels of the map it lives on; coordinates are absolute pixel
+positions (x, y), not the [-1, 1] coordinates of ``torch.nn.functional.grid_sample``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import Conv2dNormActivation
+
+# A norm layer is built from its channel count: nn.BatchNorm2d, nn.InstanceNorm2d (no parameters), or None.
+NormLayer = Callable[[int], nn.Module]
+
+__all__ = [
+    "BaseEncoder",
+    "BottleneckBlock",
+    "ConvGRU",
+    "ConvexMaskPredictor",
+    "FeatureEncoder",
+    "FlowHead",
+    "MaskPredictor",
+    "MotionEncoder",
+    "NormLayer",
+    "ResidualBlock",
+    "SeparableConvGRU",
+    "UpdateBlock",
+    "convex_upsample",
+    "coords_grid",
+    "grid_sample_pixels",
+    "upsample_flow",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Residual blocks and encoders
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _conv_norm_relu(
+    in_channels: int,
+    out_channels: int,
+    *,
+    kernel_size: int,
+    stride: int = 1,
+    norm_layer: NormLayer | None,
+    relu: bool = True,
+) -> Conv2dNormActivation:
+    # bias=True even in front of a norm layer: the published weights have conv biases (RAFT trains its BatchNorm only
+    # on the first dataset and then freezes it, so the bias keeps being useful afterwards).
+    return Conv2dNormActivation(
+        in_channels,
+        out_channels,
+        kernel_size=kernel_size,
+        stride=stride,
+        norm_layer=norm_layer,
+        activation_layer=nn.ReLU if relu else None,
+        bias=True,
+    )
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 conv-norm-ReLU layers plus a shortcut, followed by a ReLU (RAFT's variant of the ResNet basic block).
+
+    (B, in_channels, H, W) -> (B, out_channels, H / stride, W / stride). The shortcut is the identity when the shape
+    is unchanged, else a 1x1 conv-norm (``downsample``); ``always_project=True`` uses the 1x1 projection even at
+    stride 1 (CREStereo's layout has one in every block).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        norm_layer: NormLayer | None,
+        stride: int = 1,
+        always_project: bool = False,
+    ) -> None:
+        super().__init__()
+        self.convnormrelu1 = _conv_norm_relu(
+            in_channels, out_channels, kernel_size=3, stride=stride, norm_layer=norm_layer
+        )
+        self.convnormrelu2 = _conv_norm_relu(out_channels, out_channels, kernel_size=3, norm_layer=norm_layer)
+        self.downsample: nn.Module
+        if stride == 1 and in_channels == out_channels and not always_project:
+            self.downsample = nn.Identity()
+        else:
+            self.downsample = _conv_norm_relu(
+                in_channels, out_channels, kernel_size=1, stride=stride, norm_layer=norm_layer, relu=False
+            )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.convnormrelu2(self.convnormrelu1(x))
+        return self.relu(self.downsample(x) + y)
+
+
+class BottleneckBlock(nn.Module):
+    """1x1 -> 3x3 (strided) -> 1x1 conv-norm-ReLU with out_channels // 4 inside, a shortcut and a final ReLU.
+
+    (B, in_channels, H, W) -> (B, out_channels, H / stride, W / stride); the shortcut is a 1x1 conv-norm when the
+    shape changes (RAFT-small's encoder block).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, norm_layer: NormLayer | None, stride: int = 1) -> None:
+        super().__init__()
+        mid = out_channels // 4
+        self.convnormrelu1 = _conv_norm_relu(in_channels, mid, kernel_size=1, norm_layer=norm_layer)
+        self.convnormrelu2 = _conv_norm_relu(mid, mid, kernel_size=3, stride=stride, norm_layer=norm_layer)
+        self.convnormrelu3 = _conv_norm_relu(mid, out_channels, kernel_size=1, norm_layer=norm_layer)
+        self.downsample: nn.Module
+        if stride == 1 and in_channels == out_channels:
+            self.downsample = nn.Identity()
+        else:
+            self.downsample = _conv_norm_relu(
+                in_channels, out_channels, kernel_size=1, stride=stride, norm_layer=norm_layer, relu=False
+            )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.convnormrelu3(self.convnormrelu2(self.convnormrelu1(x)))
+        return self.relu(self.downsample(x) + y)
+
+
+class BaseEncoder(nn.Module):
+    """Convolutional backbone: a 7x7 conv-norm-ReLU stem and three stages of two blocks each.
+
+    (B, 3, H, W) -> (B, layers[3], H / f, W / f) with ``f = downsampling_factor = prod(strides)``; ``strides[0]`` is
+    the stem's stride and ``strides[1:]`` those of the first block of each stage. RAFT-Stereo base uses strides
+    (1, 1, 2, 2) (f = 4), the realtime variant and RAFT (2, 1, 2, 2) (f = 8). Exposes ``output_dim`` and
+    ``downsampling_factor``.
+    """
+
+    def __init__(
+        self,
+        *,
+        block: Callable[..., nn.Module] = ResidualBlock,
+        layers: Sequence[int] = (64, 64, 96, 128),
+        strides: Sequence[int] = (2, 1, 2, 2),
+        norm_layer: NormLayer | None = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        if len(layers) != 4 or len(strides) != 4:
+            raise ValueError(f"BaseEncoder expects 4 layer widths and 4 strides, got layers={layers} strides={strides}")
+        self.convnormrelu = _conv_norm_relu(3, layers[0], kernel_size=7, stride=strides[0], norm_layer=norm_layer)
+        self.layer1 = self._stage(block, layers[0], layers[1], strides[1], norm_layer)
+        self.layer2 = self._stage(block, layers[1], layers[2], strides[2], norm_layer)
+        self.layer3 = self._stage(block, layers[2], layers[3], strides[3], norm_layer)
+        self.output_dim = layers[3]
+        self.downsampling_factor = strides[0] * strides[1] * strides[2] * strides[3]
+        _init_encoder_weights(self)
+
+    @staticmethod
+    def _stage(
+        block: Callable[..., nn.Module], in_channels: int, out_channels: int, stride: int, norm_layer: NormLayer | None
+    ) -> nn.Sequential:
+        return nn.Sequential(
+            block(in_channels, out_channels, norm_layer=norm_layer, stride=stride),
+            block(out_channels, out_channels, norm_layer=norm_layer, stride=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer3(self.layer2(self.layer1(self.convnormrelu(x))))
+
+
+class FeatureEncoder(BaseEncoder):
+    """``BaseEncoder`` followed by a 1x1 projection ``conv`` to ``output_dim`` channels (RAFT's and CREStereo's).
+
+    (B, 3, H, W) -> (B, output_dim, H / f, W / f), f = ``downsampling_factor``. ``layers`` has 5 entries: the four
+    backbone widths and the output width.
+    """
+
+    def __init__(
+        self,
+        *,
+        block: Callable[..., nn.Module] = ResidualBlock,
+        layers: Sequence[int] = (64, 64, 96, 128, 256),
+        strides: Sequence[int] = (2, 1, 2, 2),
+        norm_layer: NormLayer | None = nn.BatchNorm2d,
+    ) -> None:
+        if len(layers) != 5:
+            raise ValueError(f"FeatureEncoder expects 5 layer widths (4 backbone + output), got {layers}")
+        super().__init__(block=block, layers=layers[:4], strides=strides, norm_layer=norm_layer)
+        self.conv = nn.Conv2d(layers[3], layers[4], kernel_size=1)
+        self.output_dim = layers[4]
+        _init_encoder_weights(self.conv)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(super().forward(x))
+
+
+def _init_encoder_weights(module: nn.Module) -> None:
+    # He initialisation of convolutions and unit/zero norms, as RAFT does for its encoders.
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm)):
+            if m.weight is not None:
+                nn.init.ones_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Recurrent update: motion encoder, GRUs, heads
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class MotionEncoder(nn.Module):
+    """Encodes the current flow and the correlation features looked up around it.
+
+    ``forward(flow (B, flow_channels, H, W), corr (B, in_channels_corr, H, W)) -> (B, out_channels, H, W)``: the last
+    ``flow_channels`` output channels are the input flow itself, the others the encoded features.
+    ``corr_layers`` has 1 or 2 widths (1x1 then 3x3 convs), ``flow_layers`` 2 widths (7x7 then 3x3 convs).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels_corr: int,
+        corr_layers: Sequence[int] = (256, 192),
+        flow_layers: Sequence[int] = (128, 64),
+        out_channels: int = 128,
+        flow_channels: int = 2,
+    ) -> None:
+        super().__init__()
+        if len(corr_layers) not in (1, 2) or len(flow_layers) != 2:
+            raise ValueError(
+                f"MotionEncoder expects 1-2 corr_layers and 2 flow_layers, got {corr_layers} {flow_layers}"
+            )
+        self.convcorr1 = _conv_norm_relu(in_channels_corr, corr_layers[0], kernel_size=1, norm_layer=None)
+        self.convcorr2: nn.Module = (
+            _conv_norm_relu(corr_layers[0], corr_layers[1], kernel_size=3, norm_layer=None)
+            if len(corr_layers) == 2
+            else nn.Identity()
+        )
+        self.convflow1 = _conv_norm_relu(flow_channels, flow_layers[0], kernel_size=7, norm_layer=None)
+        self.convflow2 = _conv_norm_relu(flow_layers[0], flow_layers[1], kernel_size=3, norm_layer=None)
+        self.conv = _conv_norm_relu(
+            corr_layers[-1] + flow_layers[-1], out_channels - flow_channels, kernel_size=3, norm_layer=None
+        )
+        self.out_channels = out_channels
+
+    def forward(self, flow: Tensor, corr_features: Tensor) -> Tensor:
+        corr = self.convcorr2(self.convcorr1(corr_features))
+        motion = self.convflow2(self.convflow1(flow))
+        features = self.conv(torch.cat([corr, motion], dim=1))
+        return torch.cat([features, flow], dim=1)
+
+
+class ConvGRU(nn.Module):
+    """Convolutional GRU cell: ``forward(h (B, hidden_size, H, W), x (B, input_size, H, W)) -> new h``.
+
+    ``context`` optionally holds three precomputed maps (B, hidden_size, H, W) added to the z, r and q gate
+    pre-activations (RAFT-Stereo convolves the context once per image instead of at every iteration).
+    """
+
+    def __init__(
+        self,
+        *,
+        input_size: int,
+        hidden_size: int,
+        kernel_size: int | tuple[int, int] = 3,
+        padding: int | tuple[int, int] = 1,
+    ) -> None:
+        super().__init__()
+        channels = hidden_size + input_size
+        self.convz = nn.Conv2d(channels, hidden_size, kernel_size=kernel_size, padding=padding)
+        self.convr = nn.Conv2d(channels, hidden_size, kernel_size=kernel_size, padding=padding)
+        self.convq = nn.Conv2d(channels, hidden_size, kernel_size=kernel_size, padding=padding)
+        self.hidden_size = hidden_size
+
+    def forward(self, h: Tensor, x: Tensor, context: Sequence[Tensor] | None = None) -> Tensor:
+        hx = torch.cat([h, x], dim=1)
+        z_in, r_in = self.convz(hx), self.convr(hx)
+        if context is not None:
+            z_in, r_in = z_in + context[0], r_in + context[1]
+        z = torch.sigmoid(z_in)
+        r = torch.sigmoid(r_in)
+        q_in = self.convq(torch.cat([r * h, x], dim=1))
+        if context is not None:
+            q_in = q_in + context[2]
+        return (1 - z) * h + z * torch.tanh(q_in)
+
+
+class SeparableConvGRU(nn.Module):
+    """Two ConvGRU cells applied in turn: a horizontal (1 x k) then a vertical (k x 1) one (RAFT's recurrent block).
+
+    ``forward(h (B, hidden_size, H, W), x (B, input_size, H, W)) -> new h``. Exposes ``hidden_size``.
+    """
+
+    def __init__(self, *, input_size: int, hidden_size: int, kernel_length: int = 5) -> None:
+        super().__init__()
+        pad = kernel_length // 2
+        self.convgru1 = ConvGRU(
+            input_size=input_size, hidden_size=hidden_size, kernel_size=(1, kernel_length), padding=(0, pad)
+        )
+        self.convgru2 = ConvGRU(
+            input_size=input_size, hidden_size=hidden_size, kernel_size=(kernel_length, 1), padding=(pad, 0)
+        )
+        self.hidden_size = hidden_size
+
+    def forward(self, h: Tensor, x: Tensor) -> Tensor:
+        return self.convgru2(self.convgru1(h, x), x)
+
+
+class FlowHead(nn.Module):
+    """Two 3x3 convs with a ReLU between: hidden state (B, in_channels, H, W) -> update (B, out_channels, H, W)."""
+
+    def __init__(self, *, in_channels: int, hidden_size: int, out_channels: int = 2) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, hidden_size, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(hidden_size, out_channels, kernel_size=3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv2(self.relu(self.conv1(x)))
+
+
+class UpdateBlock(nn.Module):
+    """Single-level RAFT update: motion encoder -> recurrent block -> flow head.
+
+    ``forward(hidden (B, Ch, H, W), context (B, Cc, H, W), corr (B, Ck, H, W), flow (B, 2, H, W))
+    -> (new hidden, delta_flow (B, 2, H, W))``. The recurrent block's input is ``cat(context, motion features)``.
+    Exposes ``hidden_state_size``.
+    """
+
+    def __init__(self, *, motion_encoder: MotionEncoder, recurrent_block: nn.Module, flow_head: FlowHead) -> None:
+        super().__init__()
+        self.motion_encoder = motion_encoder
+        self.recurrent_block = recurrent_block
+        self.flow_head = flow_head
+        self.hidden_state_size: int = recurrent_block.hidden_size
+
+    def forward(self, hidden: Tensor, context: Tensor, corr_features: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
+        motion = self.motion_encoder(flow, corr_features)
+        hidden = self.recurrent_block(hidden, torch.cat([context, motion], dim=1))
+        return hidden, self.flow_head(hidden)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Convex upsampling
+# --------------------------------------------------------------------------------------------------------------------
+
+# RAFT scales the mask logits by 0.25 to damp the gradients of that branch (princeton-vl/RAFT issues #24 and #119);
+# the published weights were trained with it, so it is the default everywhere.
+MASK_GRADIENT_SCALE = 0.25
+
+
+class MaskPredictor(nn.Module):
+    """Convex-upsampling weights from a hidden state; RAFT / RAFT-Stereo key layout (``convrelu``, ``conv``).
+
+    (B, in_channels, H, W) -> (B, 9 * upsample_factor**2, H, W) mask logits for ``convex_upsample``.
+    """
+
+    def __init__(
+        self, *, in_channels: int, hidden_size: int, upsample_factor: int, multiplier: float = MASK_GRADIENT_SCALE
+    ) -> None:
+        super().__init__()
+        self.convrelu = _conv_norm_relu(in_channels, hidden_size, kernel_size=3, norm_layer=None)
+        self.conv = nn.Conv2d(hidden_size, 9 * upsample_factor**2, kernel_size=1)
+        self.multiplier = multiplier
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.multiplier * self.conv(self.convrelu(x))
+
+
+class ConvexMaskPredictor(nn.Module):
+    """Same computation as ``MaskPredictor``, in CREStereo's key layout (``mask_head.0`` conv-ReLU, ``mask_head.1``).
+
+    (B, in_channels, H, W) -> (B, 9 * upsample_factor**2, H, W) mask logits for ``convex_upsample``.
+    """
+
+    def __init__(
+        self, *, in_channels: int, hidden_size: int, upsample_factor: int, multiplier: float = MASK_GRADIENT_SCALE
+    ) -> None:
+        super().__init__()
+        self.mask_head = nn.Sequential(
+            _conv_norm_relu(in_channels, hidden_size, kernel_size=3, norm_layer=None),
+            nn.Conv2d(hidden_size, 9 * upsample_factor**2, kernel_size=1),
+        )
+        self.multiplier = multiplier
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.multiplier * self.mask_head(x)
+
+
+def convex_upsample(flow: Tensor, mask: Tensor, factor: int) -> Tensor:
+    """Upsample ``flow`` (B, C, h, w) by ``factor`` with learned convex weights (RAFT paper, appendix B).
+
+    ``mask`` (B, 9 * factor**2, h, w) holds logits; each output pixel is a softmax-weighted mean of the 3x3
+    neighbourhood of its coarse pixel. Values are multiplied by ``factor`` (a displacement of 1 coarse pixel is
+    ``factor`` fine pixels). Returns (B, C, h * factor, w * factor).
+    """
+    b, c, h, w = flow.shape
+    if mask.shape != (b, 9 * factor * factor, h, w):
+        raise ValueError(f"convex_upsample: mask shape {tuple(mask.shape)} != expected {(b, 9 * factor**2, h, w)}")
+    weights = torch.softmax(mask.view(b, 1, 9, factor, factor, h, w), dim=2)
+    neighbours = F.unfold(factor * flow, kernel_size=3, padding=1).view(b, c, 9, 1, 1, h, w)
+    up = (weights * neighbours).sum(dim=2)  # (B, C, factor, factor, h, w)
+    return up.permute(0, 1, 4, 2, 5, 3).reshape(b, c, h * factor, w * factor)
+
+
+def upsample_flow(flow: Tensor, mask: Tensor | None, factor: int) -> Tensor:
+    """Upsample ``flow`` (B, C, h, w) -> (B, C, h * factor, w * factor), values scaled by ``factor``.
+
+    Convex upsampling when ``mask`` is given, else bilinear interpolation with ``align_corners=True``.
+    """
+    if mask is not None:
+        return convex_upsample(flow, mask, factor)
+    h, w = flow.shape[-2:]
+    return factor * F.interpolate(flow, size=(h * factor, w * factor), mode="bilinear", align_corners=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Coordinates and sampling
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def coords_grid(
+    batch_size: int, height: int, width: int, *, device: torch.device | str | None = None, dtype=torch.float32
+) -> Tensor:
+    """Pixel coordinates (B, 2, H, W): channel 0 holds x (column index), channel 1 holds y (row index)."""
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=device, dtype=dtype), torch.arange(width, device=device, dtype=dtype), indexing="ij"
+    )
+    return torch.stack([xs, ys], dim=0).unsqueeze(0).expand(batch_size, 2, height, width).contiguous()
+
+
+def grid_sample_pixels(image: Tensor, coords: Tensor, *, mode: str = "bilinear") -> Tensor:
+    """``F.grid_sample`` with absolute pixel coordinates: ``coords`` (B, h_out, w_out, 2) holds (x, y) in pixels.
+
+    Samples ``image`` (B, C, H, W) with ``align_corners=True`` (pixel centres at integer coordinates) and zeros
+    outside. A single-row image (H == 1) is sampled along x only, whatever y holds.
+    """
+    h, w = image.shape[-2:]
+    x, y = coords.split([1, 1], dim=-1)
+    x = 2 * x / (w - 1) - 1
+    # With H == 1 the row normaliser is 0; every y maps to the only row when align_corners=True, so pass y as is.
+    if h > 1:
+        y = 2 * y / (h - 1) - 1
+    return F.grid_sample(image, torch.cat([x, y], dim=-1), mode=mode, align_corners=True)
