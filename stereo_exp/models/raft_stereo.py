@@ -1,0 +1,711 @@
+"""RAFT-Stereo: multilevel recurrent field transforms for stereo matching (Lipson, Teed and Deng, 3DV 2021).
+
+`RAFT-Stereo <https://arxiv.org/abs/2109.07547>`_ matches every left pixel against the pixels of the same row of the
+right image (a 1-D all-pairs correlation pyramid) and refines a disparity field with convolutional GRUs that run at
+up to three resolutions. The module layout reproduces the state_dict keys of torchvision's published checkpoints
+(``tests/fixtures/weights-layout/raft_stereo_{base,realtime}.tsv``), so those weights load with ``strict=True``.
+
+Read in order: RAFT-Stereo blocks (encoders, correlation, multi-level update) -> ``RaftStereo`` -> config schema ->
+private builder -> public builders. Blocks shared with CREStereo live in ``stereo_exp.models.blocks``.
+
+Sign convention: inside the network the state is an x-*flow* from the left to the right image, which is negative
+(x_right = x_left - d). It becomes positive disparity exactly once, when ``RaftStereo.forward`` returns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from stereo_exp.models.blocks import (
+    BaseEncoder,
+    BottleneckBlock,
+    ConvGRU,
+    FlowHead,
+    MaskPredictor,
+    MotionEncoder,
+    NormLayer,
+    ResidualBlock,
+    coords_grid,
+    upsample_flow,
+)
+from stereo_exp.models.config import NON_ARCHITECTURE_KEYS, ModelConfig
+from stereo_exp.models.registry import register_model
+
+__all__ = [
+    "CorrBlock1d",
+    "EncoderBlock",
+    "EncoderNorm",
+    "MultiLevelContextEncoder",
+    "MultiLevelUpdateBlock",
+    "RaftStereo",
+    "RaftStereoConfig",
+    "StereoFeatureEncoder",
+    "raft_stereo_base",
+    "raft_stereo_realtime",
+    "raft_stereo_tiny",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Encoders
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class StereoFeatureEncoder(nn.Module):
+    """Matching features for the correlation volume (paper sec. 3.1).
+
+    (B, 3, H, W) -> (B, output_dim, H / f, W / f), f = ``base_encoder.downsampling_factor``. With its own backbone the
+    head is a 1x1 conv; when the backbone is shared with the context encoder (realtime variant) an extra residual
+    block (``residual_block``, its own norm) and a 3x3 conv give the matching features room to differ from the
+    context features.
+    """
+
+    def __init__(
+        self,
+        base_encoder: BaseEncoder,
+        *,
+        output_dim: int,
+        shared_base: bool,
+        block: Callable[..., nn.Module] = ResidualBlock,
+        norm_layer: NormLayer | None = nn.InstanceNorm2d,
+    ) -> None:
+        super().__init__()
+        self.base_encoder = base_encoder
+        base_dim = base_encoder.output_dim
+        self.residual_block: nn.Module
+        if shared_base:
+            self.residual_block = block(base_dim, base_dim, norm_layer=norm_layer, stride=1)
+            self.conv = nn.Conv2d(base_dim, output_dim, kernel_size=3, padding=1)
+        else:
+            self.residual_block = nn.Identity()
+            self.conv = nn.Conv2d(base_dim, output_dim, kernel_size=1)
+        self.output_dim = output_dim
+        self.downsampling_factor: int = base_encoder.downsampling_factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(self.residual_block(self.base_encoder(x)))
+
+
+class MultiLevelContextEncoder(nn.Module):
+    """Initial hidden states and context of the GRUs, one pair per GRU level (paper sec. 3.1 and 3.3).
+
+    (B, 3, H, W) -> list over levels i = 0 .. n-1 of ``(hidden, context)``, each (B, output_dim // 2, H / (f 2^i),
+    W / (f 2^i)) before activation, f = ``base_encoder.downsampling_factor``. Level 0 reads the backbone output;
+    each further level first halves the resolution with two blocks (``downsampler``). ``out_with_blocks[i]`` adds a
+    residual block in front of level i's output convolutions.
+    """
+
+    def __init__(
+        self,
+        base_encoder: BaseEncoder,
+        *,
+        out_with_blocks: Sequence[bool],
+        output_dim: int,
+        block: Callable[..., nn.Module] = ResidualBlock,
+        norm_layer: NormLayer | None = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        self.base_encoder = base_encoder
+        dim = base_encoder.output_dim
+
+        def out_layer(with_block: bool) -> nn.Sequential:
+            layers = [block(dim, dim, norm_layer=norm_layer, stride=1)] if with_block else []
+            return nn.Sequential(*layers, nn.Conv2d(dim, output_dim // 2, kernel_size=3, padding=1))
+
+        def downsampler(level: int) -> nn.Module:
+            if level == 0:
+                return nn.Identity()
+            return nn.Sequential(
+                block(dim, dim, norm_layer=norm_layer, stride=2), block(dim, dim, norm_layer=norm_layer, stride=1)
+            )
+
+        # A ModuleDict per level: the key order (downsampler, out_hidden_state, out_context) is the checkpoint's.
+        self.downsample_and_out_layers = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    "downsampler": downsampler(level),
+                    "out_hidden_state": out_layer(with_block),
+                    "out_context": out_layer(with_block),
+                }
+            )
+            for level, with_block in enumerate(out_with_blocks)
+        )
+        self.num_levels = len(out_with_blocks)
+        self.downsampling_factor: int = base_encoder.downsampling_factor
+
+    def forward(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
+        x = self.base_encoder(x)
+        outputs = []
+        for layers in self.downsample_and_out_layers:
+            x = layers["downsampler"](x)
+            outputs.append((layers["out_hidden_state"](x), layers["out_context"](x)))
+        return outputs
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Correlation
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class CorrBlock1d(nn.Module):
+    """Row-wise all-pairs correlation pyramid and its lookup (paper sec. 3.2). No parameters.
+
+    ``pyramid(fmap1, fmap2)``: features (B, C, h, w) -> ``num_levels`` volumes; level k is (B * h * w, w / 2^k): the
+    dot products / sqrt(C) of each left pixel with every right pixel of its row, averaged over 2^k right pixels.
+    ``lookup(pyramid, x)``: x (B, 1, h, w) absolute right-image x-coordinates -> (B, out_channels, h, w), level by
+    level the 2 * radius + 1 values at x / 2^k + (-radius .. radius), linearly interpolated, zero outside the row.
+    """
+
+    def __init__(self, *, num_levels: int = 4, radius: int = 4) -> None:
+        super().__init__()
+        self.num_levels = num_levels
+        self.radius = radius
+        self.out_channels = num_levels * (2 * radius + 1)
+
+    def pyramid(self, fmap1: Tensor, fmap2: Tensor) -> list[Tensor]:
+        if fmap1.shape != fmap2.shape:
+            raise ValueError(f"Left and right feature maps differ: {tuple(fmap1.shape)} != {tuple(fmap2.shape)}")
+        b, c, h, w = fmap1.shape
+        min_width = 2 ** (self.num_levels - 1)
+        if w < min_width:
+            raise ValueError(
+                f"Feature maps {w} px wide are too narrow for a {self.num_levels}-level correlation pyramid "
+                f"(corr_num_levels); at least {min_width} px are needed."
+            )
+        # (B, h, w1, C) @ (B, h, C, w2) -> (B, h, w1, w2): one batched matmul per image row.
+        corr = torch.matmul(fmap1.permute(0, 2, 3, 1), fmap2.permute(0, 2, 1, 3)) / math.sqrt(c)
+        volume = corr.reshape(b * h * w, 1, w)
+        levels = [volume]
+        for _ in range(self.num_levels - 1):
+            volume = F.avg_pool1d(volume, kernel_size=2, stride=2)
+            levels.append(volume)
+        return [level.squeeze(1) for level in levels]
+
+    def lookup(self, pyramid: list[Tensor], x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        offsets = torch.arange(-self.radius, self.radius + 1, device=x.device, dtype=x.dtype)
+        centres = x.permute(0, 2, 3, 1).reshape(b * h * w, 1)
+        sampled = [_sample_linear(volume, centres / 2**k + offsets) for k, volume in enumerate(pyramid)]
+        return torch.cat(sampled, dim=1).view(b, h, w, self.out_channels).permute(0, 3, 1, 2).contiguous()
+
+
+def _sample_linear(rows: Tensor, positions: Tensor) -> Tensor:
+    """Linear interpolation of ``rows`` (N, W) at ``positions`` (N, K) in pixels; zero outside [0, W - 1].
+
+    Same values as ``F.grid_sample(..., align_corners=True, padding_mode="zeros")`` on (N, 1, 1, W) without the
+    round trip through [-1, 1] coordinates.
+    """
+    width = rows.shape[1]
+    left = positions.floor()
+    frac = positions - left
+    left = left.long()
+
+    def taps(index: Tensor) -> Tensor:
+        inside = (index >= 0) & (index < width)
+        return rows.gather(1, index.clamp(0, width - 1)) * inside
+
+    return taps(left) * (1 - frac) + taps(left + 1) * frac
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Multi-level recurrent update
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class MultiLevelUpdateBlock(nn.Module):
+    """GRUs at ``len(hidden_dims)`` resolutions, level 0 the finest (1/f), each further level half as large.
+
+    ``forward(hidden, contexts, corr_features, flow, num_levels_updated=None) -> new hidden list`` updates the
+    coarsest ``num_levels_updated`` levels (all by default), coarse to fine. Level 0's input is the motion encoding of
+    ``flow`` (B, 2, h, w) and ``corr_features``; level i > 0 reads level i-1's hidden state pooled to its size; every
+    level but the coarsest also reads level i+1's (already updated) hidden state upsampled to its size. ``contexts[i]``
+    holds the three gate biases of level i. The input list is not modified (activation checkpointing replays it).
+
+    ``grus[j]`` serves level ``n - 1 - j`` (coarsest first): that is the order of the published checkpoints.
+    """
+
+    def __init__(self, *, motion_encoder: MotionEncoder, hidden_dims: Sequence[int]) -> None:
+        super().__init__()
+        self.motion_encoder = motion_encoder
+        self.hidden_dims = list(hidden_dims)
+        n = len(hidden_dims)
+
+        def input_size(level: int) -> int:
+            finer = motion_encoder.out_channels if level == 0 else hidden_dims[level - 1]
+            coarser = hidden_dims[level + 1] if level < n - 1 else 0
+            return finer + coarser
+
+        self.grus = nn.ModuleList(
+            ConvGRU(input_size=input_size(level), hidden_size=hidden_dims[level], kernel_size=3, padding=1)
+            for level in reversed(range(n))
+        )
+
+    def forward(
+        self,
+        hidden: Sequence[Tensor],
+        contexts: Sequence[Sequence[Tensor]],
+        corr_features: Tensor,
+        flow: Tensor,
+        num_levels_updated: int | None = None,
+    ) -> list[Tensor]:
+        n = len(self.hidden_dims)
+        hidden = list(hidden)
+        for level in reversed(range(n - (num_levels_updated or n), n)):
+            if level == 0:
+                inputs = self.motion_encoder(flow, corr_features)
+            else:
+                inputs = F.avg_pool2d(hidden[level - 1], kernel_size=3, stride=2, padding=1)
+            if level < n - 1:
+                coarser = F.interpolate(
+                    hidden[level + 1], size=hidden[level].shape[-2:], mode="bilinear", align_corners=True
+                )
+                inputs = torch.cat([inputs, coarser], dim=1)
+            hidden[level] = self.grus[n - 1 - level](hidden[level], inputs, contexts[level])
+        return hidden
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class RaftStereo(nn.Module):
+    """RAFT-Stereo from built components.
+
+    ``forward(left, right, flow_init=None, num_iters=12) -> list[Tensor]``: ``left``/``right`` (B, 3, H, W) in
+    [-1, 1] with H and W multiples of ``size_multiple``; returns ``num_iters`` predictions, each (B, 1, H, W)
+    positive disparity in pixels (the last is the final one). ``flow_init`` (B, 1, h, w) is a positive disparity
+    prior in pixels of its own width w, usually the input size; it is resampled to the working resolution 1/f.
+
+    Args:
+        feature_encoder: left and right images (as one batch) -> matching features at 1/f.
+        context_encoder: left image -> (hidden, context) per GRU level.
+        corr_block: ``pyramid(fmap1, fmap2)`` and ``lookup(pyramid, x)``, exposes ``out_channels``.
+        update_block: the multi-level GRUs, exposes ``hidden_dims``.
+        disparity_head: finest hidden state -> 2-channel flow update, of which only x is used (stereo moves along
+            the rows; the y output exists for the published weights).
+        mask_predictor: finest hidden state -> convex upsampling mask; None upsamples bilinearly.
+        slow_fast: run the coarser GRUs more often (paper sec. 3.4; the realtime variant): before each full update,
+            the coarsest 1, 2, .., n-1 levels get an extra update.
+        activation_checkpointing: in training, recompute each recurrent iteration in the backward pass instead of
+            storing its activations (memory roughly independent of ``num_iters``; about one more forward of cost).
+    """
+
+    def __init__(
+        self,
+        *,
+        feature_encoder: nn.Module,
+        context_encoder: MultiLevelContextEncoder,
+        corr_block: CorrBlock1d,
+        update_block: MultiLevelUpdateBlock,
+        disparity_head: nn.Module,
+        mask_predictor: nn.Module | None = None,
+        slow_fast: bool = False,
+        activation_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        hidden_dims = update_block.hidden_dims
+        if context_encoder.num_levels != len(hidden_dims):
+            raise ValueError(
+                f"The context encoder has {context_encoder.num_levels} levels but the update block "
+                f"{len(hidden_dims)} GRUs; they must match (context_encoder_out_with_blocks, update_block_hidden_dims)."
+            )
+        self.feature_encoder = feature_encoder
+        self.context_encoder = context_encoder
+        self.corr_block = corr_block
+        self.update_block = update_block
+        self.disparity_head = disparity_head
+        self.mask_predictor = mask_predictor
+        # The context enters every GRU step through the same convolution, so it is computed once per image.
+        self.context_convs = nn.ModuleList(nn.Conv2d(d, 3 * d, kernel_size=3, padding=1) for d in hidden_dims)
+        self.slow_fast = slow_fast
+        self.activation_checkpointing = activation_checkpointing
+        self.downsampling_factor: int = feature_encoder.downsampling_factor
+        # Each GRU level halves the 1/f feature map, so inputs must divide by f * 2^(levels - 1).
+        self.size_multiple: int = self.downsampling_factor * 2 ** (len(hidden_dims) - 1)
+
+    def forward(
+        self, left: Tensor, right: Tensor, flow_init: Tensor | None = None, num_iters: int = 12
+    ) -> list[Tensor]:
+        self._check_inputs(left, right, flow_init, num_iters)
+        b = left.shape[0]
+
+        fmap1, fmap2 = self.feature_encoder(torch.cat([left, right], dim=0)).chunk(2, dim=0)
+        pyramid = self.corr_block.pyramid(fmap1, fmap2)
+
+        hidden: list[Tensor] = []
+        contexts: list[tuple[Tensor, ...]] = []
+        for (h, ctx), conv, dim in zip(
+            self.context_encoder(left), self.context_convs, self.update_block.hidden_dims, strict=True
+        ):
+            hidden.append(torch.tanh(h))
+            contexts.append(conv(F.relu(ctx)).split(dim, dim=1))
+
+        hf, wf = fmap1.shape[-2:]
+        # Coordinates stay in fp32 (or fp64) under autocast: bf16 cannot even count columns past 256 exactly.
+        dtype = torch.promote_types(fmap1.dtype, torch.float32)
+        grid_x = coords_grid(b, hf, wf, device=fmap1.device, dtype=dtype)[:, :1]  # (B, 1, h, w) column index
+        coords_x = grid_x  # right-image x-coordinate of each left pixel at 1/f
+        if flow_init is not None:
+            prior = F.interpolate(flow_init.to(coords_x.dtype), size=(hf, wf), mode="bilinear", align_corners=True)
+            coords_x = coords_x - prior * (wf / flow_init.shape[-1])  # disparity -> negative x-flow at 1/f
+
+        use_checkpoint = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        predictions = []
+        for _ in range(num_iters):
+            # The lookup position is not differentiated through (RAFT): gradients flow only through the updates.
+            coords_x = coords_x.detach()
+            if use_checkpoint:
+                hidden, coords_x, disparity = checkpoint(
+                    self._iteration, hidden, contexts, pyramid, coords_x, grid_x, use_reentrant=False
+                )
+            else:
+                hidden, coords_x, disparity = self._iteration(hidden, contexts, pyramid, coords_x, grid_x)
+            predictions.append(disparity)
+        return predictions
+
+    def _iteration(
+        self,
+        hidden: list[Tensor],
+        contexts: list[tuple[Tensor, ...]],
+        pyramid: list[Tensor],
+        coords_x: Tensor,
+        grid_x: Tensor,
+    ) -> tuple[list[Tensor], Tensor, Tensor]:
+        """One recurrent update: returns the new hidden states, the new x-coordinates and the (B, 1, H, W) disparity."""
+        corr_features = self.corr_block.lookup(pyramid, coords_x)
+        flow_x = coords_x - grid_x
+        flow = torch.cat([flow_x, torch.zeros_like(flow_x)], dim=1)  # the motion encoder reads (x, y) flow; y = 0
+        num_levels = len(hidden)
+        if self.slow_fast:
+            for coarsest in range(1, num_levels):
+                hidden = self.update_block(hidden, contexts, corr_features, flow, num_levels_updated=coarsest)
+        hidden = self.update_block(hidden, contexts, corr_features, flow)
+        coords_x = coords_x + self.disparity_head(hidden[0])[:, :1]
+        mask = None if self.mask_predictor is None else self.mask_predictor(hidden[0])
+        flow_up = upsample_flow(coords_x - grid_x, mask, self.downsampling_factor)  # (B, 1, H, W) x-flow
+        return hidden, coords_x, -flow_up
+
+    def _check_inputs(self, left: Tensor, right: Tensor, flow_init: Tensor | None, num_iters: int) -> None:
+        if left.ndim != 4 or left.shape[1] != 3 or left.shape != right.shape:
+            raise ValueError(
+                f"left and right must both be (B, 3, H, W) images of one shape; got left {tuple(left.shape)} "
+                f"and right {tuple(right.shape)}."
+            )
+        h, w = left.shape[-2:]
+        m = self.size_multiple
+        if h % m or w % m:
+            raise ValueError(
+                f"Input height and width must be multiples of {m} (model.size_multiple); got left "
+                f"{tuple(left.shape)} and right {tuple(right.shape)}. Pad the images first "
+                "(stereo_exp.models.inference.predict_disparity does)."
+            )
+        min_width = self.downsampling_factor * 2 ** (self.corr_block.num_levels - 1)
+        if w < min_width:
+            raise ValueError(
+                f"Input width {w} is too small for the {self.corr_block.num_levels}-level correlation pyramid "
+                f"(model.corr_num_levels): its coarsest level needs at least {min_width} px."
+            )
+        if num_iters < 1:
+            raise ValueError(f"num_iters must be >= 1; got {num_iters}.")
+        # Only a horizontal prior: a (B, 2, h, w) flow would carry a vertical part this model cannot represent.
+        if flow_init is not None and (flow_init.ndim != 4 or flow_init.shape[:2] != (left.shape[0], 1)):
+            raise ValueError(
+                f"flow_init must be a (B, 1, h, w) disparity with B = {left.shape[0]}; got {tuple(flow_init.shape)}."
+            )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Config schema (group `model`, stored as `raft_stereo_schema`); defaults are those of the published base model
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class EncoderBlock(str, Enum):
+    residual = "residual"  # two 3x3 convs (the published models)
+    bottleneck = "bottleneck"  # 1x1 -> 3x3 -> 1x1 at a quarter of the width
+
+
+class EncoderNorm(str, Enum):
+    batch = "batch"
+    instance = "instance"
+    none = "none"
+
+
+@dataclass
+class RaftStereoConfig(ModelConfig):
+    train_iters: int = 22  # recurrent updates per training forward pass (RAFT-Stereo recipe)
+    eval_iters: int = 32  # recurrent updates during validation (RAFT-Stereo recipe)
+    # Encoders
+    shared_encoder_weight: bool = False  # one backbone for matching features and context (realtime variant)
+    feature_encoder_layers: list[int] = field(default_factory=lambda: [64, 64, 96, 128, 256])  # widths: 4 + output
+    feature_encoder_strides: list[int] = field(default_factory=lambda: [1, 1, 2, 2])  # stem + 3 stages; product = f
+    feature_encoder_block: EncoderBlock = EncoderBlock.residual  # residual | bottleneck
+    feature_encoder_norm: EncoderNorm = (
+        EncoderNorm.instance
+    )  # instance | batch | none: backbone (extra block if shared)
+    context_encoder_layers: list[int] = field(default_factory=lambda: [64, 64, 96, 128, 256])  # output = 2 x hidden
+    context_encoder_strides: list[int] = field(default_factory=lambda: [1, 1, 2, 2])  # must equal the feature ones
+    context_encoder_out_with_blocks: list[bool] = field(default_factory=lambda: [True, True, False])  # one per level
+    context_encoder_block: EncoderBlock = EncoderBlock.residual  # residual | bottleneck
+    context_encoder_norm: EncoderNorm = EncoderNorm.batch  # instance | batch | none: backbone, downsamplers, outputs
+    # Correlation
+    corr_num_levels: int = 4  # pyramid levels, each averaging 2x more right pixels
+    corr_radius: int = 4  # lookup window: 2 * radius + 1 values per level
+    # Motion encoder
+    motion_encoder_corr_layers: list[int] = field(default_factory=lambda: [64, 64])  # 1x1 then 3x3 conv widths
+    motion_encoder_flow_layers: list[int] = field(default_factory=lambda: [64, 64])  # 7x7 then 3x3 conv widths
+    motion_encoder_out_channels: int = 128  # motion features fed to the finest GRU
+    # Update block
+    update_block_hidden_dims: list[int] = field(default_factory=lambda: [128, 128, 128])  # GRU widths, fine to coarse
+    slow_fast: bool = False  # update coarser GRUs more often (paper sec. 3.4)
+    # Heads
+    flow_head_hidden_size: int = 256  # hidden width of the disparity-update head
+    use_mask_predictor: bool = True  # convex upsampling (false: bilinear)
+    mask_predictor_hidden_size: int = 256  # hidden width of the upsampling-mask head
+    mask_predictor_scale: float = 0.25  # factor on the mask logits (RAFT's damping of this branch's gradients)
+    # Memory
+    activation_checkpointing: bool = False  # recompute each recurrent update in backward: less memory, more time
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Builders
+# --------------------------------------------------------------------------------------------------------------------
+
+_BLOCKS: dict[EncoderBlock, Callable[..., nn.Module]] = {
+    EncoderBlock.residual: ResidualBlock,
+    EncoderBlock.bottleneck: BottleneckBlock,
+}
+_NORMS: dict[EncoderNorm, NormLayer | None] = {
+    EncoderNorm.batch: nn.BatchNorm2d,
+    EncoderNorm.instance: nn.InstanceNorm2d,
+    EncoderNorm.none: None,
+}
+
+
+def _choice(table: dict[Any, Any], key: str, value: str | Enum) -> Any:
+    kind = type(next(iter(table)))
+    try:
+        return table[kind(value)]
+    except ValueError:
+        raise ValueError(f"model.{key}={value!r} is not one of {', '.join(k.value for k in table)}.") from None
+
+
+def _raft_stereo(
+    *,
+    weights: str | None = None,
+    # Encoders
+    shared_encoder_weight: bool,
+    feature_encoder_layers: Sequence[int],
+    feature_encoder_strides: Sequence[int],
+    feature_encoder_block: EncoderBlock | str,
+    feature_encoder_norm: EncoderNorm | str,
+    context_encoder_layers: Sequence[int],
+    context_encoder_strides: Sequence[int],
+    context_encoder_out_with_blocks: Sequence[bool],
+    context_encoder_block: EncoderBlock | str,
+    context_encoder_norm: EncoderNorm | str,
+    # Correlation
+    corr_num_levels: int,
+    corr_radius: int,
+    # Motion encoder
+    motion_encoder_corr_layers: Sequence[int],
+    motion_encoder_flow_layers: Sequence[int],
+    motion_encoder_out_channels: int,
+    # Update block
+    update_block_hidden_dims: Sequence[int],
+    slow_fast: bool,
+    # Heads
+    flow_head_hidden_size: int,
+    use_mask_predictor: bool,
+    mask_predictor_hidden_size: int,
+    mask_predictor_scale: float,
+    # Memory
+    activation_checkpointing: bool,
+    # Built parts that replace the ones the numbers above describe
+    feature_encoder: nn.Module | None = None,
+    context_encoder: MultiLevelContextEncoder | None = None,
+    corr_block: CorrBlock1d | None = None,
+    update_block: MultiLevelUpdateBlock | None = None,
+    disparity_head: nn.Module | None = None,
+    mask_predictor: nn.Module | None = None,
+) -> RaftStereo:
+    _check_hyper_parameters(
+        shared_encoder_weight=shared_encoder_weight,
+        feature_encoder_layers=feature_encoder_layers,
+        feature_encoder_strides=feature_encoder_strides,
+        context_encoder_layers=context_encoder_layers,
+        context_encoder_strides=context_encoder_strides,
+        context_encoder_out_with_blocks=context_encoder_out_with_blocks,
+        update_block_hidden_dims=update_block_hidden_dims,
+    )
+    feature_block = _choice(_BLOCKS, "feature_encoder_block", feature_encoder_block)
+    feature_norm = _choice(_NORMS, "feature_encoder_norm", feature_encoder_norm)
+    context_block = _choice(_BLOCKS, "context_encoder_block", context_encoder_block)
+    context_norm = _choice(_NORMS, "context_encoder_norm", context_encoder_norm)
+
+    context_base = BaseEncoder(
+        block=context_block, layers=context_encoder_layers[:4], strides=context_encoder_strides, norm_layer=context_norm
+    )
+    feature_base = (
+        context_base
+        if shared_encoder_weight
+        else BaseEncoder(
+            block=feature_block,
+            layers=feature_encoder_layers[:4],
+            strides=feature_encoder_strides,
+            norm_layer=feature_norm,
+        )
+    )
+    feature_encoder = feature_encoder or StereoFeatureEncoder(
+        feature_base,
+        output_dim=feature_encoder_layers[4],
+        shared_base=shared_encoder_weight,
+        block=feature_block,
+        norm_layer=feature_norm,
+    )
+    context_encoder = context_encoder or MultiLevelContextEncoder(
+        context_base,
+        out_with_blocks=context_encoder_out_with_blocks,
+        output_dim=context_encoder_layers[4],
+        block=context_block,
+        norm_layer=context_norm,
+    )
+    corr_block = corr_block or CorrBlock1d(num_levels=corr_num_levels, radius=corr_radius)
+    update_block = update_block or MultiLevelUpdateBlock(
+        motion_encoder=MotionEncoder(
+            in_channels_corr=corr_block.out_channels,
+            corr_layers=motion_encoder_corr_layers,
+            flow_layers=motion_encoder_flow_layers,
+            out_channels=motion_encoder_out_channels,
+        ),
+        hidden_dims=update_block_hidden_dims,
+    )
+    disparity_head = disparity_head or FlowHead(
+        in_channels=update_block_hidden_dims[0], hidden_size=flow_head_hidden_size
+    )
+    if mask_predictor is None and use_mask_predictor:
+        mask_predictor = MaskPredictor(
+            in_channels=update_block_hidden_dims[0],
+            hidden_size=mask_predictor_hidden_size,
+            upsample_factor=feature_encoder.downsampling_factor,
+            multiplier=mask_predictor_scale,
+        )
+    model = RaftStereo(
+        feature_encoder=feature_encoder,
+        context_encoder=context_encoder,
+        corr_block=corr_block,
+        update_block=update_block,
+        disparity_head=disparity_head,
+        mask_predictor=mask_predictor,
+        slow_fast=slow_fast,
+        activation_checkpointing=activation_checkpointing,
+    )
+    if weights:
+        from stereo_exp.models.weights import load_weights  # the registry imports the model files, not vice versa
+
+        load_weights(model, weights)
+    return model
+
+
+def _check_hyper_parameters(
+    *,
+    shared_encoder_weight: bool,
+    feature_encoder_layers: Sequence[int],
+    feature_encoder_strides: Sequence[int],
+    context_encoder_layers: Sequence[int],
+    context_encoder_strides: Sequence[int],
+    context_encoder_out_with_blocks: Sequence[bool],
+    update_block_hidden_dims: Sequence[int],
+) -> None:
+    layers = {"feature_encoder_layers": feature_encoder_layers, "context_encoder_layers": context_encoder_layers}
+    for key, value in layers.items():
+        if len(value) != 5:
+            raise ValueError(f"model.{key}={list(value)} must hold 5 widths (4 backbone stages + output).")
+    if list(feature_encoder_strides) != list(context_encoder_strides):
+        raise ValueError(
+            f"model.feature_encoder_strides={list(feature_encoder_strides)} and model.context_encoder_strides="
+            f"{list(context_encoder_strides)} must be equal: both encoders must work at the same resolution."
+        )
+    if shared_encoder_weight and list(feature_encoder_layers[:4]) != list(context_encoder_layers[:4]):
+        raise ValueError(
+            f"model.shared_encoder_weight=true needs equal backbone widths; got feature_encoder_layers[:4]="
+            f"{list(feature_encoder_layers[:4])} and context_encoder_layers[:4]={list(context_encoder_layers[:4])}."
+        )
+    if len(context_encoder_out_with_blocks) != len(update_block_hidden_dims):
+        raise ValueError(
+            f"model.context_encoder_out_with_blocks={list(context_encoder_out_with_blocks)} and "
+            f"model.update_block_hidden_dims={list(update_block_hidden_dims)} must have one entry per GRU level."
+        )
+    half = context_encoder_layers[4] // 2
+    if context_encoder_layers[4] % 2 or any(d != half for d in update_block_hidden_dims):
+        raise ValueError(
+            f"The context encoder output (model.context_encoder_layers[4]={context_encoder_layers[4]}) is split into "
+            f"hidden state and context of equal width, so every model.update_block_hidden_dims entry must be {half}; "
+            f"got {list(update_block_hidden_dims)}."
+        )
+
+
+def _base_hyper_parameters() -> dict[str, Any]:
+    # The schema's defaults are the published base model: one table, read by configs and Python callers alike.
+    defaults = asdict(RaftStereoConfig())
+    return {key: value for key, value in defaults.items() if key not in NON_ARCHITECTURE_KEYS}
+
+
+@register_model()
+def raft_stereo_base(**overrides: Any) -> RaftStereo:
+    """RAFT-Stereo base (11,116,176 parameters): 1/4 resolution, three GRU levels (paper sec. 4).
+
+    ``overrides`` replace hyper-parameters of ``_raft_stereo`` (e.g. ``corr_radius=2``) or built parts (e.g.
+    ``corr_block=...``); ``weights="SCENEFLOW_V1"`` or a file path loads weights through ``models.weights``.
+    """
+    return _raft_stereo(**(_base_hyper_parameters() | overrides))
+
+
+@register_model()
+def raft_stereo_realtime(**overrides: Any) -> RaftStereo:
+    """RAFT-Stereo realtime (8,077,152 parameters): one shared backbone at 1/8, two slow-fast GRU levels (sec. 4.7).
+
+    ``overrides`` as for ``raft_stereo_base``.
+    """
+    realtime = {
+        "shared_encoder_weight": True,  # encoders
+        "feature_encoder_strides": (2, 1, 2, 2),
+        "context_encoder_strides": (2, 1, 2, 2),
+        "context_encoder_out_with_blocks": (True, True),
+        "update_block_hidden_dims": (128, 128),  # update block
+        "slow_fast": True,
+    }
+    return _raft_stereo(**(_base_hyper_parameters() | realtime | overrides))
+
+
+@register_model()
+def raft_stereo_tiny(**overrides: Any) -> RaftStereo:
+    """A CPU-sized RAFT-Stereo (no published weights) for tests and smoke runs: every code path of the base model
+    (1/4 resolution, three GRU levels, convex upsampling) plus slow-fast updates, with narrow layers.
+
+    ``overrides`` as for ``raft_stereo_base``.
+    """
+    tiny = {
+        "feature_encoder_layers": (8, 8, 12, 16, 32),  # encoders
+        "context_encoder_layers": (8, 8, 12, 16, 32),
+        "context_encoder_out_with_blocks": (True, False, False),
+        "corr_num_levels": 2,  # correlation
+        "corr_radius": 2,
+        "motion_encoder_corr_layers": (16, 16),  # motion encoder
+        "motion_encoder_flow_layers": (16, 8),
+        "motion_encoder_out_channels": 24,
+        "update_block_hidden_dims": (16, 16, 16),  # update block
+        "slow_fast": True,
+        "flow_head_hidden_size": 16,  # heads
+        "mask_predictor_hidden_size": 16,
+    }
+    return _raft_stereo(**(_base_hyper_parameters() | tiny | overrides))
