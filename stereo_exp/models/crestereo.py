@@ -1,0 +1,825 @@
+"""CREStereo: cascaded recurrent stereo matching with adaptive group correlation.
+
+Li et al., "Practical Stereo Matching via Cascaded Recurrent Network with Adaptive Correlation", CVPR 2022
+(https://arxiv.org/abs/2203.11483); original code megvii-research/CREStereo. The attribute names follow torchvision's
+prototype port (``torchvision/prototype/models/depth/stereo/crestereo.py``) because they are the state_dict keys of the
+published checkpoints (``tests/fixtures/weights-layout/crestereo_base.tsv``); with the same weights and inputs this
+file computes the same numbers as that port (checked to 1e-4 in ``tests/test_crestereo.py``).
+
+How one forward pass runs (shapes for an input of (B, 3, H, W); the encoder downsamples by 4):
+
+1. A shared feature encoder turns both images into (B, C, H/4, W/4) features. The left features also give the
+   recurrent state: the first ``hidden_size`` channels through tanh (initial hidden state), the rest through ReLU
+   (context). Average pooling builds a pyramid of all four maps at 1/8 and 1/16.
+2. At the coarsest level (1/16) the features get sine positional encodings, one self-attention and one cross-attention
+   transformer pass (LoFTR-style linear attention).
+3. Without ``flow_init``: ``num_iters // 2`` recurrent updates at 1/16, then ``num_iters // 2`` at 1/8, then
+   ``num_iters`` at 1/4, each level starting from the previous level's result. Coarse levels correlate over a learned,
+   deformed search window; the finest level over a fixed one. Windows alternate between a 1-D (1x9) row and a 2-D (3x3)
+   patch from one update to the next. With ``flow_init``: only the ``num_iters`` updates at 1/4.
+4. Every update's flow is convex-upsampled by 4 (then bilinearly to full resolution for coarse levels) and appended to
+   the predictions.
+
+Sign conventions: inside the network a flow (B, 2, h, w) is the displacement from a left pixel to its match in the
+right image, so its x channel is the negative disparity (x_right = x_left - d). The prototype's outputs are the negated
+flow; channel 0 of them is the positive disparity this project's contract asks for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from stereo_exp.models.blocks import (
+    ConvexMaskPredictor,
+    FeatureEncoder,
+    FlowHead,
+    MotionEncoder,
+    ResidualBlock,
+    SeparableConvGRU,
+    UpdateBlock,
+    convex_upsample,
+    coords_grid,
+    grid_sample_pixels,
+    upsample_flow,
+)
+from stereo_exp.models.config import NON_ARCHITECTURE_KEYS, ModelConfig
+from stereo_exp.models.registry import register_model
+
+__all__ = [
+    "AdaptiveGroupCorrelation",
+    "AttentionKind",
+    "AttentionOffsetCorrelation",
+    "CREStereo",
+    "CREStereoConfig",
+    "FeatureNorm",
+    "FeatureTransformer",
+    "FeatureTransformerLayer",
+    "PositionalEncodingSine",
+    "SearchWindow",
+    "crestereo_base",
+    "crestereo_tiny",
+    "linear_attention",
+    "softmax_attention",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Adaptive group correlation (paper sec. 3.1)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchWindow:
+    """Candidates a left pixel is compared with, around the point its current flow lands on in the right image.
+
+    ``size`` is (rows, columns) of the candidate grid, ``dilation`` the (y, x) step between candidates in pixels.
+    Candidates are ordered row by row (y outer, x inner), which fixes the channel order of the correlation.
+    """
+
+    size: tuple[int, int]
+    dilation: tuple[int, int] = (1, 1)
+
+    @property
+    def num_candidates(self) -> int:
+        return self.size[0] * self.size[1]
+
+    @property
+    def radius(self) -> tuple[int, int]:
+        """(y, x) distance in pixels from the centre to the outermost candidate."""
+        return (self.size[0] // 2) * self.dilation[0], (self.size[1] // 2) * self.dilation[1]
+
+    def offsets(self, device: torch.device) -> Tensor:
+        """(K, 2) float32 candidate offsets (x, y) in pixels, in candidate order."""
+        ry, rx = self.radius
+        ys = torch.arange(-ry, ry + 1, self.dilation[0], device=device, dtype=torch.float32)
+        xs = torch.arange(-rx, rx + 1, self.dilation[1], device=device, dtype=torch.float32)
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        return torch.stack([grid_x, grid_y], dim=-1).reshape(-1, 2)
+
+
+def check_search_windows(window_1d: SearchWindow, window_2d: SearchWindow) -> None:
+    """The two windows alternate over the same correlation channels, so they must hold the same odd count."""
+    if window_1d.num_candidates != window_2d.num_candidates:
+        raise ValueError(
+            f"corr_search_window_1d {list(window_1d.size)} and corr_search_window_2d {list(window_2d.size)} must hold "
+            "the same number of candidates (they fill the same correlation channels)."
+        )
+    if window_1d.num_candidates % 2 != 1:
+        raise ValueError(f"The search windows need an odd number of candidates; got {list(window_1d.size)}.")
+    if 1 not in window_1d.size:
+        raise ValueError(f"corr_search_window_1d must be one row or one column; got {list(window_1d.size)}.")
+    if 1 in window_2d.size:
+        raise ValueError(f"corr_search_window_2d must extend in both directions; got {list(window_2d.size)}.")
+    for name, window in (("corr_search_dilate_1d", window_1d), ("corr_search_dilate_2d", window_2d)):
+        if min(window.dilation) < 1:
+            raise ValueError(f"{name} must be >= 1 in both directions; got {list(window.dilation)}.")
+
+
+def _group_mean_product(left: Tensor, right: Tensor, groups: int) -> Tensor:
+    """Mean over each channel group of left * right: (B, C, *S) x (B, C, *S) -> (B, groups, *S)."""
+    b, c = left.shape[:2]
+    product = (left * right).reshape(b, groups, c // groups, *left.shape[2:])
+    return product.mean(dim=2)
+
+
+def fixed_window_correlation(left: Tensor, right_warped: Tensor, *, groups: int, window: SearchWindow) -> Tensor:
+    """Group-wise correlation over a fixed window around each pixel (the finest level's "iterative" mode).
+
+    ``left`` and ``right_warped`` are (B, C, H, W), the right features already resampled at the current flow.
+    Candidates outside the map repeat the border (replicate padding, as the original). Returns (B, groups * K, H, W),
+    channel ``g * K + k`` = mean over group g's channels of left * (candidate k of right).
+    """
+    _, _, h, w = left.shape
+    ry, rx = window.radius
+    padded = F.pad(right_warped, (rx, rx, ry, ry), mode="replicate")
+    dy, dx = window.dilation
+    # One shifted view at a time keeps memory at one feature map instead of K.
+    per_candidate = [
+        _group_mean_product(left, padded[:, :, y : y + h, x : x + w], groups)
+        for y in range(0, 2 * ry + 1, dy)
+        for x in range(0, 2 * rx + 1, dx)
+    ]
+    b = left.shape[0]
+    return torch.stack(per_candidate, dim=2).reshape(b, groups * window.num_candidates, h, w)
+
+
+def deformable_window_correlation(
+    left: Tensor, right: Tensor, flow: Tensor, extra_offsets: Tensor, *, groups: int, window: SearchWindow
+) -> Tensor:
+    """Group-wise correlation over a window whose candidates are moved by learned offsets (deformable search).
+
+    ``left``, ``right``: (B, C, H, W); ``flow``: (B, 2, H, W); ``extra_offsets``: (B, 2K, H, W) per-candidate (x, y)
+    shifts in pixels, candidate-major. Right features are sampled bilinearly (zeros outside). Returns
+    (B, groups * K, H, W) in the channel order of ``fixed_window_correlation``.
+    """
+    b, c, h, w = left.shape
+    k = window.num_candidates
+    offsets = window.offsets(left.device).view(1, k, 1, 1, 2)
+    offsets = offsets + extra_offsets.reshape(b, k, 2, h, w).permute(0, 1, 3, 4, 2)  # (B, K, H, W, 2)
+    centres = (coords_grid(b, h, w, device=left.device) + flow).permute(0, 2, 3, 1).unsqueeze(1)  # (B, 1, H, W, 2)
+    # All K candidate maps come from one grid_sample call: stack them along the sampled rows.
+    sampled = grid_sample_pixels(right, (centres + offsets).reshape(b, k * h, w, 2))  # (B, C, K*H, W)
+    sampled = sampled.reshape(b, groups, c // groups, k, h, w)
+    correlation = (left.reshape(b, groups, c // groups, 1, h, w) * sampled).mean(dim=2)  # (B, groups, K, H, W)
+    return correlation.reshape(b, groups * k, h, w)
+
+
+class AttentionOffsetCorrelation(nn.Module):
+    """Deformable-window correlation of a coarse level, optionally preceded by cross attention (``attention_module``).
+
+    ``attend(left, right)`` applies the attention (features (B, C, H, W) in and out) and ``forward`` correlates already
+    attended features; the model attends once per forward pass because the features do not change between updates.
+    """
+
+    def __init__(self, *, groups: int, attention_module: FeatureTransformer | None = None) -> None:
+        super().__init__()
+        self.groups = groups
+        self.attention_module = attention_module
+
+    def attend(self, left: Tensor, right: Tensor) -> tuple[Tensor, Tensor]:
+        if self.attention_module is None:
+            return left, right
+        return self.attention_module.forward_maps(left, right)
+
+    def forward(self, left: Tensor, right: Tensor, flow: Tensor, extra_offsets: Tensor, window: SearchWindow) -> Tensor:
+        return deformable_window_correlation(left, right, flow, extra_offsets, groups=self.groups, window=window)
+
+
+class AdaptiveGroupCorrelation(nn.Module):
+    """Adaptive group correlation of one pyramid level (paper sec. 3.1): no learned parameters except the optional
+    cross attention of the deformable path.
+
+    ``forward(left, right, flow, window, extra_offsets=None) -> (B, groups * K, H, W)``: with ``extra_offsets`` the
+    deformable window (coarse levels), without them the right features are warped by ``flow`` and correlated over
+    the fixed window (finest level). ``flow`` is in the network's convention (x = -disparity), in pixels of this level.
+    """
+
+    def __init__(self, *, groups: int, attention_module: FeatureTransformer | None = None) -> None:
+        super().__init__()
+        self.groups = groups
+        # Nested as in torchvision's port: the published keys read
+        # ``correlation_layers.1 / 16.attention_offset_correlation_layer.attention_module.*``.
+        self.attention_offset_correlation_layer = AttentionOffsetCorrelation(
+            groups=groups, attention_module=attention_module
+        )
+
+    def attend(self, left: Tensor, right: Tensor) -> tuple[Tensor, Tensor]:
+        return self.attention_offset_correlation_layer.attend(left, right)
+
+    def forward(
+        self, left: Tensor, right: Tensor, flow: Tensor, window: SearchWindow, extra_offsets: Tensor | None = None
+    ) -> Tensor:
+        if extra_offsets is not None:
+            return self.attention_offset_correlation_layer(left, right, flow, extra_offsets, window)
+        b, _, h, w = left.shape
+        coords = (coords_grid(b, h, w, device=left.device) + flow).permute(0, 2, 3, 1)  # (B, H, W, 2)
+        right_warped = grid_sample_pixels(right, coords)
+        return fixed_window_correlation(left, right_warped, groups=self.groups, window=window)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Transformer (LoFTR-style linear attention, part of the adaptive group correlation) and positional encoding
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def linear_attention(queries: Tensor, keys: Tensor, values: Tensor, eps: float = 1e-6) -> Tensor:
+    """Linear attention (Katharopoulos et al. 2020) with the elu + 1 feature map.
+
+    ``queries`` (B, L, heads, D), ``keys`` and ``values`` (B, S, heads, D) -> (B, L, heads, D). Cost is linear in the
+    number of tokens: keys and values are summarised once into a (heads, D, D) matrix.
+    """
+    queries = F.elu(queries) + 1
+    keys = F.elu(keys) + 1
+    length = values.shape[1]
+    # Dividing the values by S before the sum and multiplying back afterwards keeps fp16 sums in range (LoFTR's trick).
+    values = values / length
+    kv = torch.einsum("bshd,bshe->bhde", keys, values)
+    normaliser = 1.0 / (torch.einsum("blhd,bhd->blh", queries, keys.sum(dim=1)) + eps)
+    return torch.einsum("blhd,bhde,blh->blhe", queries, kv, normaliser) * length
+
+
+def softmax_attention(queries: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+    """Full scaled dot-product attention; same shapes as ``linear_attention`` (quadratic in the number of tokens)."""
+    out = F.scaled_dot_product_attention(queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2))
+    return out.transpose(1, 2)
+
+
+class AttentionKind(str, Enum):
+    linear = "linear"  # the published models
+    softmax = "softmax"
+
+
+_ATTENTION_FUNCTIONS: dict[AttentionKind, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
+    AttentionKind.linear: linear_attention,
+    AttentionKind.softmax: softmax_attention,
+}
+
+
+class FeatureTransformerLayer(nn.Module):
+    """One LoFTR encoder layer: multi-head attention from ``x`` to ``source``, then a feed-forward net on
+    concat(x, message); both outputs are layer-normed and the result is added to ``x`` (no bias anywhere).
+
+    ``forward(x (B, L, dim), source (B, S, dim)) -> (B, L, dim)``.
+    """
+
+    def __init__(self, *, dim: int, num_heads: int, attention: AttentionKind = AttentionKind.linear) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"The transformer width {dim} must be divisible by num_attention_heads={num_heads}.")
+        self.num_heads = num_heads
+        self.attention = _ATTENTION_FUNCTIONS[AttentionKind(attention)]
+        self.query_proj = nn.Linear(dim, dim, bias=False)
+        self.key_proj = nn.Linear(dim, dim, bias=False)
+        self.value_proj = nn.Linear(dim, dim, bias=False)
+        self.merge = nn.Linear(dim, dim, bias=False)
+        self.ffn = nn.Sequential(
+            nn.Linear(2 * dim, 2 * dim, bias=False), nn.ReLU(), nn.Linear(2 * dim, dim, bias=False)
+        )
+        self.attention_norm = nn.LayerNorm(dim)
+        self.ffn_norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor, source: Tensor) -> Tensor:
+        b, length, dim = x.shape
+        heads = self.num_heads
+        queries = self.query_proj(x).reshape(b, length, heads, dim // heads)
+        keys = self.key_proj(source).reshape(b, source.shape[1], heads, dim // heads)
+        values = self.value_proj(source).reshape(b, source.shape[1], heads, dim // heads)
+        message = self.attention(queries, keys, values).reshape(b, length, dim)
+        message = self.attention_norm(self.merge(message))
+        message = self.ffn_norm(self.ffn(torch.cat([x, message], dim=2)))
+        return x + message
+
+
+class FeatureTransformer(nn.Module):
+    """A stack of ``FeatureTransformerLayer``: "self" layers attend each image to itself, "cross" layers each image
+    to the other. ``forward(left (B, S, dim), right (B, S, dim)) -> (left, right)``.
+    """
+
+    def __init__(
+        self, *, dim: int, num_heads: int, directions: Sequence[str], attention: AttentionKind = AttentionKind.linear
+    ) -> None:
+        super().__init__()
+        for direction in directions:
+            if direction not in ("self", "cross"):
+                raise ValueError(f"Attention direction must be 'self' or 'cross'; got {direction!r}.")
+        self.directions = list(directions)
+        self.layers = nn.ModuleList(
+            FeatureTransformerLayer(dim=dim, num_heads=num_heads, attention=attention) for _ in directions
+        )
+
+    def forward(self, left: Tensor, right: Tensor) -> tuple[Tensor, Tensor]:
+        for direction, layer in zip(self.directions, self.layers, strict=True):
+            if direction == "self":
+                left, right = layer(left, left), layer(right, right)
+            else:
+                left = layer(left, right)
+                # The right update reads the *updated* left features, as in LoFTR and the original CREStereo.
+                right = layer(right, left)
+        return left, right
+
+    def forward_maps(self, left: Tensor, right: Tensor) -> tuple[Tensor, Tensor]:
+        """``forward`` on feature maps (B, C, H, W): flattened to H*W tokens and back."""
+        b, c, h, w = left.shape
+        left, right = self(left.flatten(2).transpose(1, 2), right.flatten(2).transpose(1, 2))
+        return left.transpose(1, 2).reshape(b, c, h, w), right.transpose(1, 2).reshape(b, c, h, w)
+
+
+class PositionalEncodingSine(nn.Module):
+    """Adds a fixed 2-D sine/cosine encoding to (B, dim, H, W) features, H and W up to ``max_size``.
+
+    Channel 4i holds sin(x f_i), 4i+1 cos(x f_i), 4i+2 sin(y f_i), 4i+3 cos(y f_i), with 1-based pixel positions x, y
+    and f_i = exp(-2i). Those frequencies are what the original code computes: its exponent is written
+    ``-log(10000) / dim // 2``, which Python evaluates as ``(-log(10000) / dim) // 2 = -1``. The published weights
+    were trained with them (and the checkpoints store the table as the ``pe`` buffer), so they are kept.
+    """
+
+    def __init__(self, dim: int, max_size: int = 256) -> None:
+        super().__init__()
+        if dim % 4 != 0:
+            raise ValueError(f"The positional encoding needs a channel count divisible by 4; got {dim}.")
+        self.max_size = max_size
+        positions = torch.arange(1, max_size + 1, dtype=torch.float32)
+        frequencies = torch.exp(-torch.arange(0.0, dim // 2, 2.0))  # (dim / 4,)
+        x_angles = frequencies[:, None, None] * positions[None, None, :]  # (dim/4, 1, max): varies along columns
+        y_angles = frequencies[:, None, None] * positions[None, :, None]  # (dim/4, max, 1): varies along rows
+        shape = (dim // 4, max_size, max_size)
+        table = torch.stack(
+            [
+                torch.sin(x_angles).expand(shape),
+                torch.cos(x_angles).expand(shape),
+                torch.sin(y_angles).expand(shape),
+                torch.cos(y_angles).expand(shape),
+            ],
+            dim=1,
+        )  # (dim/4, 4, max, max): interleaves the four kinds channel by channel
+        self.register_buffer("pe", table.reshape(1, dim, max_size, max_size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        return x + self.pe[:, :, :h, :w]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _level_name(factor: int) -> str:
+    # Keys of the published offset_convs / correlation_layers ModuleDicts.
+    return f"1 / {factor}"
+
+
+class CREStereo(nn.Module):
+    """CREStereo on a 3-level pyramid (1/4 and the coarse levels given by ``feature_downsample_rates``).
+
+    ``forward(left, right, flow_init=None, num_iters=10) -> list[Tensor]``: every update's prediction,
+    (B, 1, H, W) positive disparity in pixels of the input, last = final. Inputs (B, 3, H, W) in [-1, 1], H and W
+    multiples of ``size_multiple``. ``flow_init`` (optional): (B, 1, h, w) positive disparity in pixels of its own grid
+    (any resolution with the input's aspect ratio, e.g. a coarser cascade level's result); it is resized bilinearly to
+    the 1/4 grid and rescaled by the width ratio, and the model then refines at 1/4 only. A second channel, if given,
+    is the vertical flow of a previous ``forward_flow``. Without ``flow_init``: ``num_iters // 2`` updates per coarse
+    level, then ``num_iters`` at 1/4; with it: ``num_iters`` updates at 1/4.
+    ``forward_flow`` returns the same predictions with their vertical channel, (B, 2, H, W).
+
+    Args:
+        feature_encoder: shared image encoder; must expose ``output_dim`` and ``downsampling_factor``.
+        update_block: motion encoder + recurrent block + flow head; exposes ``hidden_state_size``.
+        mask_predictor: convex-upsampling mask logits from the hidden state, for factor ``downsampling_factor``.
+        self_attention: transformer applied to the coarsest level's features.
+        cross_attention: transformer applied before the coarsest level's correlation.
+        positional_encoding: added to the coarsest level's features before self attention.
+        feature_downsample_rates: average-pooling rates of the coarse levels relative to the encoder output.
+        corr_groups: channel groups of the correlation (groups * candidates correlation channels).
+        search_window_1d, search_window_2d: windows of even and odd updates.
+        activation_checkpointing: recompute each recurrent update in the backward pass instead of storing its
+            activations (training only; same numbers, less memory, about one more forward pass of compute).
+    """
+
+    def __init__(
+        self,
+        *,
+        feature_encoder: nn.Module,
+        update_block: UpdateBlock,
+        mask_predictor: nn.Module,
+        self_attention: FeatureTransformer,
+        cross_attention: FeatureTransformer,
+        positional_encoding: PositionalEncodingSine,
+        feature_downsample_rates: Sequence[int] = (2, 4),
+        corr_groups: int = 4,
+        search_window_1d: SearchWindow = SearchWindow((1, 9)),
+        search_window_2d: SearchWindow = SearchWindow((3, 3)),
+        activation_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        rates = list(feature_downsample_rates)
+        if not rates or any(r <= 1 for r in rates) or rates != sorted(set(rates)):
+            raise ValueError(f"feature_downsample_rates must be increasing and > 1; got {rates}.")
+        dim = feature_encoder.output_dim
+        check_search_windows(search_window_1d, search_window_2d)
+        if dim % corr_groups != 0:
+            raise ValueError(f"The feature width {dim} must be divisible by corr_groups={corr_groups}.")
+
+        self.feature_encoder = feature_encoder
+        self.update_block = update_block
+        # torchvision's port also registers the update block's flow head at the top level, so the published files
+        # hold its weights twice (``flow_head.*`` and ``update_block.flow_head.*``); the alias keeps strict loading.
+        self.flow_head = update_block.flow_head
+        self.self_attn_block = self_attention
+        self.mask_predictor = mask_predictor
+
+        self.base_factor: int = feature_encoder.downsampling_factor  # encoder output = 1 / base_factor
+        self.rates = rates
+        self.size_multiple: int = self.base_factor * rates[-1]  # every pyramid level must have whole pixels
+        self.hidden_size: int = update_block.hidden_state_size
+        self.windows = (search_window_1d, search_window_2d)  # used by even and odd updates
+        self.activation_checkpointing = activation_checkpointing
+
+        # Coarse levels, coarsest first; only the coarsest one cross-attends.
+        k = search_window_1d.num_candidates
+        self.offset_convs = nn.ModuleDict()
+        self.correlation_layers = nn.ModuleDict()
+        for rate in reversed(rates):
+            name = _level_name(self.base_factor * rate)
+            # A Sequential around the conv because the published key is ``offset_convs.1 / 16.0.weight``.
+            self.offset_convs[name] = nn.Sequential(nn.Conv2d(dim, 2 * k, kernel_size=3, padding=1))
+            self.correlation_layers[name] = AdaptiveGroupCorrelation(
+                groups=corr_groups, attention_module=cross_attention if rate == rates[-1] else None
+            )
+        self.max_res_correlation_layer = AdaptiveGroupCorrelation(groups=corr_groups)
+        # Registered last to keep the published files' key order.
+        self.positional_encodings = positional_encoding
+
+    # ---------------------------------------------------------------------------------------------------------------
+    def forward(
+        self, left: Tensor, right: Tensor, flow_init: Tensor | None = None, num_iters: int = 10
+    ) -> list[Tensor]:
+        return [flow[:, :1] for flow in self.forward_flow(left, right, flow_init, num_iters)]
+
+    def forward_flow(
+        self, left: Tensor, right: Tensor, flow_init: Tensor | None = None, num_iters: int = 10
+    ) -> list[Tensor]:
+        """Like ``forward`` but every prediction is (B, 2, H, W): channel 0 positive disparity, channel 1 the vertical
+        flow (torchvision's output convention). Used by the cascade to carry the vertical component between levels
+        exactly as torchvision's ``cascade_evaluation`` does."""
+        self._check_inputs(left, right, flow_init, num_iters)
+        features = self.feature_encoder(torch.cat([left, right], dim=0))
+        left_features, right_features = features.chunk(2, dim=0)  # (B, C, H/4, W/4)
+        hidden, context = torch.split(left_features, [self.hidden_size, features.shape[1] - self.hidden_size], dim=1)
+        hidden, context = torch.tanh(hidden), torch.relu(context)
+
+        if flow_init is None:
+            predictions, flow = self._coarse_levels(left_features, right_features, hidden, context, num_iters)
+        else:
+            predictions, flow = [], self._flow_from_init(flow_init, left_features.shape[-2:])
+
+        for it in range(num_iters):
+            # Each update starts from a constant: no gradient flows through earlier flow estimates (as in RAFT).
+            hidden, flow, flow_up = self._refine(
+                self.max_res_correlation_layer,
+                left_features,
+                right_features,
+                hidden,
+                context,
+                flow.detach(),
+                self.windows[it % 2],
+                None,
+            )
+            predictions.append(-flow_up)
+        return predictions
+
+    # ---------------------------------------------------------------------------------------------------------------
+    def _coarse_levels(
+        self, left: Tensor, right: Tensor, hidden: Tensor, context: Tensor, num_iters: int
+    ) -> tuple[list[Tensor], Tensor]:
+        """Updates at the coarse levels, coarsest first. Returns their full-resolution predictions and the flow
+        (B, 2, H/4, W/4) the finest level starts from."""
+        predictions: list[Tensor] = []
+        prior: Tensor | None = None  # last convex-upsampled flow of the previous level
+        coarsest = self.rates[-1]
+        for rate in reversed(self.rates):
+            name = _level_name(self.base_factor * rate)
+            left_l, right_l = F.avg_pool2d(left, rate), F.avg_pool2d(right, rate)
+            hidden_l, context_l = F.avg_pool2d(hidden, rate), F.avg_pool2d(context, rate)
+            # Offsets come from the plain pooled features, before any encoding or attention.
+            offsets = (torch.sigmoid(self.offset_convs[name](left_l)) - 0.5) * 2.0  # (B, 2K, h, w) in [-1, 1] px
+            if rate == coarsest:
+                left_l, right_l = self.positional_encodings(left_l), self.positional_encodings(right_l)
+                left_l, right_l = self.self_attn_block.forward_maps(left_l, right_l)
+            correlation = self.correlation_layers[name]
+            left_l, right_l = correlation.attend(left_l, right_l)
+
+            flow = self._resample_flow(prior, left_l)
+            for it in range(num_iters // 2):
+                hidden_l, flow, prior = self._refine(
+                    correlation, left_l, right_l, hidden_l, context_l, flow.detach(), self.windows[it % 2], offsets
+                )
+                predictions.append(-upsample_flow(prior, None, factor=rate))  # bilinear to full resolution
+        return predictions, self._resample_flow(prior, left)
+
+    @staticmethod
+    def _resample_flow(prior: Tensor | None, features: Tensor) -> Tensor:
+        """The starting flow (B, 2, h, w) of the level whose features are ``features`` (B, C, h, w), from the previous
+        level's convex-upsampled flow ``prior`` (zeros if there is none).
+
+        The result is *minus* the rescaled prior although every level uses the same flow convention. That looks like
+        a slip, but it is in the original code (megvii-research/CREStereo ``nets/crestereo.py``) and in torchvision's
+        port, and the published weights were trained and evaluated with it, so it is kept.
+        """
+        b, _, h, w = features.shape
+        if prior is None:  # coarsest level, or no coarse updates at all (num_iters < 2)
+            return torch.zeros(b, 2, h, w, device=features.device, dtype=features.dtype)
+        return -(w / prior.shape[-1]) * F.interpolate(prior, size=(h, w), mode="bilinear", align_corners=True)
+
+    def _flow_from_init(self, flow_init: Tensor, size: torch.Size) -> Tensor:
+        """(B, 1|2, h, w) prediction-convention flow_init -> (B, 2, H/4, W/4) network-convention flow."""
+        if flow_init.shape[1] == 1:
+            flow_init = torch.cat([flow_init, torch.zeros_like(flow_init)], dim=1)
+        scale = size[1] / flow_init.shape[-1]
+        return -scale * F.interpolate(flow_init, size=tuple(size), mode="bilinear", align_corners=True)
+
+    def _refine(
+        self,
+        correlation: AdaptiveGroupCorrelation,
+        left: Tensor,
+        right: Tensor,
+        hidden: Tensor,
+        context: Tensor,
+        flow: Tensor,
+        window: SearchWindow,
+        offsets: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One recurrent update at one level: (hidden, flow, flow convex-upsampled by ``base_factor``)."""
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(
+                self._refine_step, correlation, left, right, hidden, context, flow, window, offsets, use_reentrant=False
+            )
+        return self._refine_step(correlation, left, right, hidden, context, flow, window, offsets)
+
+    def _refine_step(
+        self,
+        correlation: AdaptiveGroupCorrelation,
+        left: Tensor,
+        right: Tensor,
+        hidden: Tensor,
+        context: Tensor,
+        flow: Tensor,
+        window: SearchWindow,
+        offsets: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        corr = correlation(left, right, flow, window, offsets)  # (B, groups * K, h, w)
+        hidden, delta_flow = self.update_block(hidden, context, corr, flow)
+        mask = self.mask_predictor(hidden)
+        flow = flow + delta_flow
+        return hidden, flow, convex_upsample(flow, mask, self.base_factor)
+
+    def _check_inputs(self, left: Tensor, right: Tensor, flow_init: Tensor | None, num_iters: int) -> None:
+        if left.ndim != 4 or left.shape != right.shape or left.shape[1] != 3:
+            raise ValueError(
+                f"CREStereo expects left and right images of the same shape (B, 3, H, W); got left "
+                f"{tuple(left.shape)} and right {tuple(right.shape)}."
+            )
+        h, w = left.shape[-2:]
+        m = self.size_multiple
+        if h % m or w % m:
+            raise ValueError(
+                f"CREStereo needs H and W to be multiples of model.size_multiple={m}; got left {tuple(left.shape)}, "
+                f"right {tuple(right.shape)}. Pad the inputs (stereo_exp.models.inference.predict_disparity does)."
+            )
+        coarsest = self.size_multiple
+        if max(h, w) // coarsest > self.positional_encodings.max_size:
+            raise ValueError(
+                f"Input {h}x{w} is too large for the positional encoding table: its coarsest level "
+                f"{h // coarsest}x{w // coarsest} exceeds positional_encoding_max_size="
+                f"{self.positional_encodings.max_size}. Raise that model key (it changes the checkpoint layout) or "
+                "downscale the input."
+            )
+        if num_iters < 1:
+            raise ValueError(f"num_iters must be >= 1; got {num_iters}.")
+        if flow_init is not None and (
+            flow_init.ndim != 4 or flow_init.shape[0] != left.shape[0] or flow_init.shape[1] not in (1, 2)
+        ):
+            raise ValueError(
+                f"flow_init must be (B, 1, h, w) positive disparity (or (B, 2, h, w) with vertical flow) with "
+                f"B={left.shape[0]}; got {tuple(flow_init.shape)}."
+            )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Builders
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class FeatureNorm(str, Enum):
+    instance = "instance"  # the published models
+    batch = "batch"
+    none = "none"
+
+
+_NORM_LAYERS: dict[FeatureNorm, Callable[[int], nn.Module] | None] = {
+    FeatureNorm.instance: nn.InstanceNorm2d,
+    FeatureNorm.batch: nn.BatchNorm2d,
+    FeatureNorm.none: None,
+}
+
+
+def _crestereo(
+    *,
+    # Feature encoder
+    feature_encoder_layers: Sequence[int],
+    feature_encoder_strides: Sequence[int],
+    feature_encoder_norm: FeatureNorm | str,
+    # Average-pooling pyramid
+    feature_downsample_rates: Sequence[int],
+    # Adaptive group correlation
+    corr_groups: int,
+    corr_search_window_1d: Sequence[int],
+    corr_search_dilate_1d: Sequence[int],
+    corr_search_window_2d: Sequence[int],
+    corr_search_dilate_2d: Sequence[int],
+    # Motion encoder
+    motion_encoder_corr_layers: Sequence[int],
+    motion_encoder_flow_layers: Sequence[int],
+    motion_encoder_out_channels: int,
+    # Recurrent block
+    recurrent_block_hidden_state_size: int,
+    recurrent_block_kernel_length: int,
+    # Flow head and convex-upsampling mask
+    flow_head_hidden_size: int,
+    mask_predictor_hidden_size: int,
+    # Transformers
+    num_attention_heads: int,
+    num_self_attention_layers: int,
+    num_cross_attention_layers: int,
+    attention: AttentionKind | str,
+    positional_encoding_max_size: int,
+    # Memory
+    activation_checkpointing: bool,
+    # Built parts that replace the ones made from the numbers above
+    feature_encoder: nn.Module | None = None,
+    update_block: UpdateBlock | None = None,
+    mask_predictor: nn.Module | None = None,
+) -> CREStereo:
+    window_1d = SearchWindow(tuple(corr_search_window_1d), tuple(corr_search_dilate_1d))  # type: ignore[arg-type]
+    window_2d = SearchWindow(tuple(corr_search_window_2d), tuple(corr_search_dilate_2d))  # type: ignore[arg-type]
+    check_search_windows(window_1d, window_2d)
+
+    if feature_encoder is None:
+        feature_encoder = FeatureEncoder(
+            block=partial(ResidualBlock, always_project=True),  # CREStereo projects the shortcut of every block
+            layers=tuple(feature_encoder_layers),
+            strides=tuple(feature_encoder_strides),
+            norm_layer=_NORM_LAYERS[FeatureNorm(feature_encoder_norm)],
+        )
+    dim = feature_encoder.output_dim
+    if not 0 < recurrent_block_hidden_state_size < dim:
+        raise ValueError(
+            f"recurrent_block_hidden_state_size={recurrent_block_hidden_state_size} must be between 0 and the feature "
+            f"width {dim} (feature_encoder_layers[-1]): the left features are split into hidden state and context."
+        )
+    context_size = dim - recurrent_block_hidden_state_size
+
+    if update_block is None:
+        motion_encoder = MotionEncoder(
+            in_channels_corr=corr_groups * window_1d.num_candidates,
+            corr_layers=tuple(motion_encoder_corr_layers),
+            flow_layers=tuple(motion_encoder_flow_layers),
+            out_channels=motion_encoder_out_channels,
+        )
+        recurrent_block = SeparableConvGRU(
+            input_size=motion_encoder.out_channels + context_size,
+            hidden_size=recurrent_block_hidden_state_size,
+            kernel_length=recurrent_block_kernel_length,
+        )
+        flow_head = FlowHead(in_channels=recurrent_block_hidden_state_size, hidden_size=flow_head_hidden_size)
+        update_block = UpdateBlock(motion_encoder=motion_encoder, recurrent_block=recurrent_block, flow_head=flow_head)
+
+    if mask_predictor is None:
+        mask_predictor = ConvexMaskPredictor(
+            in_channels=update_block.hidden_state_size,
+            hidden_size=mask_predictor_hidden_size,
+            upsample_factor=feature_encoder.downsampling_factor,
+        )
+
+    transformer = partial(
+        FeatureTransformer, dim=dim, num_heads=num_attention_heads, attention=AttentionKind(attention)
+    )
+    return CREStereo(
+        feature_encoder=feature_encoder,
+        update_block=update_block,
+        mask_predictor=mask_predictor,
+        self_attention=transformer(directions=["self"] * num_self_attention_layers),
+        cross_attention=transformer(directions=["cross"] * num_cross_attention_layers),
+        positional_encoding=PositionalEncodingSine(dim, max_size=positional_encoding_max_size),
+        feature_downsample_rates=tuple(feature_downsample_rates),
+        corr_groups=corr_groups,
+        search_window_1d=window_1d,
+        search_window_2d=window_2d,
+        activation_checkpointing=activation_checkpointing,
+    )
+
+
+@register_model()
+def crestereo_base(**overrides: Any) -> CREStereo:
+    """CREStereo as published (5,432,948 parameters; weights: ``stereo_exp.models.weights.CREStereo_Base_Weights``).
+
+    The hyper-parameters are the defaults of ``CREStereoConfig``; ``overrides`` replaces any keyword of the private
+    builder ``_crestereo`` (numbers, or built parts: ``feature_encoder=``, ``update_block=``, ``mask_predictor=``).
+    """
+    return _crestereo(**{**_architecture_defaults(), **overrides})
+
+
+# A CPU-sized variant for the embedded default run and the tests (conf/model/crestereo_tiny.yaml holds the same
+# values): about a fifth of the channels everywhere, same structure. No published weights; its numbers are not
+# comparable with the published ones.
+CRESTEREO_TINY: dict[str, Any] = {
+    "feature_encoder_layers": [16, 16, 24, 32, 48],
+    "motion_encoder_corr_layers": [48, 32],
+    "motion_encoder_flow_layers": [24, 16],
+    "motion_encoder_out_channels": 24,
+    "recurrent_block_hidden_state_size": 24,
+    "flow_head_hidden_size": 48,
+    "mask_predictor_hidden_size": 48,
+    "num_attention_heads": 4,
+    "positional_encoding_max_size": 128,
+}
+
+
+@register_model()
+def crestereo_tiny(**overrides: Any) -> CREStereo:
+    """CREStereo with the ``CRESTEREO_TINY`` widths; same structure and forward semantics as ``crestereo_base``."""
+    return _crestereo(**{**_architecture_defaults(), **CRESTEREO_TINY, **overrides})
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Config schema (group ``model``; conf/model/crestereo_*.yaml)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CREStereoConfig(ModelConfig):
+    """CREStereo hyper-parameters; the defaults are the published ``crestereo_base``."""
+
+    # feature encoder
+    feature_encoder_layers: list[int] = field(default_factory=lambda: [64, 64, 96, 128, 256])  # stem, 3 stages, output
+    feature_encoder_strides: list[int] = field(default_factory=lambda: [2, 1, 2, 1])  # stem + stages; product = 4
+    feature_encoder_norm: FeatureNorm = FeatureNorm.instance  # norm of the encoder: instance | batch | none
+    # pyramid
+    feature_downsample_rates: list[int] = field(default_factory=lambda: [2, 4])  # coarse levels: 1/(4*r), increasing
+    # adaptive group correlation
+    corr_groups: int = 4  # channel groups; the correlation has corr_groups * window candidates channels
+    corr_search_window_1d: list[int] = field(default_factory=lambda: [1, 9])  # (rows, cols) of even updates' window
+    corr_search_dilate_1d: list[int] = field(default_factory=lambda: [1, 1])  # (y, x) pixel step between candidates
+    corr_search_window_2d: list[int] = field(default_factory=lambda: [3, 3])  # (rows, cols) of odd updates' window
+    corr_search_dilate_2d: list[int] = field(default_factory=lambda: [1, 1])  # (y, x) pixel step between candidates
+    # motion encoder
+    motion_encoder_corr_layers: list[int] = field(default_factory=lambda: [256, 192])  # 1x1 then 3x3 conv widths
+    motion_encoder_flow_layers: list[int] = field(default_factory=lambda: [128, 64])  # 7x7 then 3x3 conv widths
+    motion_encoder_out_channels: int = 128  # motion features incl. the 2 flow channels
+    # recurrent block
+    recurrent_block_hidden_state_size: int = 128  # GRU state: first channels of the left features (rest = context)
+    recurrent_block_kernel_length: int = 5  # ConvGRU kernels (1 x k) then (k x 1)
+    # heads
+    flow_head_hidden_size: int = 256  # hidden width of the delta-flow head
+    mask_predictor_hidden_size: int = 256  # hidden width of the convex-upsampling mask head
+    # transformers at the coarsest level
+    num_attention_heads: int = 8  # heads of every attention layer; must divide feature_encoder_layers[-1]
+    num_self_attention_layers: int = 1  # self-attention layers before the coarse correlations
+    num_cross_attention_layers: int = 1  # cross-attention layers inside the coarsest correlation
+    attention: AttentionKind = AttentionKind.linear  # linear (published) | softmax
+    positional_encoding_max_size: int = 256  # side of the table at 1/16: inputs up to 16x this; in the weights layout
+    # memory
+    activation_checkpointing: bool = False  # recompute each recurrent update in backward (less memory, ~1.3x compute)
+
+    def __post_init__(self) -> None:
+        check_search_windows(
+            SearchWindow(tuple(self.corr_search_window_1d), tuple(self.corr_search_dilate_1d)),  # type: ignore[arg-type]
+            SearchWindow(tuple(self.corr_search_window_2d), tuple(self.corr_search_dilate_2d)),  # type: ignore[arg-type]
+        )
+        dim = self.feature_encoder_layers[-1]
+        for key, divisor in (("corr_groups", self.corr_groups), ("num_attention_heads", self.num_attention_heads)):
+            if dim % divisor != 0:
+                raise ValueError(f"model.{key}={divisor} must divide model.feature_encoder_layers[-1]={dim}.")
+        if dim % 4 != 0:
+            raise ValueError(f"model.feature_encoder_layers[-1]={dim} must be divisible by 4 (positional encoding).")
+        if self.train_iters < 2:
+            # num_iters // 2 = 0 updates at 1/16 and 1/8: their parameters would get no gradient (and DDP would fail).
+            raise ValueError(f"model.train_iters must be >= 2 for CREStereo; got {self.train_iters}.")
+
+
+def _architecture_defaults() -> dict[str, Any]:
+    """The published hyper-parameters: the default of every ``CREStereoConfig`` field that is a builder argument."""
+    return {
+        f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        for f in dataclasses.fields(CREStereoConfig)
+        if f.name not in NON_ARCHITECTURE_KEYS
+    }
