@@ -9,51 +9,15 @@ every key and type at composition, so a misspelt key or a wrong type stops the r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from stereo_exp.data.options import DatasetOptions
+from stereo_exp.schemas import CheckpointConfig, LoaderConfig, PathsConfig, Precision, TrainConfig
 
-@dataclass
-class PathsConfig:
-    data: str = "data"  # dataset root: one sub-folder per dataset, in torchvision's layout (see docs/DATASETS.md)
-    output: str = "${hydra:runtime.output_dir}"  # this run's folder: checkpoints, resolved config, pictures
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-@dataclass
-class TrainConfig:
-    batch_size: int = 2  # samples per process and step; the global batch is batch_size * world size
-    precision: Precision = Precision.fp32  # fp32 | bf16 | fp16: autocast dtype of the forward (GradScaler: fp16 only)
-    device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda
-    max_steps: int | None = None  # stop after this many steps (debugging); null = the mix's sum of dataset_steps
-    log_every: int = 10  # steps between metric records and progress-bar refreshes
-    val_every: int = 1000  # steps between validations; the run always validates at step 0 and at the end
-    max_nonfinite_steps: int = 10  # consecutive non-finite losses (skipped steps) after which the run stops
-    detect_anomaly: bool = False  # torch.autograd anomaly detection (slow; for hunting NaNs)
-    num_threads: int | None = None  # torch intra-op CPU threads per process; null = torch's default
-    find_unused_parameters: bool = False  # DDP: allow parameters without gradient in a step (slower; rarely needed)
-
-
-@dataclass
-class LoaderConfig:
-    num_workers: int = 2  # DataLoader worker processes per rank (0 = load in the training process)
-    pin_memory: bool = True  # page-locked host memory for faster host-to-GPU copies (ignored on CPU)
-    persistent_workers: bool = True  # keep workers alive between validation passes
-    prefetch_factor: int = 2  # batches each worker prepares ahead
-
-
-@dataclass
-class CheckpointConfig:
-    every: int = 1000  # steps between checkpoints (one is always written at the end and on SIGTERM/SIGUSR1)
-    keep_last: int = 2  # periodic checkpoints kept in <output>/checkpoints (the final one is always kept)
+__all__ = ["CheckpointConfig", "Config", "LoaderConfig", "PathsConfig", "Precision", "TrainConfig", "register_configs"]
 
 
 @dataclass
@@ -69,6 +33,7 @@ class Config:
     eval: Any = MISSING  # conf/eval/*: validation during training
     tracking: Any = MISSING  # conf/tracking/*: MLflow (or none)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    datasets: DatasetOptions = field(default_factory=DatasetOptions)  # per-dataset reading options (docs/DATASETS.md)
     train: TrainConfig = field(default_factory=TrainConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

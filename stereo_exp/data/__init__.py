@@ -1,0 +1,20 @@
+"""Everything between files on disk and a training batch (see docs/ARCHITECTURE.md, "Samples and batches").
+
+catalog.py (names -> torchvision datasets, raw samples), synthetic.py / embedded.py (data that needs no download),
+transforms.py (augmentation, evaluation transform), mix.py (order of a mix), loader.py (DataLoader, eval datasets),
+config.py (schemas of the ``mix`` and ``augmentation`` groups), options.py (``datasets.*`` per-dataset options).
+"""
+
+from hydra.core.config_store import ConfigStore
+
+from stereo_exp.data.config import AugmentationConfig, EdaAppConfig, MixConfig
+from stereo_exp.data.loader import build_eval_dataset, build_train_loader
+
+__all__ = ["AugmentationConfig", "MixConfig", "build_eval_dataset", "build_train_loader", "register_configs"]
+
+
+def register_configs(cs: ConfigStore) -> None:
+    """Store the ``mix`` and ``augmentation`` group schemas and the EDA's primary schema (conf/eda.yaml)."""
+    cs.store(group="mix", name="mix_schema", node=MixConfig)
+    cs.store(group="augmentation", name="augmentation_schema", node=AugmentationConfig)
+    cs.store(name="eda_schema", node=EdaAppConfig)

@@ -1,0 +1,213 @@
+"""Training batches of a mix and evaluation datasets: catalog datasets + transforms + the mix sampler.
+
+``build_train_loader`` returns a ``DataLoader`` whose batch sampler walks the mix from ``start_step`` to
+``total_steps - 1`` and yields this rank's shard of each step. A sample's augmentation draws from a generator seeded
+by (seed, global sample number), and the catalog's own random choices (Middlebury ambient views) from a numpy
+generator seeded the same way, so batches depend neither on ``num_workers`` nor on where a run was resumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from stereo_exp.schemas import LoaderConfig
+from stereo_exp.data.catalog import build_dataset, check_dataset_root
+from stereo_exp.data.config import AugmentationConfig, MixConfig
+from stereo_exp.data.mix import Draw, MixSampler
+from stereo_exp.data.options import DatasetOptions
+from stereo_exp.data.transforms import EvalTransform, TrainTransform, sample_generator
+
+log = logging.getLogger(__name__)
+
+CATALOG_STREAM = 5  # seed-sequence stream id of the catalog's random choices (augmentation: 1, mix: 2-4)
+_Schema = TypeVar("_Schema")
+
+
+def as_schema(cfg: Any, schema: type[_Schema]) -> _Schema:
+    """``cfg`` (schema object, DictConfig or dict) as a ``schema`` instance; its ``__post_init__`` checks run."""
+    if isinstance(cfg, schema):
+        return cfg
+    if cfg is None:
+        return schema()
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))  # type: ignore[return-value]
+
+
+def load_raw(dataset: Dataset, index: int, seed: int, sample_number: int) -> dict[str, Any]:
+    """Raw sample ``index``; catalog datasets draw their random choices from (seed, sample number)."""
+    load = getattr(dataset, "load", None)
+    if load is None:
+        return dataset[index]
+    return load(index, rng=np.random.default_rng([seed, CATALOG_STREAM, sample_number]))
+
+
+class MixDataset(Dataset):
+    """Map-style dataset over ``Draw`` keys: raw sample of the draw's dataset -> training transform."""
+
+    def __init__(self, datasets: list[Dataset], transform: TrainTransform, seed: int) -> None:
+        self.datasets = datasets
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.datasets)
+
+    def __getitem__(self, draw: Draw) -> dict[str, Any]:
+        raw = load_raw(self.datasets[draw.dataset], draw.index, self.seed, draw.number)
+        if raw.get("disparity") is None:
+            raise ValueError(f"{raw.get('path', draw)}: a training sample needs a ground-truth disparity")
+        return self.transform(raw, sample_generator(self.seed, draw.number), dataset=draw.dataset)
+
+
+class StepBatches(Sampler[list[Draw]]):
+    """Batch sampler: this rank's draws of steps start_step .. stop_step - 1, one list per step."""
+
+    def __init__(self, mix: MixSampler, *, rank: int, world_size: int, start_step: int, stop_step: int) -> None:
+        self.mix = mix
+        self.rank = rank
+        self.world_size = world_size
+        self.start_step = start_step
+        self.stop_step = stop_step
+
+    def __iter__(self) -> Iterator[list[Draw]]:
+        for step in range(self.start_step, self.stop_step):
+            yield self.mix.shard(step, self.rank, self.world_size)
+
+    def __len__(self) -> int:
+        return self.stop_step - self.start_step
+
+
+def seed_worker(worker_id: int, *, seed: int, rank: int) -> None:
+    """Seed a worker's global generators (samples never use them; anything incidental stays reproducible)."""
+    state = np.random.SeedSequence([seed, rank, worker_id]).generate_state(2, dtype=np.uint32)
+    random.seed(int(state[0]))
+    np.random.seed(int(state[1]))
+    torch.manual_seed(int(state[0]) << 32 | int(state[1]))
+    # One intra-op thread per worker: the workers already run in parallel, more threads would oversubscribe the CPU.
+    torch.set_num_threads(1)
+
+
+def build_mix_datasets(
+    mix_cfg: MixConfig | DictConfig, *, data_root: str | Path, dataset_options: DatasetOptions | DictConfig | None
+) -> list[Dataset]:
+    """Every dataset of the mix, after checking every root first (one missing root fails before any is read)."""
+    mix = as_schema(mix_cfg, MixConfig)
+    for name, steps in zip(mix.datasets, mix.dataset_steps, strict=True):
+        if steps > 0:
+            check_dataset_root(name, data_root, dataset_options)
+    datasets = []
+    for name, steps in zip(mix.datasets, mix.dataset_steps, strict=True):
+        if steps == 0:
+            log.info("mix: %s has dataset_steps 0; it is not read.", name)
+            datasets.append(_Empty())
+            continue
+        dataset = build_dataset(name, data_root=data_root, options=dataset_options)
+        if len(dataset) == 0:
+            raise ValueError(f"mix dataset {name!r} under paths.data={str(data_root)!r} has no samples")
+        datasets.append(dataset)
+    return datasets
+
+
+class _Empty(Dataset):
+    """Stand-in for a mix dataset with 0 steps (never sampled)."""
+
+    def __len__(self) -> int:
+        return 0
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        raise IndexError("a dataset with 0 dataset steps is never sampled")
+
+
+def build_train_loader(
+    mix_cfg: MixConfig | DictConfig,
+    aug_cfg: AugmentationConfig | DictConfig,
+    loader_cfg: LoaderConfig | DictConfig,
+    *,
+    data_root: str | Path,
+    dataset_options: DatasetOptions | DictConfig | None = None,
+    batch_size: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    start_step: int = 0,
+    total_steps: int | None = None,
+) -> Iterable[dict[str, Any]]:
+    """This rank's training batches for steps ``start_step`` .. ``total_steps - 1`` (default: the whole mix).
+
+    Each batch is the default collation of ``batch_size`` contract samples (docs/ARCHITECTURE.md): ``left``,
+    ``right`` (B, 3, H, W) float32 in [-1, 1], ``disparity`` (B, 1, H, W) float32, ``valid`` (B, 1, H, W) bool,
+    ``dataset`` (B,) int64 index into ``mix_cfg.datasets``; H, W = ``aug_cfg.crop_size``. The order is a pure function
+    of (seed, step, batch_size x world_size): resuming at step k only needs k. Every dataset root is checked before
+    anything is read.
+    """
+    mix = as_schema(mix_cfg, MixConfig)
+    aug = as_schema(aug_cfg, AugmentationConfig)
+    loader = as_schema(loader_cfg, LoaderConfig)
+    mix_steps = sum(mix.dataset_steps)
+    total_steps = mix_steps if total_steps is None else total_steps
+    if not 0 <= start_step <= total_steps <= mix_steps:
+        raise ValueError(
+            f"steps {start_step}..{total_steps} must satisfy 0 <= start_step <= total_steps <= {mix_steps}, the sum "
+            "of mix.dataset_steps (train.max_steps may shorten a run, not lengthen it)"
+        )
+    if batch_size < 1:
+        raise ValueError(f"train.batch_size must be >= 1, got {batch_size}")
+    datasets = build_mix_datasets(mix, data_root=data_root, dataset_options=dataset_options)
+    sampler = MixSampler(
+        [len(d) for d in datasets], mix.dataset_steps, global_batch_size=batch_size * world_size, seed=seed
+    )
+    workers = loader.num_workers
+    return DataLoader(
+        MixDataset(datasets, TrainTransform(aug), seed),
+        batch_sampler=StepBatches(
+            sampler, rank=rank, world_size=world_size, start_step=start_step, stop_step=total_steps
+        ),
+        num_workers=workers,
+        pin_memory=loader.pin_memory and torch.cuda.is_available(),
+        persistent_workers=loader.persistent_workers and workers > 0,
+        prefetch_factor=loader.prefetch_factor if workers > 0 else None,
+        worker_init_fn=partial(seed_worker, seed=seed, rank=rank),
+        # Seeds DataLoader's own base seed, so even torch's per-worker seeds are reproducible.
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+class EvalDataset(Dataset):
+    """A catalog dataset seen through ``EvalTransform`` (contract samples, ``dataset`` = 0)."""
+
+    def __init__(self, dataset: Dataset, transform: EvalTransform) -> None:
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        # A fixed generator per index: Middlebury's ambient-view choice is the same in every evaluation.
+        raw = load_raw(self.dataset, index, seed=0, sample_number=index)
+        return self.transform(raw)
+
+
+def build_eval_dataset(
+    name: str,
+    *,
+    data_root: str | Path,
+    dataset_options: DatasetOptions | DictConfig | None = None,
+    size: tuple[int, int] | None = None,
+) -> Dataset:
+    """Validation / evaluation samples of catalog ``name``: no augmentation; ``size`` (H, W) resizes (see
+    ``EvalTransform``). The root is checked first."""
+    check_dataset_root(name, data_root, dataset_options)
+    dataset = build_dataset(name, data_root=data_root, options=dataset_options)
+    return EvalDataset(dataset, EvalTransform(size))
