@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from tqdm import tqdm
 
 from stereo_exp.engine.distributed import DistEnv
@@ -288,6 +288,8 @@ def evaluate_datasets(
     figures: dict[str, Figure] = {}
     for name in eval_cfg.datasets:
         dataset = build_eval_dataset(name, data_root=data_root, dataset_options=dataset_options, size=size)
+        if eval_cfg.max_samples is not None and eval_cfg.max_samples < len(dataset):
+            dataset = Subset(dataset, range(eval_cfg.max_samples))  # the first N: the same ones on every run
         collector = None
         if eval_cfg.save_images > 0:
             collector = PictureCollector(
@@ -333,8 +335,3 @@ def run_validation(
         counts[f"val/{name}/images"] = grid.num_images
         counts[f"val/{name}/skipped_images"] = grid.num_skipped
     return ValidationResult(metrics=metrics, counts=counts, grids=grids, figures=figures)
-
-
-def figures_to_png(figures: dict[str, Figure]) -> dict[str, bytes]:
-    """Render figures to PNG bytes (for writers that take bytes)."""
-    return {name: figure_to_png(fig) for name, fig in figures.items()}

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import torch
 from omegaconf import MISSING
 
-from stereo_exp.config import PathsConfig
+from stereo_exp.data.options import DatasetOptions
 from stereo_exp.evaluation.metrics import EXTRA_METRICS
+from stereo_exp.schemas import PathsConfig, Precision
 
 
-class Precision(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-def amp_dtype_of(precision: Precision | str) -> torch.dtype | None:
-    """Autocast dtype of a precision setting: None for fp32 (no autocast)."""
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[Precision(precision).value]
+def amp_dtype(precision: Precision | str) -> torch.dtype | None:
+    """Autocast dtype of a ``precision`` setting (None for fp32: no autocast)."""
+    return {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}[Precision(precision)]
 
 
 @dataclass
@@ -30,6 +24,7 @@ class EvalConfig:
     size: list[int] | None = None  # [H, W]: resize (bilinear, no antialias; disparity scaled); null = native, padded
     n_cascades: list[int] = field(default_factory=lambda: [1])  # 1 = full resolution; k = k levels, coarse to fine
     n_iterations: list[int] | None = None  # recurrent updates per forward pass; null = the model's eval_iters
+    max_samples: int | None = None  # only the first N samples of each dataset (quick checks); null = all of them
     batch_size: int = 1  # images per forward pass and process (results are per-image averages: batching never shows)
     num_workers: int = 0  # DataLoader worker processes for evaluation data (0 = load in the main process)
     extras: list[str] = field(default_factory=list)  # metrics besides the published ones: bad-2.0 | d1
@@ -51,6 +46,8 @@ def check_eval_config(cfg: EvalConfig | Any, prefix: str = "eval") -> None:
         raise ValueError(f"{prefix}.n_cascades must be a non-empty list of counts >= 1; got {list(cfg.n_cascades)}.")
     if cfg.n_iterations is not None and (not cfg.n_iterations or min(cfg.n_iterations) < 1):
         raise ValueError(f"{prefix}.n_iterations must be null or counts >= 1; got {list(cfg.n_iterations)}.")
+    if cfg.max_samples is not None and cfg.max_samples < 1:
+        raise ValueError(f"{prefix}.max_samples must be >= 1 or null; got {cfg.max_samples}.")
     if cfg.batch_size < 1:
         raise ValueError(f"{prefix}.batch_size must be >= 1; got {cfg.batch_size}.")
     unknown = [name for name in cfg.extras if name not in EXTRA_METRICS]
@@ -66,12 +63,13 @@ def check_eval_config(cfg: EvalConfig | Any, prefix: str = "eval") -> None:
 class EvaluateConfig:
     """``python -m stereo_exp.evaluate``: the primary config of conf/evaluate.yaml."""
 
-    model: Any = MISSING  # conf/model/*: architecture for published names and state_dict files (checkpoints carry theirs)
+    model: Any = MISSING  # conf/model/*: architecture for published names and state_dict files (checkpoints: theirs)
     tracking: Any = MISSING  # conf/tracking/*: MLflow run of this evaluation (or none)
     eval: Any = MISSING  # conf/eval/*: datasets, size and grid (evaluate.yaml sets the published grid)
     paths: PathsConfig = field(default_factory=PathsConfig)  # paths.data: dataset root; paths.output: tables, pictures
-    weights: str | None = None  # published name | .pth state_dict | our checkpoint | MLflow run id; null: see checkpoints
-    checkpoints: str = "outputs"  # with weights=null, the newest checkpoint under this folder; none: the model as is
+    datasets: DatasetOptions = field(default_factory=DatasetOptions)  # per-dataset options, as training's datasets.*
+    weights: str | None = None  # published name | state_dict file | our checkpoint | runs:/<MLflow run id> | null
+    checkpoints: str = "outputs"  # weights=null: the newest checkpoint under this folder, else the model config as is
     dataset: Any = None  # shortcut for eval.datasets: one catalog name or a list [a, b]; null = eval.datasets
     precision: Precision = Precision.fp32  # fp32 | bf16 | fp16: autocast dtype of the forward pass
     device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda

@@ -1,0 +1,153 @@
+"""Cascade evaluation: ``python -m stereo_exp.evaluate [weights=...] [dataset=NAME | eval=OPTION] [key=value ...]``.
+
+Evaluates one model over the grid ``eval.n_cascades`` x ``eval.n_iterations`` on each dataset and writes, in
+``paths.output``: ``eval.log`` (the table in the published log layout, also printed), ``eval.json`` (the same at full
+precision, with image counts and the model's source) and ``pictures/`` (with ``eval.save_images``); the MLflow run
+(``tracking``) gets the metrics as ``eval/<dataset>/c<cascades>_i<iterations>/<metric>`` at the checkpoint's step,
+the table, the JSON and the pictures. ``conf/evaluate.yaml`` lists examples; ``model_source.py`` how ``weights``
+is resolved. Under torchrun every process takes its own share of the images.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from stereo_exp.config import register_configs
+
+log = logging.getLogger("stereo_exp.evaluate")
+
+# Hydra composes the config when main() is called; the schemas must be in the ConfigStore before that.
+register_configs()
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate as ``cfg`` (conf/evaluate.yaml) says; returns ``{dataset: GridResult}`` (on every rank)."""
+    from stereo_exp.engine.distributed import DistEnv
+    from stereo_exp.tracking import MlflowTracker
+
+    OmegaConf.to_object(cfg)  # every schema's own checks, before any work
+    eval_cfg = eval_config(cfg)
+    dist = DistEnv.from_environment(str(cfg.device))
+    dist.init_process_group()
+    tracker = MlflowTracker(cfg.tracking, dist)
+    status = "FAILED"
+    try:
+        grids = _run(cfg, eval_cfg, dist, tracker)
+        status = "FINISHED"
+        return grids
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.end(status)
+        dist.destroy()
+
+
+def eval_config(cfg: DictConfig) -> DictConfig:
+    """``cfg.eval`` with the ``dataset`` shortcut applied, checked."""
+    from stereo_exp.evaluation.config import check_eval_config
+
+    eval_cfg = cfg.eval.copy()
+    if cfg.dataset is not None:
+        names = [cfg.dataset] if isinstance(cfg.dataset, str) else list(cfg.dataset)
+        if not names or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"dataset must be a catalog name or a list of names; got {cfg.dataset!r}.")
+        eval_cfg.datasets = names
+    check_eval_config(eval_cfg)
+    return eval_cfg
+
+
+def _run(cfg: DictConfig, eval_cfg: DictConfig, dist: Any, tracker: Any) -> dict[str, Any]:
+    from stereo_exp.data.catalog import check_dataset_root
+    from stereo_exp.evaluation.cascade import evaluate_datasets, save_figures
+    from stereo_exp.evaluation.config import amp_dtype
+    from stereo_exp.evaluation.model_source import load_model
+    from stereo_exp.evaluation.table import format_tables, results_to_json
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)  # only matters for a model without weights
+    for name in eval_cfg.datasets:  # a missing dataset stops the run before weights are downloaded or loaded
+        check_dataset_root(name, cfg.paths.data, cfg.datasets)
+    loaded = load_model(cfg.weights, cfg.model, checkpoints=cfg.checkpoints, tracking_uri=cfg.tracking.uri)
+    log.info("Model: %s", loaded.source)
+    log.info("Evaluating on %d process(es), device %s", dist.world_size, dist.device)
+    model = loaded.model.to(dist.device)
+
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    assert isinstance(resolved, dict)
+    resolved["model"] = loaded.model_cfg  # what was evaluated (a checkpoint's config replaces the model group)
+    resolved["eval"] = OmegaConf.to_container(eval_cfg, resolve=True, enum_to_str=True)
+    tracker.start(
+        params=resolved,
+        run_name=f"eval {loaded.model_cfg['name']} {'+'.join(eval_cfg.datasets)}",
+        tags={"stereo_exp.task": "evaluate", **loaded.tags},
+    )
+
+    grids, figures = evaluate_datasets(
+        model, eval_cfg, data_root=cfg.paths.data, dataset_options=cfg.datasets, num_iters=loaded.eval_iters,
+        dist=dist, device=dist.device, amp_dtype=amp_dtype(cfg.precision), progress=cfg.progress,
+    )  # fmt: skip
+
+    if dist.is_main:
+        size = list(eval_cfg.size) if eval_cfg.size is not None else None
+        table = format_tables(grids, size)
+        counts = {name: {"images": g.num_images, "skipped_images": g.num_skipped} for name, g in grids.items()}
+        document = results_to_json(
+            grids, size, extra={"weights": loaded.source, "step": loaded.step, "model": loaded.model_cfg,
+                                "counts": counts},
+        )  # fmt: skip
+        output = Path(cfg.paths.output)
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "eval.log").write_text(table)
+        (output / "eval.json").write_text(document)
+        pictures = save_figures(figures, output / "pictures")
+        for name, count in counts.items():
+            skipped = (
+                f" ({count['skipped_images']} without any valid pixel, left out)" if count["skipped_images"] else ""
+            )
+            log.info("%s: %d images averaged%s", name, count["images"], skipped)
+        print(f"Model: {loaded.source}")
+        print(table, end="")
+        log.info("Wrote %s and %s%s", output / "eval.log", output / "eval.json",
+                 f" and {len(pictures)} pictures in {output / 'pictures'}" if pictures else "")  # fmt: skip
+
+        tracker.log_metrics(flat_metrics(grids), step=loaded.step or 0)
+        tracker.log_artifact(output / "eval.log")
+        tracker.log_artifact(output / "eval.json")
+        for name, figure in figures.items():
+            tracker.log_figure(figure, f"pictures/{name}.png")
+        url = tracker.run_url()
+        if url:
+            log.info("MLflow: %s", url)
+    return grids
+
+
+def flat_metrics(grids: dict[str, Any]) -> dict[str, float]:
+    """``{"eval/<dataset>/c<cascades>_i<iterations>/<metric>": value}`` for MLflow."""
+    return {
+        f"eval/{name}/c{n_casc}_i{n_iters}/{metric}": value
+        for name, grid in grids.items()
+        for n_casc, by_iters in grid.items()
+        for n_iters, values in by_iters.items()
+        for metric, value in values.items()
+    }
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> float | None:
+    """Evaluate; returns the mae of the first dataset's first grid cell (the objective of a sweep over weights)."""
+    grids = evaluate(cfg)
+    first = next(iter(grids.values()))
+    cell = next(iter(next(iter(first.values())).values()))
+    return cell["mae"]
+
+
+if __name__ == "__main__":
+    main()
