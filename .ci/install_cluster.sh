@@ -40,4 +40,4 @@ trap cleanup EXIT
 
 "${SUDO[@]}" apt-get update -qq
 "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-echo "install_cluster: done; $(sinfo --version 2>/dev/null || echo 'sinfo missing!')"
+echo "install_cluster: done (slurm $(dpkg-query -W -f='${Version}' slurm-wlm))"

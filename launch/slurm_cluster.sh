@@ -14,13 +14,16 @@
 #   SLURM_CLUSTER_PORT=6817                   slurmctld; slurmd, slurmdbd and MariaDB use the next three ports
 #   SLURM_CLUSTER_PARTITION=debug             the one (default) partition
 #   SLURM_CLUSTER_OVERSUBSCRIBE=4             jobs that may share one core (OverSubscribe=FORCE:N); 1 = no sharing
-#   SLURM_CLUSTER_KILL_WAIT=30                seconds between SIGTERM and SIGKILL at the time limit/cancel/requeue
+#   SLURM_CLUSTER_KILL_WAIT=10                seconds between SIGTERM and SIGKILL at the time limit/cancel/requeue
+#   SLURM_CLUSTER_REQUEUE_DELAY=10            seconds a requeued job waits before it may start again (cred_expire)
+#   SLURM_CLUSTER_SCHED_INTERVAL=2            seconds between scheduling passes over pending jobs
 #   SLURM_CLUSTER_START_TIMEOUT=180           seconds to wait for each daemon to answer
 #
 # Clients (sbatch, sinfo, sacct, submitit) find the cluster through SLURM_CONF=$SLURM_CLUSTER_DIR/etc/slurm.conf;
 # when /etc/slurm/slurm.conf does not exist, start also links it there so that plain `sinfo` works, and stop
 # removes that link again. An existing /etc/slurm/slurm.conf that is not ours is never touched.
-# docs/CLUSTER.md records how jobs, signals and requeue behave on this cluster.
+# start rewrites the configs every time, but daemons that already run keep theirs: changed settings take effect
+# after stop + start. docs/CLUSTER.md records how jobs, signals and requeue behave on this cluster.
 set -euo pipefail
 
 DIR=${SLURM_CLUSTER_DIR:-/tmp/stereo_exp_slurm}
@@ -28,7 +31,9 @@ NAME=${SLURM_CLUSTER_NAME:-stereo}
 PORT=${SLURM_CLUSTER_PORT:-6817}
 PARTITION=${SLURM_CLUSTER_PARTITION:-debug}
 OVERSUBSCRIBE=${SLURM_CLUSTER_OVERSUBSCRIBE:-4}
-KILL_WAIT=${SLURM_CLUSTER_KILL_WAIT:-30}
+KILL_WAIT=${SLURM_CLUSTER_KILL_WAIT:-10}
+REQUEUE_DELAY=${SLURM_CLUSTER_REQUEUE_DELAY:-10}
+SCHED_INTERVAL=${SLURM_CLUSTER_SCHED_INTERVAL:-2}
 START_TIMEOUT=${SLURM_CLUSTER_START_TIMEOUT:-180}
 
 CTLD_PORT=$PORT
@@ -68,12 +73,13 @@ need_root() {
     done
 }
 
-# pid_alive NAME: true when $RUN/NAME.pid names a live process.
+# pid_alive NAME: true when $RUN/NAME.pid names a live process that runs NAME's program (not a recycled pid).
 pid_alive() {
-    local file=$RUN/$1.pid pid
+    local file=$RUN/$1.pid pid program=$1
+    [[ $program == mariadb ]] && program=mariadbd
     [[ -s $file ]] || return 1
     pid=$(<"$file")
-    kill -0 "$pid" 2>/dev/null
+    kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$program"
 }
 
 # start_daemon NAME CMD...: run CMD (a daemon in the foreground) in its own session, detached from this shell
@@ -82,6 +88,7 @@ start_daemon() {
     local name=$1
     shift
     # The inner bash writes its own pid and then execs the daemon, so the pid file holds the daemon's pid.
+    # shellcheck disable=SC2016 # $$ and $@ belong to the inner bash
     setsid bash -c 'echo $$ > "$0"; exec "$@"' "$RUN/$name.pid" "$@" >>"$LOG/$name.out" 2>&1 </dev/null &
     local i
     for i in $(seq 50); do # the pid file appears within milliseconds
@@ -91,18 +98,36 @@ start_daemon() {
     die "$name did not start (see $LOG/$name.out)"
 }
 
-# wait_for WHAT CMD...: retry CMD once a second until it succeeds or START_TIMEOUT passes.
+# wait_for DAEMON WHAT CMD...: retry CMD once a second until it succeeds or START_TIMEOUT passes; stop early when
+# DAEMON (a name with a pid file, or - for none) has exited, with the end of its output.
 wait_for() {
-    local what=$1 i
-    shift
+    local daemon=$1 what=$2 i output
+    shift 2
     for ((i = 0; i < START_TIMEOUT; i++)); do
-        if "$@" >/dev/null 2>&1; then
+        if output=$("$@" 2>&1); then
             return 0
+        fi
+        if [[ $daemon != - ]] && ! pid_alive "$daemon"; then
+            tail -n 5 "$LOG/$daemon.out" "$LOG/$daemon.log" 2>/dev/null >&2 || true
+            die "$daemon exited while waiting for $what"
         fi
         sleep 1
     done
+    echo "slurm_cluster: last output of '$*':" >&2
+    echo "$output" | tail -n 5 >&2
     die "timed out after ${START_TIMEOUT}s waiting for $what"
 }
+
+# Readiness checks for wait_for.
+node_state() { sinfo -h -N -n "$NODE" -o %T 2>/dev/null; }
+node_registered() {
+    local state
+    state=$(node_state)
+    [[ -n $state && $state != unknown* ]]
+}
+node_usable() { [[ $(node_state) =~ ^(idle|mixed|allocated) ]]; }
+controller_up() { scontrol ping 2>/dev/null | grep -q UP; }
+munge_works() { munge -n </dev/null | unmunge >/dev/null 2>&1; }
 
 write_configs() {
     mkdir -p "$ETC" "$LOG" "$RUN" "$DIR/state" "$DIR/spool"
@@ -128,6 +153,8 @@ SlurmUser=root
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
 AuthType=auth/munge
+# cred_expire is also how long a requeued job waits before it may start again (SLURM's default: 120 s).
+AuthInfo=cred_expire=$REQUEUE_DELAY
 # Bind to the configured addresses (127.0.0.1), never to all interfaces (NoCtldInAddrAny is slurmctld's switch).
 CommunicationParameters=NoInAddrAny,NoCtldInAddrAny
 StateSaveLocation=$DIR/state
@@ -144,7 +171,11 @@ TaskPlugin=task/affinity
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
+# Test pending jobs every few seconds (SLURM's default: 60 s), so a requeued job restarts promptly.
+SchedulerParameters=sched_interval=$SCHED_INTERVAL,bf_interval=$SCHED_INTERVAL
 MpiDefault=none
+# Refuse at submission what can never run here (e.g. more CPUs than the node has) instead of pending forever.
+EnforcePartLimits=ALL
 # A node that was stopped with the cluster comes back idle on the next start.
 ReturnToService=2
 MailProg=/bin/true
@@ -189,7 +220,7 @@ EOF
 }
 
 start_munge() {
-    if [[ -S /run/munge/munge.socket.2 ]] && munge -n </dev/null | unmunge >/dev/null 2>&1; then
+    if [[ -S /run/munge/munge.socket.2 ]] && munge_works; then
         return 0 # a munged already answers (ours or the system's)
     fi
     if [[ ! -s /etc/munge/munge.key ]]; then
@@ -204,7 +235,7 @@ start_munge() {
     log "starting munged"
     # munged forks into the background itself and writes /run/munge/munged.pid.
     runuser -u munge -- munged --log-file=/var/log/munge/munged.log || die "munged failed (/var/log/munge/munged.log)"
-    wait_for "munged" bash -c 'munge -n </dev/null | unmunge'
+    wait_for - "munged" munge_works
     cp /run/munge/munged.pid "$RUN/munged.pid" # so that stop ends the munged this script started
 }
 
@@ -230,7 +261,7 @@ start_mariadb() {
     start_daemon mariadb mariadbd --no-defaults --datadir="$DB_DATA" --user=mysql \
         --bind-address=127.0.0.1 --port="$DB_PORT" --socket="$DB_SOCKET" --pid-file="$DB_RUN/mariadbd.pid" \
         --log-error="$LOG/mariadb.log" --skip-name-resolve --innodb-buffer-pool-size=64M --innodb-lock-wait-timeout=900
-    wait_for "MariaDB (socket $DB_SOCKET)" mariadb-admin --no-defaults --socket="$DB_SOCKET" -u root ping
+    wait_for mariadb "MariaDB (socket $DB_SOCKET)" mariadb-admin --no-defaults --socket="$DB_SOCKET" -u root ping
     mariadb --no-defaults --socket="$DB_SOCKET" -u root <<EOF || die "could not create the slurm database user"
 CREATE DATABASE IF NOT EXISTS $DB_NAME;
 CREATE USER IF NOT EXISTS '$DB_USER'@'127.0.0.1' IDENTIFIED BY '$DB_PASS';
@@ -245,26 +276,24 @@ start_slurmdbd() {
         start_daemon slurmdbd slurmdbd -D
     fi
     # The first start creates the accounting tables, which takes a while on a slow machine.
-    wait_for "slurmdbd (sacctmgr)" sacctmgr -n list cluster
+    wait_for slurmdbd "slurmdbd (sacctmgr)" sacctmgr -n list cluster
     if [[ -z $(sacctmgr -n -P list cluster format=cluster where cluster="$NAME") ]]; then
         log "registering cluster '$NAME' in the accounting database"
         sacctmgr -i add cluster "$NAME" >/dev/null || die "sacctmgr add cluster $NAME failed"
     fi
 }
 
-node_state() { sinfo -h -N -n "$NODE" -o %T 2>/dev/null; }
-
 start_slurm() {
     if ! pid_alive slurmctld; then
         log "starting slurmctld on 127.0.0.1:$CTLD_PORT"
         start_daemon slurmctld slurmctld -D -f "$CONF"
     fi
-    wait_for "slurmctld (scontrol ping)" bash -c 'scontrol ping | grep -q UP'
+    wait_for slurmctld "slurmctld (scontrol ping)" controller_up
     if ! pid_alive slurmd; then
         log "starting slurmd for node $NODE"
         start_daemon slurmd slurmd -D -N "$NODE" -f "$CONF"
     fi
-    wait_for "node $NODE to register" bash -c '[[ -n $(sinfo -h -N -o %T) && $(sinfo -h -N -o %T) != unknown* ]]'
+    wait_for slurmd "node $NODE to register" node_registered
     case $(node_state) in
     down* | drain* | fail*)
         # Left over from an unclean stop; the daemons are fresh, so the node is usable again.
@@ -272,8 +301,8 @@ start_slurm() {
         scontrol update nodename="$NODE" state=resume || true
         ;;
     esac
-    wait_for "node $NODE to be idle or in use" bash -c '[[ $(sinfo -h -N -o %T) =~ ^(idle|mixed|allocated) ]]'
-    wait_for "sacct" sacct -n -X -S now-1minutes
+    wait_for slurmd "node $NODE to be idle or in use" node_usable
+    wait_for slurmctld "sacct" sacct -n -X -S now-1minutes
 }
 
 link_system_conf() {

@@ -1,0 +1,211 @@
+"""The cluster infrastructure itself: the single-node SLURM cluster of launch/, submitit on it, the Hydra launcher
+configs in conf/hydra/launcher/, and the local MLflow server. Training through them is tested elsewhere."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow import MlflowClient
+
+if TYPE_CHECKING:
+    from tests.cluster_fixtures import SlurmCluster
+
+# Loaded as a plugin (not imported above) so that pytest registers its fixtures and rewrites its asserts.
+pytest_plugins = ["tests.cluster_fixtures"]
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+# --- the launcher configs (no cluster needed) -----------------------------------------------------------------
+
+
+def _launcher_cfg(tmp_path: Path, overrides: list[str]):
+    """Compose a throwaway primary config with the repository's conf/ on the search path, as a training run does."""
+    (tmp_path / "primary.yaml").write_text(f"hydra:\n  searchpath:\n    - file://{CONF_DIR}\n")
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        return compose("primary", overrides=overrides, return_hydra_config=True).hydra.launcher
+
+
+def test_the_slurm_launcher_config_asks_for_one_task_per_gpu_and_requeues(tmp_path, monkeypatch):
+    for name in ("STEREO_SLURM_PARTITION", "STEREO_SLURM_ACCOUNT", "STEREO_SLURM_QOS", "STEREO_SLURM_CONSTRAINT"):
+        monkeypatch.delenv(name, raising=False)
+    launcher = _launcher_cfg(tmp_path, ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4"])
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.tasks_per_node == 4  # follows gpus_per_node: one DDP rank per GPU
+    assert launcher.partition is None  # no STEREO_SLURM_PARTITION: the cluster's default partition
+    assert launcher.max_num_timeout == 3
+    assert launcher.additional_parameters == {"requeue": True}  # written as "#SBATCH --requeue"
+
+
+def test_site_settings_of_the_slurm_launcher_come_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("STEREO_SLURM_PARTITION", "gpu-long")
+    monkeypatch.setenv("STEREO_SLURM_ACCOUNT", "vision")
+    launcher = _launcher_cfg(tmp_path, ["hydra/launcher=slurm"])
+    assert (launcher.partition, launcher.account) == ("gpu-long", "vision")
+
+
+def test_the_local_launcher_config_does_not_kill_runs_after_the_plugins_hour(tmp_path):
+    launcher = _launcher_cfg(tmp_path, ["hydra/launcher=local"])
+    assert launcher._target_.endswith("LocalLauncher")
+    assert launcher.timeout_min == 10080  # a week, not the plugin's 60 minutes
+    assert (launcher.gpus_per_node, launcher.tasks_per_node) == (0, 1)
+
+
+# --- the SLURM cluster ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.cluster
+def test_an_sbatch_job_runs_and_sacct_reports_it_completed(slurm_cluster: SlurmCluster, tmp_path):
+    job_id = slurm_cluster.sbatch(
+        '#!/bin/bash\necho "job $SLURM_JOB_ID ran on $SLURM_JOB_NUM_NODES node: $SLURM_JOB_NODELIST" > out.txt\n',
+        workdir=tmp_path,
+    )
+    assert slurm_cluster.wait(job_id, timeout_s=60) == "COMPLETED"
+    assert slurm_cluster.exit_code(job_id) == "0:0"
+    assert (tmp_path / "out.txt").read_text() == f"job {job_id} ran on 1 node: localhost\n"
+
+
+@pytest.mark.cluster
+def test_a_failing_job_is_reported_failed_with_its_exit_code(slurm_cluster: SlurmCluster, tmp_path):
+    job_id = slurm_cluster.sbatch("#!/bin/bash\nexit 3\n", workdir=tmp_path, name="fails")
+    assert slurm_cluster.wait(job_id, timeout_s=60) == "FAILED"
+    assert slurm_cluster.exit_code(job_id) == "3:0"
+
+
+@pytest.mark.cluster
+def test_a_requeued_job_runs_again_with_the_same_id_and_a_restart_count(slurm_cluster: SlurmCluster, tmp_path):
+    script = textwrap.dedent(
+        """\
+        #!/bin/bash
+        echo "start restart=${SLURM_RESTART_COUNT:-none}" >> attempts.txt
+        if [[ -z ${SLURM_RESTART_COUNT:-} ]]; then
+            trap 'echo "SIGTERM" >> attempts.txt; exit 0' TERM
+            touch running.flag
+            sleep 300 &
+            wait
+        fi
+        """
+    )
+    job_id = slurm_cluster.sbatch(script, workdir=tmp_path, name="requeue")
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "running.flag").exists():
+        assert time.monotonic() < deadline, f"job {job_id} did not start: {slurm_cluster.state(job_id)}"
+        time.sleep(0.2)
+    slurm_cluster.requeue(job_id)
+    # KillWait does not matter (the job exits on SIGTERM); the restart waits cred_expire + a scheduling pass.
+    assert slurm_cluster.wait(job_id, timeout_s=90) == "COMPLETED"
+    assert (tmp_path / "attempts.txt").read_text() == "start restart=none\nSIGTERM\nstart restart=1\n"
+
+
+def _all_reduce_rank_plus_one() -> dict[str, float | int]:
+    """Runs inside each SLURM task: join the gloo group that submitit's environment describes and sum rank + 1."""
+    import submitit
+    import torch
+    import torch.distributed as dist
+
+    env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    dist.init_process_group("gloo")
+    try:
+        total = torch.tensor([float(env.rank + 1)])
+        dist.all_reduce(total)
+    finally:
+        dist.destroy_process_group()
+    return {"rank": env.rank, "world_size": env.world_size, "local_rank": env.local_rank, "sum": total.item()}
+
+
+@pytest.mark.cluster
+def test_the_two_tasks_of_a_job_see_each_other_through_gloo(slurm_cluster: SlurmCluster, tmp_path):
+    executor = slurm_cluster.executor(tmp_path / "submitit", tasks_per_node=2)
+    job = executor.submit(_all_reduce_rank_plus_one)
+    results = job.results()  # one result per task, rank order
+    assert results == [
+        {"rank": 0, "world_size": 2, "local_rank": 0, "sum": 3.0},  # 1 + 2 summed across both ranks
+        {"rank": 1, "world_size": 2, "local_rank": 1, "sum": 3.0},
+    ]
+    assert slurm_cluster.wait(job.job_id, timeout_s=60) == "COMPLETED"
+
+
+@pytest.mark.cluster
+def test_a_two_by_two_hydra_sweep_through_the_slurm_launcher_runs_four_jobs(slurm_cluster: SlurmCluster, tmp_path):
+    (tmp_path / "demo.yaml").write_text(f"a: 0\nb: 0\nhydra:\n  searchpath:\n    - file://{CONF_DIR}\n")
+    app = tmp_path / "app.py"
+    app.write_text(
+        textwrap.dedent(
+            """
+            import os
+            from pathlib import Path
+            import hydra
+            from hydra.core.hydra_config import HydraConfig
+
+            @hydra.main(version_base="1.3", config_path=".", config_name="demo")
+            def main(cfg):
+                out = Path(HydraConfig.get().runtime.output_dir)
+                (out / "result.txt").write_text(f"{cfg.a * cfg.b} {os.environ['SLURM_ARRAY_JOB_ID']}")
+
+            if __name__ == "__main__":
+                main()
+            """
+        )
+    )
+    sweep_dir = tmp_path / "sweep"
+    cmd = [sys.executable, str(app), "-m", *slurm_cluster.hydra_launcher_overrides(), f"hydra.sweep.dir={sweep_dir}"]
+    result = subprocess.run([*cmd, "a=1,2", "b=3,4"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    contents = [(sweep_dir / str(num) / "result.txt").read_text().split() for num in range(4)]
+    # Job numbers follow the sweep order a=1,b=3 | a=1,b=4 | a=2,b=3 | a=2,b=4; all four are one SLURM job array.
+    assert [int(product) for product, _ in contents] == [3, 4, 6, 8]
+    (array_id,) = {array_id for _, array_id in contents}
+    for num in range(4):
+        # Hydra returns once the jobs' result files exist; SLURM's accounting records the ends moments later.
+        assert slurm_cluster.wait(f"{array_id}_{num}", timeout_s=60) == "COMPLETED"
+
+
+# --- the MLflow server ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.network
+def test_the_mlflow_server_accepts_a_run_and_the_client_reads_it_back(mlflow_server, tmp_path):
+    assert mlflow_server.uri.startswith("http://127.0.0.1:")
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    experiment_id = client.create_experiment("infra")
+    run_id = client.create_run(experiment_id).info.run_id
+    client.log_param(run_id, "schedule.decay_after_steps", 30000)
+    for step, mae in [(0, 4.0), (10, 2.5)]:
+        client.log_metric(run_id, "val/mae", mae, step=step)
+    picture = tmp_path / "picture.txt"
+    picture.write_text("not really a picture")
+    client.log_artifact(run_id, str(picture))
+    client.set_terminated(run_id)
+
+    run = client.get_run(run_id)
+    assert run.data.params == {"schedule.decay_after_steps": "30000"}  # MLflow stores params as strings
+    history = client.get_metric_history(run_id, "val/mae")
+    assert [(m.step, m.value) for m in history] == [(0, 4.0), (10, 2.5)]
+    assert [a.path for a in client.list_artifacts(run_id)] == ["picture.txt"]
+    # Artifacts went through the server into its own folder, not into this process's working directory.
+    assert (mlflow_server.root / "artifacts" / experiment_id / run_id / "artifacts" / "picture.txt").exists()
+    assert run.info.status == "FINISHED"
+
+
+@pytest.mark.network
+def test_the_mlflow_server_comes_back_on_the_same_port_with_its_runs_after_a_stop(mlflow_server):
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    run_id = client.create_run(client.create_experiment("restart")).info.run_id
+    client.log_metric(run_id, "loss", 1.5, step=1)
+    uri = mlflow_server.uri
+
+    mlflow_server.stop()
+    assert not mlflow_server.is_healthy()
+    mlflow_server.start()
+
+    assert mlflow_server.uri == uri
+    client.log_metric(run_id, "loss", 0.5, step=2)  # the same run keeps going after the restart
+    history = MlflowClient(tracking_uri=uri).get_metric_history(run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.5), (2, 0.5)]
