@@ -22,7 +22,7 @@ def main(cfg: DictConfig) -> float | None:
     from stereo_exp.engine.trainer import Preempted, train
 
     try:
-        metrics = train(cfg)
+        metrics = train(cfg).metrics
     except Preempted as stop:
         log.warning("%s Resume with the same run directory and resume=auto.", stop)
         sys.exit(128 + stop.signum)

@@ -60,12 +60,12 @@ def run_eda(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _run(cfg: DictConfig, tracker: Any) -> dict[str, Any]:
-    from stereo_exp.schemas import LoaderConfig
     from stereo_exp.data.config import AugmentationConfig, EdaConfig, MixConfig
     from stereo_exp.data.disparity_stats import DisparityStats, format_table, histogram_figure
     from stereo_exp.data.loader import MixDataset, as_schema, build_mix_datasets, seed_worker
     from stereo_exp.data.mix import Draw, MixSampler
     from stereo_exp.data.transforms import TrainTransform
+    from stereo_exp.schemas import LoaderConfig
 
     mix = as_schema(cfg.mix, MixConfig)
     aug = as_schema(cfg.augmentation, AugmentationConfig)

@@ -66,9 +66,9 @@ def eval_config(cfg: DictConfig) -> DictConfig:
 def _run(cfg: DictConfig, eval_cfg: DictConfig, dist: Any, tracker: Any) -> dict[str, Any]:
     from stereo_exp.data.catalog import check_dataset_root
     from stereo_exp.evaluation.cascade import evaluate_datasets, save_figures
-    from stereo_exp.evaluation.config import amp_dtype
     from stereo_exp.evaluation.model_source import load_model
     from stereo_exp.evaluation.table import format_tables, results_to_json
+    from stereo_exp.schemas import amp_dtype
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)

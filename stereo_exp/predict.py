@@ -237,8 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise InputError(f"Image {path} does not exist.")
 
         from stereo_exp.engine.distributed import DistEnv
-        from stereo_exp.evaluation.config import amp_dtype
         from stereo_exp.evaluation.model_source import load_model
+        from stereo_exp.schemas import amp_dtype
 
         cfg = _compose_config(args)
         try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+import torch
+
 
 @dataclass
 class PathsConfig:
@@ -20,6 +22,11 @@ class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
+
+
+def amp_dtype(precision: Precision | str) -> torch.dtype | None:
+    """Autocast dtype of a ``precision`` setting (None for fp32: no autocast)."""
+    return {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}[Precision(precision)]
 
 
 @dataclass
@@ -46,5 +53,5 @@ class LoaderConfig:
 
 @dataclass
 class CheckpointConfig:
-    every: int = 1000  # steps between checkpoints (one is always written at the end and on SIGTERM/SIGUSR1)
+    every: int = 1000  # steps between checkpoints (one is always written at the end and on SIGTERM/SIGUSR1/SIGUSR2)
     keep_last: int = 2  # periodic checkpoints kept in <output>/checkpoints (the final one is always kept)

@@ -13,8 +13,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from stereo_exp.schemas import LoaderConfig, PathsConfig
 from stereo_exp.data.options import DatasetOptions
+from stereo_exp.schemas import LoaderConfig, PathsConfig
 
 SCALING_TYPES = ("linear", "exponential")
 DISPARITY_RESIZE_MODES = ("auto", "bilinear", "scatter")

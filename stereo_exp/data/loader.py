@@ -20,12 +20,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from stereo_exp.schemas import LoaderConfig
 from stereo_exp.data.catalog import build_dataset, check_dataset_root
 from stereo_exp.data.config import AugmentationConfig, MixConfig
 from stereo_exp.data.mix import Draw, MixSampler
 from stereo_exp.data.options import DatasetOptions
 from stereo_exp.data.transforms import EvalTransform, TrainTransform, sample_generator
+from stereo_exp.schemas import LoaderConfig
 
 log = logging.getLogger(__name__)
 

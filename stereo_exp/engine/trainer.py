@@ -29,18 +29,16 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from stereo_exp import data, evaluation, models
-from stereo_exp.config import Precision
 from stereo_exp.engine import checkpoint as ckpt
 from stereo_exp.engine.distributed import DistEnv
 from stereo_exp.engine.loss import sequence_loss
 from stereo_exp.engine.optim import build_optimizer
 from stereo_exp.engine.schedule import build_scheduler
 from stereo_exp.models.weights import load_weights
+from stereo_exp.schemas import Precision, amp_dtype
 from stereo_exp.tracking import MlflowTracker
 
 log = logging.getLogger(__name__)
-
-AMP_DTYPES = {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
 
 # Keys that may differ between a checkpoint's config and the config that resumes it: they change how the run is
 # observed or executed, not what it computes.
@@ -62,23 +60,31 @@ class NonFiniteLossError(RuntimeError):
 
 
 @dataclass
+class TrainResult:
+    metrics: dict[str, float]  # final validation metrics, {"val/<dataset>/<metric>": value}
+    model: nn.Module  # the trained network (unwrapped from DDP), identical on every rank
+    checkpoint: Path | None  # the final checkpoint (None on ranks other than 0)
+    run_id: str | None  # the MLflow run (None without tracking and on ranks other than 0)
+
+
+@dataclass
 class StepStats:
     loss: float  # this rank's loss (nan when non-finite)
     grad_norm: float  # global gradient norm before clipping (all ranks agree)
     skipped: bool  # True when the optimizer step was skipped because of non-finite values
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Train as ``cfg`` says and return the final validation metrics (``{"val/<dataset>/<metric>": value}``)."""
+def train(cfg: DictConfig) -> TrainResult:
+    """Train as ``cfg`` says; returns the final validation metrics, the model and where the results are."""
     check_config(cfg)
     dist = DistEnv.from_environment(str(cfg.train.device))
     dist.init_process_group()
     tracker = MlflowTracker(cfg.tracking, dist)
     status = "FAILED"
     try:
-        metrics = _run(cfg, dist, tracker)
+        result = _run(cfg, dist, tracker)
         status = "FINISHED"
-        return metrics
+        return result
     except Preempted:
         status = "RUNNING"  # the requeued job continues this MLflow run
         raise
@@ -115,11 +121,11 @@ def setup_runtime(cfg: DictConfig) -> None:
     torch.autograd.set_detect_anomaly(cfg.train.detect_anomaly)
 
 
-def _run(cfg: DictConfig, dist: DistEnv, tracker: MlflowTracker) -> dict[str, float]:
+def _run(cfg: DictConfig, dist: DistEnv, tracker: MlflowTracker) -> TrainResult:
     setup_runtime(cfg)
     output = Path(cfg.paths.output)
     device = dist.device
-    amp_dtype = AMP_DTYPES[cfg.train.precision]
+    autocast_dtype = amp_dtype(cfg.train.precision)
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     schedule_steps = sum(cfg.mix.dataset_steps)  # the schedule always spans the whole mix
     stop_step = min(schedule_steps, cfg.train.max_steps or schedule_steps)
@@ -178,18 +184,24 @@ def _run(cfg: DictConfig, dist: DistEnv, tracker: MlflowTracker) -> dict[str, fl
     def validate(step: int) -> dict[str, float]:
         result = evaluation.run_validation(
             model, cfg.eval, data_root=cfg.paths.data, dataset_options=cfg.datasets, num_iters=cfg.model.eval_iters,
-            dist=dist, device=device, amp_dtype=amp_dtype,
+            dist=dist, device=device, amp_dtype=autocast_dtype,
         )  # fmt: skip
-        tracker.log_metrics(result.metrics, step)
+        tracker.log_metrics({**result.metrics, **result.counts}, step)
         for name, figure in result.figures.items():
             tracker.log_figure(figure, f"validation/step_{step:07d}/{name}.png")
         history.setdefault("first", {"step": step, **result.metrics})
         history["last"] = {"step": step, **result.metrics}
         return result.metrics
 
+    final_checkpoint = ckpt.checkpoint_path(output, stop_step) if dist.is_main else None
+
+    def make_result() -> TrainResult:
+        metrics = {k: v for k, v in history.get("last", {}).items() if k != "step"}
+        return TrainResult(metrics=metrics, model=model, checkpoint=final_checkpoint, run_id=run_id)
+
     if start_step >= stop_step:
         log.info("Nothing to do: the checkpoint is at step %d of %d.", start_step, stop_step)
-        return {k: v for k, v in history.get("last", {}).items() if k != "step"}
+        return make_result()
 
     # ---- data ---------------------------------------------------------------------------------------------------
     loader = data.build_train_loader(
@@ -213,7 +225,7 @@ def _run(cfg: DictConfig, dist: DistEnv, tracker: MlflowTracker) -> dict[str, fl
             batch = next(batches)
             data_time = time.perf_counter() - tic
             lr = optimizer.param_groups[0]["lr"]
-            stats = train_step(train_model, batch, optimizer, scheduler, scaler, cfg, device, amp_dtype)
+            stats = train_step(train_model, batch, optimizer, scheduler, scaler, cfg, device, autocast_dtype)
             nonfinite_streak = nonfinite_streak + 1 if stats.skipped else 0
             if nonfinite_streak >= cfg.train.max_nonfinite_steps:
                 raise NonFiniteLossError(
@@ -242,12 +254,11 @@ def _run(cfg: DictConfig, dist: DistEnv, tracker: MlflowTracker) -> dict[str, fl
         progress.close()
         stop_signal.restore()
 
-    final_checkpoint = ckpt.checkpoint_path(output, stop_step)
-    if dist.is_main and cfg.tracking.log_checkpoint:
-        tracker.log_artifact(final_checkpoint, "checkpoints")
     if dist.is_main:
+        if cfg.tracking.log_checkpoint:
+            tracker.log_artifact(final_checkpoint, "checkpoints")
         _print_summary(history, final_checkpoint, tracker)
-    return {k: v for k, v in history["last"].items() if k != "step"}
+    return make_result()
 
 
 def train_step(
@@ -286,12 +297,9 @@ def train_step(
     max_norm = cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm is not None else math.inf
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=max_norm))
     skipped = not math.isfinite(grad_norm)
-    if skipped:
-        optimizer.zero_grad(set_to_none=True)
-        scaler.update(new_scale=scaler.get_scale() / 2.0 if scaler.is_enabled() else None)
-    else:
-        scaler.step(optimizer)
-        scaler.update()
+    if not skipped or scaler.is_enabled():
+        scaler.step(optimizer)  # an enabled (fp16) GradScaler skips non-finite steps itself ...
+    scaler.update()  # ... and lowers its scale (no-op when disabled)
     scheduler.step()  # the schedule follows the step count, taken or skipped
     return StepStats(loss=float(loss.detach()), grad_norm=grad_norm, skipped=skipped)
 

@@ -5,17 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from omegaconf import MISSING
 
 from stereo_exp.data.options import DatasetOptions
 from stereo_exp.evaluation.metrics import EXTRA_METRICS
 from stereo_exp.schemas import PathsConfig, Precision
-
-
-def amp_dtype(precision: Precision | str) -> torch.dtype | None:
-    """Autocast dtype of a ``precision`` setting (None for fp32: no autocast)."""
-    return {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}[Precision(precision)]
 
 
 @dataclass

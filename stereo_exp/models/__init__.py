@@ -9,9 +9,20 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from stereo_exp.models.config import NON_ARCHITECTURE_KEYS, ModelConfig
+from stereo_exp.models.inference import predict_disparity
 from stereo_exp.models.registry import get_model_builder, list_models, register_model
+from stereo_exp.models.weights import load_weights
 
-__all__ = ["ModelConfig", "build_model", "get_model_builder", "list_models", "register_configs", "register_model"]
+__all__ = [
+    "ModelConfig",
+    "build_model",
+    "get_model_builder",
+    "list_models",
+    "load_weights",
+    "predict_disparity",
+    "register_configs",
+    "register_model",
+]
 
 
 def register_configs(cs: ConfigStore) -> None:
@@ -25,8 +36,6 @@ def register_configs(cs: ConfigStore) -> None:
 
 def build_model(cfg: DictConfig | Any) -> nn.Module:
     """Build the network named ``cfg.name`` with the architecture keys of ``cfg`` and load ``cfg.weights`` if set."""
-    from stereo_exp.models.weights import load_weights
-
     options: dict[str, Any] = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[assignment]
     architecture = {k: v for k, v in options.items() if k not in NON_ARCHITECTURE_KEYS}
     model = get_model_builder(options["name"])(**architecture)

@@ -13,6 +13,7 @@ positions (x, y), not the [-1, 1] coordinates of ``torch.nn.functional.grid_samp
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,7 @@ __all__ = [
     "convex_upsample",
     "coords_grid",
     "grid_sample_pixels",
+    "to_channels_last",
     "upsample_flow",
 ]
 
@@ -292,6 +294,39 @@ class ConvGRU(nn.Module):
             q_in = q_in + context[2]
         return (1 - z) * h + z * torch.tanh(q_in)
 
+    # Fast path (same numbers as ``forward`` up to float rounding; ``tests/test_fast_paths.py``). A convolution is
+    # linear in its input channels, so the gates' pre-activations split into a part from input channels that stay
+    # the same across recurrent updates (computed once, ``input_gates``) and a part from those that change
+    # (``forward_fast``), and the z and r convolutions, which read the same input, run as one convolution.
+
+    def gate_biases(self) -> Tensor:
+        """The z, r, q biases as one (1, 3 * hidden_size, 1, 1) tensor, to add to precomputed gates."""
+        return torch.cat([self.convz.bias, self.convr.bias, self.convq.bias]).view(1, -1, 1, 1)
+
+    def input_gates(self, static: Tensor) -> Tensor:
+        """z, r, q pre-activations (B, 3 * hidden_size, H, W) of the biases and of ``static`` (B, S, H, W), the first
+        S channels of every ``x`` this cell will read; pass them to ``forward_fast`` with the remaining channels."""
+        n, s = self.hidden_size, static.shape[1]
+        weight = torch.cat([conv.weight[:, n : n + s] for conv in (self.convz, self.convr, self.convq)])
+        bias = torch.cat([self.convz.bias, self.convr.bias, self.convq.bias])
+        return F.conv2d(static, weight, bias, padding=self.convz.padding)
+
+    def forward_fast(self, h: Tensor, x: Tensor, gates: Tensor) -> Tensor:
+        """``forward(h, cat([static, x]))`` for ``gates = input_gates(static)`` (S >= 0 static channels), or RAFT-Stereo's
+        ``forward(h, x, context)`` for ``gates = cat(context) + gate_biases()``. ``gates``: (B, 3 * hidden_size, H, W)."""
+        n = self.hidden_size
+        static = self.convz.in_channels - n - x.shape[1]  # input channels already folded into ``gates``
+
+        def dynamic_weight(conv: nn.Conv2d) -> Tensor:  # the kernels of h's and x's channels
+            return conv.weight if static == 0 else torch.cat([conv.weight[:, :n], conv.weight[:, n + static :]], 1)
+
+        zr_weight = torch.cat([dynamic_weight(self.convz), dynamic_weight(self.convr)])
+        zr = torch.sigmoid(F.conv2d(torch.cat([h, x], dim=1), zr_weight, padding=self.convz.padding) + gates[:, : 2 * n])
+        z, r = zr.split(n, dim=1)
+        q_in = F.conv2d(torch.cat([r * h, x], dim=1), dynamic_weight(self.convq), padding=self.convq.padding)
+        q = torch.tanh(q_in + gates[:, 2 * n :])
+        return h + z * (q - h)
+
 
 class SeparableConvGRU(nn.Module):
     """Two ConvGRU cells applied in turn: a horizontal (1 x k) then a vertical (k x 1) one (RAFT's recurrent block).
@@ -312,6 +347,14 @@ class SeparableConvGRU(nn.Module):
 
     def forward(self, h: Tensor, x: Tensor) -> Tensor:
         return self.convgru2(self.convgru1(h, x), x)
+
+    def input_gates(self, static: Tensor) -> tuple[Tensor, Tensor]:
+        """Both cells' ``ConvGRU.input_gates`` for the leading input channels ``static``."""
+        return self.convgru1.input_gates(static), self.convgru2.input_gates(static)
+
+    def forward_fast(self, h: Tensor, x: Tensor, gates: tuple[Tensor, Tensor]) -> Tensor:
+        """``forward(h, cat([static, x]))`` for ``gates = input_gates(static)``."""
+        return self.convgru2.forward_fast(self.convgru1.forward_fast(h, x, gates[0]), x, gates[1])
 
 
 class FlowHead(nn.Module):
@@ -345,6 +388,19 @@ class UpdateBlock(nn.Module):
     def forward(self, hidden: Tensor, context: Tensor, corr_features: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
         motion = self.motion_encoder(flow, corr_features)
         hidden = self.recurrent_block(hidden, torch.cat([context, motion], dim=1))
+        return hidden, self.flow_head(hidden)
+
+    def context_gates(self, context: Tensor) -> Any:
+        """The recurrent block's gate pre-activations from ``context``, which is the same for every update of a
+        level: computed once, then passed to ``forward_fast`` (needs a recurrent block with ``input_gates``)."""
+        return self.recurrent_block.input_gates(context)
+
+    def forward_fast(
+        self, hidden: Tensor, context_gates: Any, corr_features: Tensor, flow: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``forward(hidden, context, corr_features, flow)`` for ``context_gates = context_gates(context)``."""
+        motion = self.motion_encoder(flow, corr_features)
+        hidden = self.recurrent_block.forward_fast(hidden, motion, context_gates)
         return hidden, self.flow_head(hidden)
 
 
@@ -405,7 +461,7 @@ def convex_upsample(flow: Tensor, mask: Tensor, factor: int) -> Tensor:
     b, c, h, w = flow.shape
     if mask.shape != (b, 9 * factor * factor, h, w):
         raise ValueError(f"convex_upsample: mask shape {tuple(mask.shape)} != expected {(b, 9 * factor**2, h, w)}")
-    weights = torch.softmax(mask.view(b, 1, 9, factor, factor, h, w), dim=2)
+    weights = torch.softmax(mask.reshape(b, 1, 9, factor, factor, h, w), dim=2)  # reshape: mask may be channels-last
     neighbours = F.unfold(factor * flow, kernel_size=3, padding=1).view(b, c, 9, 1, 1, h, w)
     up = (weights * neighbours).sum(dim=2)  # (B, C, factor, factor, h, w)
     return up.permute(0, 1, 4, 2, 5, 3).reshape(b, c, h * factor, w * factor)
@@ -450,3 +506,9 @@ def grid_sample_pixels(image: Tensor, coords: Tensor, *, mode: str = "bilinear")
     if h > 1:
         y = 2 * y / (h - 1) - 1
     return F.grid_sample(image, torch.cat([x, y], dim=-1), mode=mode, align_corners=True)
+
+
+def to_channels_last(x: Tensor) -> Tensor:
+    """``x`` (B, C, H, W) in channels-last memory order (a no-op when it already is). Same values and shape: only
+    the strides change. oneDNN's CPU convolutions run on such tensors without converting them back and forth."""
+    return x.contiguous(memory_format=torch.channels_last)

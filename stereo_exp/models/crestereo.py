@@ -50,6 +50,7 @@ from stereo_exp.models.blocks import (
     convex_upsample,
     coords_grid,
     grid_sample_pixels,
+    to_channels_last,
     upsample_flow,
 )
 from stereo_exp.models.config import NON_ARCHITECTURE_KEYS, ModelConfig
@@ -153,6 +154,28 @@ def fixed_window_correlation(left: Tensor, right_warped: Tensor, *, groups: int,
     return torch.stack(per_candidate, dim=2).reshape(b, groups * window.num_candidates, h, w)
 
 
+def fixed_window_correlation_fast(left: Tensor, right_warped: Tensor, *, groups: int, window: SearchWindow) -> Tensor:
+    """``fixed_window_correlation`` computed on channels-last data (same values up to float rounding).
+
+    With channels innermost, each candidate's group means are sums over contiguous memory and every shifted view of
+    the padded right map is a strided view, so a candidate costs one product and one reduction (the plain version
+    also pays a ``fill``, a division and a stack per candidate on channels-first data: about 4x slower on a CPU).
+    Returns a channels-last (B, groups * K, H, W) tensor in the plain version's channel order.
+    """
+    b, c, h, w = left.shape
+    ry, rx = window.radius
+    dy, dx = window.dilation
+    padded = F.pad(right_warped, (rx, rx, ry, ry), mode="replicate").permute(0, 2, 3, 1)  # (B, H + 2ry, W + 2rx, C)
+    left_nhwc = left.permute(0, 2, 3, 1)  # (B, H, W, C); a view when ``left`` is channels-last
+    per_candidate = [
+        (left_nhwc * padded[:, y : y + h, x : x + w]).reshape(b, h, w, groups, c // groups).mean(dim=-1)
+        for y in range(0, 2 * ry + 1, dy)
+        for x in range(0, 2 * rx + 1, dx)
+    ]  # K x (B, H, W, groups)
+    correlation = torch.stack(per_candidate, dim=-1)  # (B, H, W, groups, K): channel g * K + k, channels innermost
+    return correlation.view(b, h, w, groups * window.num_candidates).permute(0, 3, 1, 2)
+
+
 def deformable_window_correlation(
     left: Tensor, right: Tensor, flow: Tensor, extra_offsets: Tensor, *, groups: int, window: SearchWindow
 ) -> Tensor:
@@ -217,13 +240,24 @@ class AdaptiveGroupCorrelation(nn.Module):
         return self.attention_offset_correlation_layer.attend(left, right)
 
     def forward(
-        self, left: Tensor, right: Tensor, flow: Tensor, window: SearchWindow, extra_offsets: Tensor | None = None
+        self,
+        left: Tensor,
+        right: Tensor,
+        flow: Tensor,
+        window: SearchWindow,
+        extra_offsets: Tensor | None = None,
+        *,
+        fast: bool = False,
     ) -> Tensor:
         if extra_offsets is not None:
             return self.attention_offset_correlation_layer(left, right, flow, extra_offsets, window)
         b, _, h, w = left.shape
         coords = (coords_grid(b, h, w, device=left.device) + flow).permute(0, 2, 3, 1)  # (B, H, W, 2)
         right_warped = grid_sample_pixels(right, coords)
+        if fast:
+            return fixed_window_correlation_fast(
+                to_channels_last(left), to_channels_last(right_warped), groups=self.groups, window=window
+            )
         return fixed_window_correlation(left, right_warped, groups=self.groups, window=window)
 
 
@@ -403,6 +437,13 @@ class CREStereo(nn.Module):
         search_window_1d, search_window_2d: windows of even and odd updates.
         activation_checkpointing: recompute each recurrent update in the backward pass instead of storing its
             activations (training only; same numbers, less memory, about one more forward pass of compute).
+        fast_paths: compute the recurrent updates the fast way (same numbers up to float rounding, checked in
+            ``tests/test_fast_paths.py``; ``docs/PERFORMANCE.md`` says what each part buys): channels-last memory
+            for the update block, mask predictor and offset convolutions; the context's share of the GRU gates
+            computed once per level instead of at every update, and the z and r gates as one convolution
+            (``UpdateBlock.context_gates``); the fixed-window correlation on channels-last data. False runs the
+            plain computation (the reference the fast paths are tested against). Needs a recurrent block with
+            ``input_gates`` / ``forward_fast`` (``SeparableConvGRU``).
     """
 
     def __init__(
@@ -419,6 +460,7 @@ class CREStereo(nn.Module):
         search_window_1d: SearchWindow = SearchWindow((1, 9)),
         search_window_2d: SearchWindow = SearchWindow((3, 3)),
         activation_checkpointing: bool = False,
+        fast_paths: bool = True,
     ) -> None:
         super().__init__()
         rates = list(feature_downsample_rates)
@@ -428,6 +470,11 @@ class CREStereo(nn.Module):
         check_search_windows(search_window_1d, search_window_2d)
         if dim % corr_groups != 0:
             raise ValueError(f"The feature width {dim} must be divisible by corr_groups={corr_groups}.")
+        if fast_paths and not hasattr(update_block.recurrent_block, "forward_fast"):
+            raise ValueError(
+                f"model.fast_paths=true needs a recurrent block with input_gates/forward_fast (SeparableConvGRU); "
+                f"got {type(update_block.recurrent_block).__name__}. Set model.fast_paths=false."
+            )
 
         self.feature_encoder = feature_encoder
         self.update_block = update_block
@@ -443,6 +490,7 @@ class CREStereo(nn.Module):
         self.hidden_size: int = update_block.hidden_state_size
         self.windows = (search_window_1d, search_window_2d)  # used by even and odd updates
         self.activation_checkpointing = activation_checkpointing
+        self.fast_paths = fast_paths
 
         # Coarse levels, coarsest first; only the coarsest one cross-attends.
         k = search_window_1d.num_candidates
@@ -458,6 +506,12 @@ class CREStereo(nn.Module):
         self.max_res_correlation_layer = AdaptiveGroupCorrelation(groups=corr_groups)
         # Registered last to keep the published files' key order.
         self.positional_encodings = positional_encoding
+        if fast_paths:
+            # The recurrent part runs on channels-last features (see ``forward_flow``); its kernels in the same order
+            # save oneDNN a reorder per call. The encoder stays channels-first: its instance norms are faster there.
+            # Only strides change: the state_dict's keys, shapes and values are the published ones.
+            for part in (self.update_block, self.mask_predictor, self.offset_convs):
+                part.to(memory_format=torch.channels_last)
 
     # ---------------------------------------------------------------------------------------------------------------
     def forward(
@@ -473,6 +527,8 @@ class CREStereo(nn.Module):
         exactly as torchvision's ``cascade_evaluation`` does."""
         self._check_inputs(left, right, flow_init, num_iters)
         features = self.feature_encoder(torch.cat([left, right], dim=0))
+        if self.fast_paths:
+            features = to_channels_last(features)
         left_features, right_features = features.chunk(2, dim=0)  # (B, C, H/4, W/4)
         hidden, context = torch.split(left_features, [self.hidden_size, features.shape[1] - self.hidden_size], dim=1)
         hidden, context = torch.tanh(hidden), torch.relu(context)
@@ -482,6 +538,7 @@ class CREStereo(nn.Module):
         else:
             predictions, flow = [], self._flow_from_init(flow_init, left_features.shape[-2:])
 
+        context = self._context_input(context)
         for it in range(num_iters):
             # Each update starts from a constant: no gradient flows through earlier flow estimates (as in RAFT).
             hidden, flow, flow_up = self._refine(
@@ -519,6 +576,7 @@ class CREStereo(nn.Module):
             left_l, right_l = correlation.attend(left_l, right_l)
 
             flow = self._resample_flow(prior, left_l)
+            context_l = self._context_input(context_l)
             for it in range(num_iters // 2):
                 hidden_l, flow, prior = self._refine(
                     correlation, left_l, right_l, hidden_l, context_l, flow.detach(), self.windows[it % 2], offsets
@@ -547,18 +605,24 @@ class CREStereo(nn.Module):
         scale = size[1] / flow_init.shape[-1]
         return -scale * F.interpolate(flow_init, size=tuple(size), mode="bilinear", align_corners=True)
 
+    def _context_input(self, context: Tensor) -> Any:
+        """What the updates of one level read of the context (B, Cc, h, w): the context itself, or on the fast path
+        its share of the GRU gates, which does not change from one update to the next (``UpdateBlock.context_gates``)."""
+        return self.update_block.context_gates(context) if self.fast_paths else context
+
     def _refine(
         self,
         correlation: AdaptiveGroupCorrelation,
         left: Tensor,
         right: Tensor,
         hidden: Tensor,
-        context: Tensor,
+        context: Any,
         flow: Tensor,
         window: SearchWindow,
         offsets: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """One recurrent update at one level: (hidden, flow, flow convex-upsampled by ``base_factor``)."""
+        """One recurrent update at one level: (hidden, flow, flow convex-upsampled by ``base_factor``). ``context``
+        comes from ``_context_input``."""
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(
                 self._refine_step, correlation, left, right, hidden, context, flow, window, offsets, use_reentrant=False
@@ -571,13 +635,16 @@ class CREStereo(nn.Module):
         left: Tensor,
         right: Tensor,
         hidden: Tensor,
-        context: Tensor,
+        context: Any,
         flow: Tensor,
         window: SearchWindow,
         offsets: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        corr = correlation(left, right, flow, window, offsets)  # (B, groups * K, h, w)
-        hidden, delta_flow = self.update_block(hidden, context, corr, flow)
+        corr = correlation(left, right, flow, window, offsets, fast=self.fast_paths)  # (B, groups * K, h, w)
+        if self.fast_paths:
+            hidden, delta_flow = self.update_block.forward_fast(hidden, context, corr, to_channels_last(flow))
+        else:
+            hidden, delta_flow = self.update_block(hidden, context, corr, flow)
         mask = self.mask_predictor(hidden)
         flow = flow + delta_flow
         return hidden, flow, convex_upsample(flow, mask, self.base_factor)
@@ -662,8 +729,9 @@ def _crestereo(
     num_cross_attention_layers: int,
     attention: AttentionKind | str,
     positional_encoding_max_size: int,
-    # Memory
+    # Memory and speed
     activation_checkpointing: bool,
+    fast_paths: bool,
     # Built parts that replace the ones made from the numbers above
     feature_encoder: nn.Module | None = None,
     update_block: UpdateBlock | None = None,
@@ -725,6 +793,7 @@ def _crestereo(
         search_window_1d=window_1d,
         search_window_2d=window_2d,
         activation_checkpointing=activation_checkpointing,
+        fast_paths=fast_paths,
     )
 
 
@@ -797,8 +866,9 @@ class CREStereoConfig(ModelConfig):
     num_cross_attention_layers: int = 1  # cross-attention layers inside the coarsest correlation
     attention: AttentionKind = AttentionKind.linear  # linear (published) | softmax
     positional_encoding_max_size: int = 256  # side of the table at 1/16: inputs up to 16x this; in the weights layout
-    # memory
+    # memory and speed
     activation_checkpointing: bool = False  # recompute each recurrent update in backward (less memory, ~1.3x compute)
+    fast_paths: bool = True  # optimised recurrent updates (same numbers to 1e-4; docs/PERFORMANCE.md); false = plain
 
     def __post_init__(self) -> None:
         check_search_windows(

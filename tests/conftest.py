@@ -1,0 +1,67 @@
+"""Shared fixtures: the real training config, composed from conf/ and shrunk to seconds on a CPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from stereo_exp.config import register_configs
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "conf"
+
+# The smallest real run: the tiny CREStereo on small synthetic crops, a handful of steps, no workers, no MLflow.
+TINY_RUN = [
+    "model=crestereo_tiny",
+    "mix=embedded",
+    "mix.dataset_steps=[6]",
+    "augmentation=embedded",
+    "augmentation.crop_size=[48,64]",
+    "datasets.synthetic.height=64",
+    "datasets.synthetic.width=80",
+    "datasets.synthetic.disparity_range=[2,16]",
+    "eval=embedded",
+    "eval.datasets=[synthetic-val]",
+    "eval.max_samples=2",
+    "eval.save_images=0",
+    "train.batch_size=2",
+    "train.log_every=1",
+    "train.val_every=3",
+    "train.num_threads=1",
+    "loader.num_workers=0",
+    "checkpoint.every=2",
+    "tracking=none",
+]
+
+
+def compose_train_config(output: Path, *overrides: str) -> DictConfig:
+    """conf/config.yaml with TINY_RUN, then ``overrides``, writing into ``output``."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="test"):
+        cfg = compose("config", overrides=[*TINY_RUN, f"paths.output={output}", *overrides])
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path) -> DictConfig:
+    return compose_train_config(tmp_path / "run")
+
+
+@pytest.fixture
+def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run the test from tmp_path: MLflow's default ./mlruns artifacts and ./mlflow.db land there."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for `python -m stereo_exp` child processes: one thread each, the repo importable."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
