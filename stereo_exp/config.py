@@ -32,11 +32,11 @@ class Config:
     loss: Any = MISSING  # conf/loss/*: sequence loss over the recurrent predictions
     eval: Any = MISSING  # conf/eval/*: validation during training
     tracking: Any = MISSING  # conf/tracking/*: MLflow (or none)
-    paths: PathsConfig = field(default_factory=PathsConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)  # where data is read and results are written
     datasets: DatasetOptions = field(default_factory=DatasetOptions)  # per-dataset reading options (docs/DATASETS.md)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    loader: LoaderConfig = field(default_factory=LoaderConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)  # batch, precision, logging, validation cadence
+    loader: LoaderConfig = field(default_factory=LoaderConfig)  # DataLoader workers of the training data
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # how often and how many to keep
     seed: int = 0  # seeds model init, data order, augmentation and every worker
     resume: str | None = "auto"  # auto: continue the latest checkpoint in paths.output if any | PATH | null: never
     init_from: str | None = None  # weights-only start (fine-tuning): our checkpoint or a state_dict file

@@ -1,6 +1,6 @@
 """Run by tests under torchrun: train with the given overrides, then save this rank's weights.
 
-    torchrun --standalone --nproc_per_node 2 tests/ddp_worker.py OUTPUT_DIR [override ...]
+torchrun --standalone --nproc_per_node 2 tests/ddp_worker.py OUTPUT_DIR [override ...]
 """
 
 import sys
@@ -10,9 +10,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stereo_exp.engine.distributed import DistEnv  # noqa: E402
-from stereo_exp.engine.trainer import train  # noqa: E402
-from tests.conftest import compose_train_config  # noqa: E402
+from stereo_exp.engine.distributed import DistEnv
+from stereo_exp.engine.trainer import train
+from tests.conftest import compose_train_config
 
 if __name__ == "__main__":
     output = Path(sys.argv[1])

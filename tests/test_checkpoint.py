@@ -26,7 +26,7 @@ def test_checkpoint_round_trips_with_weights_only_and_restores_every_generator(t
 def test_a_truncated_checkpoint_is_reported_by_name(tmp_path):
     path = ckpt.save_checkpoint(tmp_path / "step_0000001.pth", {"model": {"w": torch.zeros(1000)}, "step": 1})
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(RuntimeError, match="step_0000001.pth"):
+    with pytest.raises(RuntimeError, match=r"step_0000001\.pth"):
         ckpt.load_checkpoint(path)
 
 

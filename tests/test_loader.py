@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from stereo_exp.schemas import LoaderConfig
 from stereo_exp.data import build_eval_dataset, build_train_loader
 from stereo_exp.data.catalog import DatasetRootError
 from stereo_exp.data.config import AugmentationConfig, MixConfig
 from stereo_exp.data.options import DatasetOptions
 from stereo_exp.data.synthetic import SyntheticConfig
+from stereo_exp.schemas import LoaderConfig
 from tests.dataset_replicas import write_crestereo, write_eth3d
 
 CROP = [24, 32]

@@ -58,7 +58,9 @@ def test_finetune_schedule_decays_from_the_first_step():
 
 
 def test_decay_requested_before_the_end_of_warmup_starts_after_it():
-    cfg = ScheduleConfig(lr=1.0, min_lr=0.0, warmup_steps=10, warmup_factor=0.5, decay_after_steps=0, decay=Decay.linear)
+    cfg = ScheduleConfig(
+        lr=1.0, min_lr=0.0, warmup_steps=10, warmup_factor=0.5, decay_after_steps=0, decay=Decay.linear
+    )
     assert lr_at(9, cfg, 21) == pytest.approx(0.5 + 0.5 * 9 / 10)  # still ramping
     assert lr_at(10, cfg, 21) == pytest.approx(1.0)  # decay starts at the peak
     assert lr_at(15, cfg, 21) == pytest.approx(0.5)  # half-way from step 10 to the last step 20

@@ -25,9 +25,16 @@ from tests.conftest import REPO_ROOT, TINY_RUN, compose_train_config, subprocess
 
 def first_batch(cfg):
     loader = data.build_train_loader(
-        cfg.mix, cfg.augmentation, cfg.loader, data_root=cfg.paths.data, dataset_options=cfg.datasets,
-        batch_size=cfg.train.batch_size, seed=cfg.seed, start_step=0, total_steps=1,
-    )  # fmt: skip
+        cfg.mix,
+        cfg.augmentation,
+        cfg.loader,
+        data_root=cfg.paths.data,
+        dataset_options=cfg.datasets,
+        batch_size=cfg.train.batch_size,
+        seed=cfg.seed,
+        start_step=0,
+        total_steps=1,
+    )
     return next(iter(loader))
 
 
@@ -63,8 +70,15 @@ def test_same_config_and_seed_give_identical_weights_and_a_new_seed_does_not(tmp
 
 def test_gradient_clipping_bounds_the_global_norm_of_the_update(tmp_path):
     # SGD without momentum or decay at lr 1 moves the weights by exactly the clipped gradient.
-    cfg = compose_train_config(tmp_path, "optim=sgd", "optim.momentum=0", "optim.clip_grad_norm=0.5",
-                               "schedule.lr=1.0", "schedule.min_lr=1.0", "schedule.warmup_steps=0")  # fmt: skip
+    cfg = compose_train_config(
+        tmp_path,
+        "optim=sgd",
+        "optim.momentum=0",
+        "optim.clip_grad_norm=0.5",
+        "schedule.lr=1.0",
+        "schedule.min_lr=1.0",
+        "schedule.warmup_steps=0",
+    )
     model = build_model(cfg.model)
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
@@ -76,7 +90,9 @@ def test_gradient_clipping_bounds_the_global_norm_of_the_update(tmp_path):
     assert update.item() == pytest.approx(0.5, rel=1e-4)  # ... and the step is exactly the clip norm
 
 
-@pytest.mark.parametrize(("precision", "dtype", "scaled"), [("bf16", torch.bfloat16, False), ("fp16", torch.float16, True)])
+@pytest.mark.parametrize(
+    ("precision", "dtype", "scaled"), [("bf16", torch.bfloat16, False), ("fp16", torch.float16, True)]
+)
 def test_mixed_precision_steps_train_and_only_fp16_uses_a_grad_scaler(tmp_path, precision, dtype, scaled):
     cfg = compose_train_config(tmp_path, f"train.precision={precision}")
     model = build_model(cfg.model)
@@ -110,8 +126,9 @@ def nan_after_first_step_crestereo(**architecture):
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run_with_a_clear_message(tmp_path):
-    cfg = compose_train_config(tmp_path, "model.name=nan_after_first_step_crestereo", "train.max_nonfinite_steps=3",
-                               "mix.dataset_steps=[10]")  # fmt: skip
+    cfg = compose_train_config(
+        tmp_path, "model.name=nan_after_first_step_crestereo", "train.max_nonfinite_steps=3", "mix.dataset_steps=[10]"
+    )
     with pytest.raises(NonFiniteLossError, match=r"3 consecutive steps \(last: step 3\).*train.max_nonfinite_steps"):
         train(cfg)
     # step 1 trained normally; steps 2-4 were skipped: the checkpoint at step 2 holds step 1's weights.
@@ -169,8 +186,14 @@ def test_resume_refuses_a_checkpoint_of_a_different_config(tmp_path):
 
 def test_mlflow_records_params_metric_history_and_artifacts(tmp_path, in_tmp_dir):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = compose_train_config(tmp_path / "run", "tracking=mlflow", f"tracking.uri={uri}", "tracking.experiment=test",
-                               "eval.save_images=1", "train.log_every=2")  # fmt: skip
+    cfg = compose_train_config(
+        tmp_path / "run",
+        "tracking=mlflow",
+        f"tracking.uri={uri}",
+        "tracking.experiment=test",
+        "eval.save_images=1",
+        "train.log_every=2",
+    )
     result = train(cfg)
 
     client = MlflowClient(uri)
@@ -190,12 +213,15 @@ def test_mlflow_records_params_metric_history_and_artifacts(tmp_path, in_tmp_dir
 # ---- runs in their own processes: torchrun DDP, hard kill and SIGTERM ------------------------------------------------
 
 
-def run_cli(cwd: Path, run_dir: Path, *overrides: str, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
+def run_cli(
+    cwd: Path, run_dir: Path, *overrides: str, wait: bool = True
+) -> subprocess.Popen | subprocess.CompletedProcess:
     command = [sys.executable, "-m", "stereo_exp", *TINY_RUN, f"hydra.run.dir={run_dir}", *overrides]
     if wait:
         return subprocess.run(command, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    return subprocess.Popen(command, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)  # fmt: skip
+    return subprocess.Popen(
+        command, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -206,8 +232,14 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> Non
         time.sleep(0.02)
 
 
-RESUME_RUN = ("mix.dataset_steps=[30]", "checkpoint.every=5", "checkpoint.keep_last=10", "train.val_every=15",
-              "train.log_every=1", "tracking=mlflow")  # fmt: skip
+RESUME_RUN = (
+    "mix.dataset_steps=[30]",
+    "checkpoint.every=5",
+    "checkpoint.keep_last=10",
+    "train.val_every=15",
+    "train.log_every=1",
+    "tracking=mlflow",
+)
 
 
 def loss_history(uri: str) -> list[tuple[int, float]]:
@@ -263,12 +295,22 @@ def test_sigterm_writes_a_checkpoint_and_the_resumed_run_finishes_identically(tm
 
 @pytest.mark.slow
 def test_two_process_ddp_ranks_hold_identical_weights_after_training(tmp_path):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(REPO_ROOT / "tests" / "ddp_worker.py"), str(tmp_path), "train.batch_size=1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(REPO_ROOT / "tests" / "ddp_worker.py"),
+        str(tmp_path),
+        "train.batch_size=1",
+    ]
     done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}_weights.pt", weights_only=True) for r in (0, 1))
     assert_same_weights(rank0, rank1)
     assert_same_weights(rank0, weights_of(tmp_path / "checkpoints" / "step_0000006.pth"))  # rank 0 wrote it
-    assert not torch.equal(rank0["update_block.flow_head.conv2.weight"],
-                           build_model(compose_train_config(tmp_path).model).state_dict()["update_block.flow_head.conv2.weight"])  # fmt: skip
+    assert not torch.equal(
+        rank0["update_block.flow_head.conv2.weight"],
+        build_model(compose_train_config(tmp_path).model).state_dict()["update_block.flow_head.conv2.weight"],
+    )

@@ -172,7 +172,7 @@ class EdaAppConfig:
     mix: Any = MISSING  # conf/mix/*: the datasets to look at, and their shares (the "mix" row)
     augmentation: Any = MISSING  # conf/augmentation/*: crop size and scale range of the crops
     tracking: Any = MISSING  # conf/tracking/*: MLflow run of this analysis (or none)
-    eda: EdaConfig = field(default_factory=EdaConfig)
+    eda: EdaConfig = field(default_factory=EdaConfig)  # what to draw and report
     paths: PathsConfig = field(default_factory=PathsConfig)  # paths.data: dataset root; paths.output: the report
     loader: LoaderConfig = field(default_factory=LoaderConfig)  # worker processes reading the crops
     datasets: DatasetOptions = field(default_factory=DatasetOptions)  # per-dataset options, as training's datasets.*

@@ -95,10 +95,10 @@ class SintelOptions:
 class DatasetOptions:
     """Options of every catalog dataset; names without options (crestereo, carla-highres, kitti*) have none."""
 
-    middlebury2014: Middlebury2014Options = field(default_factory=Middlebury2014Options)
-    eth3d: ETH3DOptions = field(default_factory=ETH3DOptions)
-    instereo2k: InStereo2kOptions = field(default_factory=InStereo2kOptions)
-    fallingthings: FallingThingsOptions = field(default_factory=FallingThingsOptions)
+    middlebury2014: Middlebury2014Options = field(default_factory=Middlebury2014Options)  # train / other / test
+    eth3d: ETH3DOptions = field(default_factory=ETH3DOptions)  # eth3d-train, eth3d-test
+    instereo2k: InStereo2kOptions = field(default_factory=InStereo2kOptions)  # instereo2k, instereo2k-test
+    fallingthings: FallingThingsOptions = field(default_factory=FallingThingsOptions)  # fallingthings
     sceneflow: SceneFlowOptions = field(default_factory=SceneFlowOptions)  # monkaa, driving, flyingthings
-    sintel: SintelOptions = field(default_factory=SintelOptions)
+    sintel: SintelOptions = field(default_factory=SintelOptions)  # sintel
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # synthetic and synthetic-val
