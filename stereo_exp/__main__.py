@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig
 
 from stereo_exp.config import register_configs
+
+if TYPE_CHECKING:
+    from stereo_exp.engine.trainer import TrainResult
 
 log = logging.getLogger("stereo_exp")
 
@@ -16,16 +20,27 @@ log = logging.getLogger("stereo_exp")
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float | None:
-    """Compose the config, train, and return the final validation mae of the first validation set (for sweeps)."""
+def run(cfg: DictConfig) -> TrainResult:
+    """``train(cfg)``; after a stop signal (its checkpoint written) the process leaves as its launcher expects:
+    through submitit's requeue, or with exit code 128 + signal number. Never returns in that case."""
     from stereo_exp.engine.trainer import Preempted, train
 
     try:
-        metrics = train(cfg).metrics
+        return train(cfg)
     except Preempted as stop:
-        log.warning("%s Resume with the same run directory and resume=auto.", stop)
+        if stop.handover is not None:
+            # submitit's handler ran after our checkpoint: SystemExit once it requeued the job (the requeued job
+            # resumes from the checkpoint), or the error saying why it did not. Leaving through SystemExit matters:
+            # a normal return would make submitit record a result, as if the job were over.
+            raise stop.handover from None
+        log.warning("%s It resumes from that checkpoint with resume=auto in the same run directory.", stop)
         sys.exit(128 + stop.signum)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    """Compose the config, train, and return the final validation mae of the first validation set (for sweeps)."""
+    metrics = run(cfg).metrics
     mae = [value for key, value in metrics.items() if key.endswith("/mae")]
     return mae[0] if mae else None
 

@@ -10,6 +10,7 @@ Use them from a test module with ``pytest_plugins = ["tests.cluster_fixtures"]``
 * ``mlflow_server`` (function): a started :class:`launch.mlflow_server.MlflowServer` on a free 127.0.0.1 port with
   its database in the test's tmp_path; ``server.uri`` to log to it, ``server.stop()`` / ``server.start()`` to take it
   down and bring it back (same port, same data) mid-test. It is stopped at teardown.
+* ``shared_mlflow_server`` (session): one such server for all tests that only log to it (own experiment each).
 
 Both set nothing global besides ``SLURM_CONF`` (for the session, so that submitit, sbatch and sacct reach the
 test cluster).
@@ -80,6 +81,12 @@ class SlurmCluster:
         lines = [line for line in out.splitlines() if line.strip()]
         return lines[-1].split()[0] if lines else ""
 
+    def attempts(self, job_id: str) -> list[str]:
+        """The state of every attempt of the job, oldest first (``sacct --duplicates``): a job requeued once and
+        then finished shows ["REQUEUED", "COMPLETED"]."""
+        out = _run(["sacct", "-n", "-X", "-P", "--duplicates", "-j", job_id, "-o", "State"])
+        return [line.split()[0] for line in out.splitlines() if line.strip()]
+
     def exit_code(self, job_id: str) -> str:
         """sacct's ExitCode of the job's allocation, "CODE:SIGNAL" (e.g. "0:0", "3:0")."""
         out = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "ExitCode"])
@@ -89,6 +96,18 @@ class SlurmCluster:
         """``scontrol requeue``: what preemption does. The job's tasks get SIGTERM (SIGKILL KillWait seconds later)
         and the job runs again from its batch script with the same id and ``SLURM_RESTART_COUNT`` set."""
         _run(["scontrol", "requeue", job_id])
+
+    @staticmethod
+    def multirun_job_ids(sweep_dir: Path) -> list[str]:
+        """The SLURM job ids of a multirun, from the folders submitit makes under ``<sweep dir>/.submitit`` (one per
+        job; ``ARRAYID_INDEX`` for the points of a job array)."""
+        folder = sweep_dir / ".submitit"
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+    def send_signal(self, job_id: str, signal_name: str) -> None:
+        """``scancel --signal=NAME``: the signal reaches the job's running steps (the srun tasks, i.e. submitit's
+        processes) and not the batch shell, as SLURM's warning before the time limit (``--signal``) does."""
+        _run(["scancel", f"--signal={signal_name}", job_id])
 
     def wait(self, job_id: str, *, timeout_s: float = 120.0, poll_s: float = 0.5) -> str:
         """Poll sacct until the job reaches a final state (see FINAL_STATES) and return that state.
@@ -224,6 +243,17 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
 def mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
     """A real ``mlflow server`` on a free 127.0.0.1 port, database and artifacts under tmp_path/mlflow_server."""
     server = MlflowServer(tmp_path / "mlflow_server").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """One real ``mlflow server`` for the whole session (starting one costs 5 to 10 s), for tests that only log to
+    it: each uses its own experiment name. A test that stops the server takes ``mlflow_server`` instead."""
+    server = MlflowServer(tmp_path_factory.mktemp("shared_mlflow_server")).start()
     try:
         yield server
     finally:

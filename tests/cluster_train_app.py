@@ -1,46 +1,33 @@
-"""``python -m stereo_exp`` for cluster tests, which also saves every rank's final weights (a helper, not a test).
+"""``python -m stereo_exp`` whose every rank also saves its final weights (a test helper, not a test).
 
     python tests/cluster_train_app.py -m hydra/launcher=slurm hydra.launcher.tasks_per_node=2 ...
 
-Each rank writes ``<run dir>/rank<R>_weights.pt`` after training, so a test can check that the ranks of a SLURM
-job hold identical weights. Everything else is the real entry point: the same config, train(cfg), preemption
-handling and exit codes.
+Each rank writes ``<run dir>/rank<R>_weights.pt`` after ``train(cfg)`` and ``rank<R>.json`` with the distributed
+setup it resolved, so that a test can check that the tasks of a SLURM job formed one process group and hold
+identical weights (like tests/ddp_worker.py does under torchrun).
 """
 
 from __future__ import annotations
 
-import sys
+import json
 from pathlib import Path
 
 import hydra
 import torch
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for `stereo_exp` inside jobs
-
-from stereo_exp.__main__ import main as stereo_exp_main  # noqa: E402  (registers the schemas)
-from stereo_exp.engine.distributed import DistEnv  # noqa: E402
+from stereo_exp.__main__ import run  # importing it registers the config schemas
+from stereo_exp.engine.distributed import DistEnv
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float | None:
-    captured: dict = {}
-    from stereo_exp.engine import trainer
-
-    train = trainer.train
-
-    def train_and_keep(config):
-        captured["result"] = result = train(config)
-        return result
-
-    trainer.train = train_and_keep
-    try:
-        value = stereo_exp_main.__wrapped__(cfg)
-    finally:
-        trainer.train = train
-    rank = DistEnv.from_environment(str(cfg.train.device)).rank
-    torch.save(captured["result"].model.state_dict(), Path(cfg.paths.output) / f"rank{rank}_weights.pt")
-    return value
+def main(cfg: DictConfig) -> None:
+    dist = DistEnv.from_environment(str(cfg.train.device))
+    result = run(cfg)  # the entry point's own handling of preemption signals
+    output = Path(cfg.paths.output)
+    torch.save(result.model.state_dict(), output / f"rank{dist.rank}_weights.pt")
+    setup = {"rank": dist.rank, "world_size": dist.world_size, "local_rank": dist.local_rank, "source": dist.source}
+    (output / f"rank{dist.rank}.json").write_text(json.dumps(setup))
 
 
 if __name__ == "__main__":

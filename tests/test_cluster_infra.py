@@ -171,9 +171,9 @@ def test_a_two_by_two_hydra_sweep_through_the_slurm_launcher_runs_four_jobs(slur
 
 
 @pytest.mark.network
-def test_the_mlflow_server_accepts_a_run_and_the_client_reads_it_back(mlflow_server, tmp_path):
-    assert mlflow_server.uri.startswith("http://127.0.0.1:")
-    client = MlflowClient(tracking_uri=mlflow_server.uri)
+def test_the_mlflow_server_accepts_a_run_and_the_client_reads_it_back(shared_mlflow_server, tmp_path):
+    assert shared_mlflow_server.uri.startswith("http://127.0.0.1:")
+    client = MlflowClient(tracking_uri=shared_mlflow_server.uri)
     experiment_id = client.create_experiment("infra")
     run_id = client.create_run(experiment_id).info.run_id
     client.log_param(run_id, "schedule.decay_after_steps", 30000)
@@ -190,7 +190,7 @@ def test_the_mlflow_server_accepts_a_run_and_the_client_reads_it_back(mlflow_ser
     assert [(m.step, m.value) for m in history] == [(0, 4.0), (10, 2.5)]
     assert [a.path for a in client.list_artifacts(run_id)] == ["picture.txt"]
     # Artifacts went through the server into its own folder, not into this process's working directory.
-    assert (mlflow_server.root / "artifacts" / experiment_id / run_id / "artifacts" / "picture.txt").exists()
+    assert (shared_mlflow_server.root / "artifacts" / experiment_id / run_id / "artifacts" / "picture.txt").exists()
     assert run.info.status == "FINISHED"
 
 

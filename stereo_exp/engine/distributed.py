@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -114,6 +115,14 @@ class DistEnv:
         value = torch.tensor([1.0 if flag else 0.0], device=self.device)
         torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MAX)
         return bool(value.item() > 0)
+
+    def any_rank_each(self, flags: Sequence[bool]) -> list[bool]:
+        """Element-wise ``any_rank``: flag i is true when it is true on at least one rank (one collective)."""
+        if not (self.is_distributed and torch_dist.is_initialized()):
+            return list(flags)
+        values = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=self.device)
+        torch_dist.all_reduce(values, op=torch_dist.ReduceOp.MAX)
+        return [bool(v > 0) for v in values.tolist()]
 
     def destroy(self) -> None:
         if torch_dist.is_initialized():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import signal
 import time
@@ -36,7 +37,7 @@ from stereo_exp.engine.optim import build_optimizer
 from stereo_exp.engine.schedule import build_scheduler
 from stereo_exp.models.weights import load_weights
 from stereo_exp.schemas import Precision, amp_dtype
-from stereo_exp.tracking import MlflowTracker
+from stereo_exp.tracking import MlflowTracker, SweepInfo
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,23 @@ RESUMABLE_CHANGES = ("paths.", "tracking.", "loader.", "resume", "train.log_ever
 
 
 class Preempted(Exception):
-    """Raised after the checkpoint written on SIGTERM/SIGUSR1: the job can be requeued and resumed."""
+    """Raised after the checkpoint written on a stop signal (``STOP_SIGNALS``): the run can be resumed from it.
 
-    def __init__(self, signum: int, step: int) -> None:
+    ``handover`` is how the signal handlers that were installed before the trainer's (submitit's, see
+    ``_StopSignal.hand_over``) ended: ``SystemExit`` after submitit requeued the job, an exception when it refused
+    (e.g. ``UncompletedJobError``: out of requeues), None when there was no such handler or it returned.
+    """
+
+    def __init__(self, signum: int, step: int, handover: BaseException | None = None) -> None:
         super().__init__(f"Received {signal.Signals(signum).name}: checkpoint written at step {step}; exiting.")
         self.signum = signum
         self.step = step
+        self.handover = handover
+
+    @property
+    def requeue_refused(self) -> bool:
+        """True when submitit refused to requeue the job (it will not run again by itself)."""
+        return isinstance(self.handover, Exception)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -79,14 +91,17 @@ def train(cfg: DictConfig) -> TrainResult:
     check_config(cfg)
     dist = DistEnv.from_environment(str(cfg.train.device))
     dist.init_process_group()
-    tracker = MlflowTracker(cfg.tracking, dist)
+    # Records that cannot reach MLflow wait in the run directory (python -m stereo_exp.tracking.sync sends them).
+    tracker = MlflowTracker(cfg.tracking, dist, spool_dir=Path(cfg.paths.output))
     status = "FAILED"
     try:
         result = _run(cfg, dist, tracker)
         status = "FINISHED"
         return result
-    except Preempted:
-        status = "RUNNING"  # the requeued job continues this MLflow run
+    except Preempted as stop:
+        # The resumed run (requeued job, or resume=auto by hand) continues this MLflow run; a job that submitit
+        # refused to requeue will not come back by itself.
+        status = "KILLED" if stop.requeue_refused else "RUNNING"
         raise
     except KeyboardInterrupt:
         status = "KILLED"
@@ -159,23 +174,31 @@ def _run(cfg: DictConfig, dist: DistEnv, tracker: MlflowTracker) -> TrainResult:
         )  # fmt: skip
 
     # ---- tracking -----------------------------------------------------------------------------------------------
-    run_name = cfg.tracking.run_name or _default_run_name()
-    run_id = tracker.start(params=resolved, run_id=state.get("mlflow_run_id") if state else None, run_name=run_name)
+    sweep = SweepInfo.from_hydra()  # None unless this is a job of a multirun: then tagged and grouped
+    run_name = cfg.tracking.run_name or _default_run_name(sweep)
+    tracker.start(params=resolved, run_id=state.get("mlflow_run_id") if state else None, run_name=run_name,
+                  sweep=sweep)  # fmt: skip
     if dist.is_main and state is None:
         output.mkdir(parents=True, exist_ok=True)
         (output / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
         tracker.log_artifact(output / "config.yaml")
 
+    saved_steps: list[int] = []  # steps checkpointed by this process (rank 0)
+
     def save(step: int) -> Path | None:
         if not dist.is_main:
             return None
+        path = ckpt.checkpoint_path(output, step)
+        if saved_steps and saved_steps[-1] == step:
+            return path  # already written at this step (a periodic checkpoint, then a stop signal)
+        saved_steps.append(step)
         path = ckpt.save_checkpoint(
-            ckpt.checkpoint_path(output, step),
+            path,
             {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
                 "rng": ckpt.rng_state(), "nonfinite_streak": nonfinite_streak, "validation": history,
-                "mlflow_run_id": run_id, "config": resolved,
+                "mlflow_run_id": tracker.run_id, "config": resolved,
             },
         )  # fmt: skip
         ckpt.prune_checkpoints(output, cfg.checkpoint.keep_last, protect=path)
@@ -197,7 +220,7 @@ def _run(cfg: DictConfig, dist: DistEnv, tracker: MlflowTracker) -> TrainResult:
 
     def make_result() -> TrainResult:
         metrics = {k: v for k, v in history.get("last", {}).items() if k != "step"}
-        return TrainResult(metrics=metrics, model=model, checkpoint=final_checkpoint, run_id=run_id)
+        return TrainResult(metrics=metrics, model=model, checkpoint=final_checkpoint, run_id=tracker.run_id)
 
     if start_step >= stop_step:
         log.info("Nothing to do: the checkpoint is at step %d of %d.", start_step, stop_step)
@@ -247,9 +270,13 @@ def _run(cfg: DictConfig, dist: DistEnv, tracker: MlflowTracker) -> TrainResult:
                 validate(done)
             if done % cfg.checkpoint.every == 0 or done == stop_step:
                 save(done)
-            if done < stop_step and dist.any_rank(stop_signal.received is not None):
+            if done < stop_step and (signals := stop_signal.agreed(dist)):
                 save(done)
-                raise Preempted(stop_signal.received or signal.SIGTERM, done)
+                dist.barrier()  # rank 0's checkpoint is complete before any rank hands over or leaves
+                handover = stop_signal.hand_over(signals)  # submitit: rank 0 requeues the job here
+                # srun may end a step when one task exits (KillOnBadExit): no rank leaves before the requeue.
+                dist.barrier()
+                raise Preempted(signals[-1], done, handover)
     finally:
         progress.close()
         stop_signal.restore()
@@ -345,17 +372,49 @@ class _LogWindow:
         return metrics
 
 
+# Signals that stop the run after the current step with a checkpoint. SIGTERM: scancel, preemption, `scontrol
+# requeue`, the end of a time limit. SIGUSR1/SIGUSR2: a warning before the time limit (`sbatch --signal=...`);
+# SIGUSR2 is submitit's (SUBMITIT_PREEMPT_SIGNAL). Ordered: the last one received by any rank names the stop.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
 class _StopSignal:
-    """Remembers the first SIGTERM/SIGUSR1 so the loop can checkpoint and exit between two steps."""
+    """Records stop signals so that the loop can checkpoint between two steps, then hands over to the handlers
+    that were installed before (submitit's: SIGUSR2 requeues the job, SIGTERM is logged)."""
 
     def __init__(self) -> None:
-        self.received: int | None = None
+        self.received: set[int] = set()
         self._previous: dict[int, Any] = {}
+        self._pid = os.getpid()
 
     def handle(self, signum: int, _frame: Any) -> None:
-        if self.received is None:
+        if os.getpid() != self._pid:
+            # A DataLoader worker forked after the install: SLURM signals every process of the job step, the
+            # worker inherited this handler, and the training process alone acts on the signal.
+            return
+        if not self.received:
             log.warning("Received %s: checkpointing after this step.", signal.Signals(signum).name)
-        self.received = signum
+        self.received.add(signum)
+
+    def agreed(self, dist: DistEnv) -> list[int]:
+        """The stop signals received by any rank, in ``STOP_SIGNALS`` order (a collective: every rank, every step)."""
+        flags = dist.any_rank_each([signum in self.received for signum in STOP_SIGNALS])
+        return [signum for signum, flag in zip(STOP_SIGNALS, flags, strict=True) if flag]
+
+    def hand_over(self, signums: list[int]) -> BaseException | None:
+        """Call the previous Python handler of each agreed signal, as the signal itself would have, after our
+        checkpoint. submitit's SIGUSR2 handler requeues the job on rank 0 (calling the launcher's ``checkpoint()``)
+        and ends with ``SystemExit``; on other ranks it only logs. Returns how a handler ended (SystemExit or the
+        exception it raised) for the caller to re-raise once every rank is done, None when all returned."""
+        for signum in signums:
+            handler = self._previous.get(signum)
+            if not callable(handler):  # SIG_DFL / SIG_IGN / not installed from Python
+                continue
+            try:
+                handler(signum, None)
+            except BaseException as outcome:  # SystemExit(-1) after a requeue is submitit's normal way out
+                return outcome
+        return None
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():
@@ -364,7 +423,7 @@ class _StopSignal:
 
 def _install_stop_signals() -> _StopSignal:
     stop = _StopSignal()
-    for signum in (signal.SIGTERM, signal.SIGUSR1):
+    for signum in STOP_SIGNALS:
         # signal.signal raises ValueError off the main thread (e.g. a test runner thread): no handling there.
         with contextlib.suppress(ValueError):
             stop._previous[signum] = signal.signal(signum, stop.handle)
@@ -397,14 +456,16 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def _default_run_name() -> str | None:
+def _default_run_name(sweep: SweepInfo | None) -> str | None:
+    """<model>-<mix>-<schedule> of this run's choices, and " #<job num>" for a job of a multirun."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
         choices = HydraConfig.get().runtime.choices
-        return "-".join(str(choices.get(group)) for group in ("model", "mix", "schedule"))
+        name = "-".join(str(choices.get(group)) for group in ("model", "mix", "schedule"))
     except ValueError:  # no Hydra context (tests calling train(cfg) directly)
         return None
+    return f"{name} #{sweep.job_num}" if sweep is not None else name
 
 
 def _print_summary(history: dict[str, dict[str, float]], checkpoint: Path, tracker: MlflowTracker) -> None:

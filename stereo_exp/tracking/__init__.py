@@ -1,10 +1,11 @@
-"""Experiment tracking (MLflow, rank 0 only) and disparity pictures."""
+"""Experiment tracking (MLflow, rank 0 only), sweep grouping, the offline spool and disparity pictures."""
 
 from hydra.core.config_store import ConfigStore
 
 from stereo_exp.tracking.mlflow_tracker import MlflowTracker, TrackingConfig, flatten_config
+from stereo_exp.tracking.sweep import SweepInfo
 
-__all__ = ["MlflowTracker", "TrackingConfig", "flatten_config", "register_configs"]
+__all__ = ["MlflowTracker", "SweepInfo", "TrackingConfig", "flatten_config", "register_configs"]
 
 
 def register_configs(cs: ConfigStore) -> None:

@@ -1,4 +1,4 @@
-"""MLflow records of a run, written by rank 0 only.
+"""MLflow records of a run, written by rank 0 only, that survive an unreachable tracking server.
 
 The tracker talks to MLflow through an explicit ``MlflowClient`` (no fluent-API global state), so a test, a
 sweep job and the evaluation command can each hold their own. Every method is a no-op on other ranks and when
@@ -7,26 +7,49 @@ sweep job and the evaluation command can each hold their own. Every method is a 
 A resumed run continues the same MLflow run: the checkpoint stores the run id, and ``start(run_id=...)`` reads
 the last step logged for each metric, so the steps replayed between the checkpoint and the interruption are not
 logged twice (they reproduce the same values, see engine/trainer.py) and no step is missing.
+
+A job of a multirun (``start(sweep=SweepInfo)``) is tagged with its sweep and overrides and nested under the
+sweep's parent run (tracking/sweep.py).
+
+When MLflow cannot be reached (server down, network, locked SQLite file) and the tracker has a ``spool_dir``,
+training goes on: the tracker warns once, appends what it could not send to ``<spool_dir>/mlflow_spool.jsonl``
+(tracking/spool.py) and sends it, in order, at its first successful contact afterwards; it tries again at most
+every ``offline_retry_s`` seconds, after a cheap ``GET /health``. What is still unsent when the run ends is sent by
+``python -m stereo_exp.tracking.sync RUN_DIR``. A run created while MLflow was unreachable gets a placeholder id
+(``offline-...``), which the checkpoint keeps and the sync maps to the MLflow run it creates. Without a
+``spool_dir``, a failed call raises as MLflow raised it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from stereo_exp.engine.distributed import DistEnv
+from stereo_exp.tracking.mlflow_io import (
+    OFFLINE_PREFIX,
+    apply_record,
+    describe,
+    http_settings,
+    is_unreachable,
+    server_answers,
+)
+from stereo_exp.tracking.spool import Spool
+from stereo_exp.tracking.sweep import SweepInfo
+from stereo_exp.tracking.sync import SpoolBusy, sync_spool
 
 log = logging.getLogger(__name__)
 
-# MLflow's limits: 100 params and 1000 metrics per log_batch call, and a param value of at most 6000 characters.
-_PARAMS_PER_BATCH = 100
-_METRICS_PER_BATCH = 1000
-_MAX_PARAM_LENGTH = 6000
+_MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value, in characters
 
 
 class TrackingBackend(str, Enum):
@@ -39,9 +62,28 @@ class TrackingConfig:
     backend: TrackingBackend = TrackingBackend.mlflow  # mlflow | none (no records at all)
     uri: str = "sqlite:///mlflow.db"  # MLflow tracking URI: sqlite:///FILE (one machine) or http://HOST:PORT (server)
     experiment: str = "stereo_exp"  # MLflow experiment name; runs of one study share it
-    run_name: str | None = None  # MLflow run name; null = <model>-<mix>-<schedule> choices of this run
+    run_name: str | None = None  # MLflow run name; null = <model>-<mix>-<schedule> choices (+ " #<job>" in a sweep)
     log_checkpoint: bool = True  # upload the final checkpoint as an artifact (~22 MB for crestereo_base)
     tags: dict[str, str] = field(default_factory=dict)  # extra tags on the run, e.g. {team: vision}
+    # --- an unreachable server costs seconds, not minutes; records wait in the run dir (docs/CLUSTER.md) ---
+    http_timeout_s: int = 10  # MLFLOW_HTTP_REQUEST_TIMEOUT: seconds per HTTP request (MLflow's default: 120)
+    http_max_retries: int = 2  # MLFLOW_HTTP_REQUEST_MAX_RETRIES (MLflow's default 7 blocks ~4 min on a dead server)
+    http_backoff_factor: int = 1  # MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR: retries wait 1, 2, 4 ... s (MLflow's: 2)
+    offline_retry_s: float = 60.0  # while unreachable: seconds between attempts to reach MLflow and send the spool
+    probe_timeout_s: float = 2.0  # an attempt first asks GET /health with this timeout (http URIs)
+    parent_wait_s: float = 60.0  # sweeps: seconds a job waits for the job that creates the sweep's parent run
+
+    def __post_init__(self) -> None:
+        if self.http_timeout_s < 1 or self.http_max_retries < 0 or self.http_backoff_factor < 0:
+            raise ValueError(
+                "tracking.http_timeout_s must be >= 1, tracking.http_max_retries and tracking.http_backoff_factor "
+                f">= 0; got {self.http_timeout_s}, {self.http_max_retries}, {self.http_backoff_factor}."
+            )
+        if self.offline_retry_s < 0 or self.probe_timeout_s <= 0 or self.parent_wait_s < 0:
+            raise ValueError(
+                "tracking.offline_retry_s and tracking.parent_wait_s must be >= 0 and tracking.probe_timeout_s > 0; "
+                f"got {self.offline_retry_s}, {self.parent_wait_s}, {self.probe_timeout_s}."
+            )
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -57,15 +99,29 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str
 
 
 class MlflowTracker:
-    """Params, metrics and artifacts of one run in one MLflow run."""
+    """Params, metrics and artifacts of one run in one MLflow run.
 
-    def __init__(self, cfg: TrackingConfig | Any, dist: DistEnv | None = None) -> None:
+    Args:
+        cfg: the ``tracking`` config group (``TrackingConfig`` or its DictConfig).
+        dist: the distributed setup; only rank 0 records anything.
+        spool_dir: the run directory; when given, records that cannot reach MLflow are kept there and training
+            goes on (module docstring). None: failures raise.
+    """
+
+    def __init__(
+        self, cfg: TrackingConfig | Any, dist: DistEnv | None = None, *, spool_dir: str | Path | None = None
+    ) -> None:
         is_main = dist.is_main if dist is not None else True
         self.cfg = cfg
         self.active = cfg.backend == "mlflow" and is_main
         self.run_id: str | None = None
-        self._last_step: dict[str, int] = {}  # metric key -> last step already in MLflow (resume)
+        self._last_step: dict[str, int] = {}  # metric key -> last step already logged (resume)
         self._client = None
+        self._spool = Spool(spool_dir) if spool_dir is not None and self.active else None
+        self._run_ids: dict[str, str] = {}  # offline placeholder -> MLflow run id
+        self._offline = False
+        self._next_attempt = 0.0  # time.monotonic() of the next attempt to reach MLflow while offline
+        self._warned = False
         if self.active:
             from mlflow.tracking import MlflowClient
 
@@ -76,6 +132,11 @@ class MlflowTracker:
         """The underlying ``MlflowClient`` (None when inactive)."""
         return self._client
 
+    @property
+    def offline(self) -> bool:
+        """True while records go to the spool instead of MLflow."""
+        return self._offline
+
     def start(
         self,
         *,
@@ -83,92 +144,213 @@ class MlflowTracker:
         run_id: str | None = None,
         run_name: str | None = None,
         tags: Mapping[str, str] | None = None,
+        sweep: SweepInfo | None = None,
     ) -> str | None:
-        """Create a run (or continue ``run_id``) and log ``params`` (a nested config); returns the run id."""
+        """Create a run (or continue ``run_id``) and log ``params`` (a nested config); returns the run id
+        (an ``offline-...`` placeholder when MLflow cannot be reached). ``sweep``: tag the run with its sweep
+        and nest it under the sweep's parent run."""
         if not self.active:
             return None
-        client = self._client
+        if self._spool is not None:
+            self._run_ids = dict(self._spool.read_state().run_ids)
+            if self._spool.has_pending():  # an earlier attempt of this run went offline: send that first
+                self._offline = True
+                if not self._attempt(force=True):
+                    self._go_offline(f"records of an earlier attempt wait in {self._spool.path}")
         if run_id is not None:
-            run = client.get_run(run_id)
-            self.run_id = run.info.run_id
-            client.update_run(self.run_id, status="RUNNING")
-            for key in run.data.metrics:
-                self._last_step[key] = max(m.step for m in client.get_metric_history(self.run_id, key))
-            log.info("MLflow: continuing run %s", self.run_id)
+            self.run_id = self._run_ids.get(run_id, run_id)
+            self._continue_run()
             return self.run_id
 
-        experiment = client.get_experiment_by_name(self.cfg.experiment)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(self.cfg.experiment)
-        all_tags = {**dict(self.cfg.tags), **dict(tags or {})}
-        run = client.create_run(experiment_id, run_name=run_name or self.cfg.run_name, tags=all_tags)
-        self.run_id = run.info.run_id
+        placeholder = f"{OFFLINE_PREFIX}{uuid.uuid4().hex}"
+        record = {
+            "op": "create_run", "run": placeholder, "experiment": self.cfg.experiment,
+            "run_name": run_name or self.cfg.run_name, "tags": {**dict(self.cfg.tags), **dict(tags or {})},
+            "start_time": int(time.time() * 1000), "sweep": sweep.to_dict() if sweep else None,
+        }  # fmt: skip
+        self.run_id = self._send(record) or placeholder
+        if sweep is not None:
+            log.info("MLflow: run %s of sweep %s (job %d of %s)", self.run_id, sweep.sweep_id, sweep.job_num,
+                     sweep.sweep_dir)  # fmt: skip
         if params:
             self.log_params(flatten_config(params))
         return self.run_id
 
-    def log_params(self, params: Mapping[str, str]) -> None:
-        if not self._ready():
-            return
-        from mlflow.entities import Param
+    def _continue_run(self) -> None:
+        """Status back to RUNNING; remember the last step of each metric so that replayed steps are not sent."""
+        record = {"op": "continue_run", "run": self.run_id}
+        if self._send(record) is None or self.run_id.startswith(OFFLINE_PREFIX):
+            return  # spooled: the sync skips the steps MLflow already holds
+        try:
+            with self._http():
+                run = self._client.get_run(self.run_id)
+                for key in run.data.metrics:
+                    history = self._client.get_metric_history(self.run_id, key)
+                    self._last_step[key] = max(m.step for m in history)
+        except Exception as error:
+            self._on_failure(error)  # offline from here on: the sync leaves out the steps MLflow holds instead
+        log.info("MLflow: continuing run %s", self.run_id)
 
-        items = [Param(k, v) for k, v in params.items()]
-        for i in range(0, len(items), _PARAMS_PER_BATCH):
-            self._client.log_batch(self.run_id, params=items[i : i + _PARAMS_PER_BATCH])
+    def log_params(self, params: Mapping[str, str]) -> None:
+        if self._ready():
+            self._send({"op": "params", "run": self.run_id, "params": dict(params)})
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        if not self._ready():
-            return
-        for key, value in tags.items():
-            self._client.set_tag(self.run_id, key, value)
+        if self._ready():
+            self._send({"op": "tags", "run": self.run_id, "tags": {k: str(v) for k, v in tags.items()}})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Log scalar metrics at ``step``, leaving out steps this run already holds (after a resume)."""
         if not self._ready():
             return
-        from mlflow.entities import Metric
-
-        timestamp = int(time.time() * 1000)
-        items = [
-            Metric(key, float(value), timestamp, step)
-            for key, value in metrics.items()
-            if step > self._last_step.get(key, -1)
-        ]
-        for i in range(0, len(items), _METRICS_PER_BATCH):
-            self._client.log_batch(self.run_id, metrics=items[i : i + _METRICS_PER_BATCH])
-        for metric in items:
-            self._last_step[metric.key] = step
+        new = {key: float(value) for key, value in metrics.items() if step > self._last_step.get(key, -1)}
+        if not new:
+            return
+        record = {"op": "metrics", "run": self.run_id, "step": step, "timestamp": int(time.time() * 1000),
+                  "metrics": new}  # fmt: skip
+        self._send(record)
+        for key in new:
+            self._last_step[key] = step
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         if self._ready():
-            self._client.log_artifact(self.run_id, str(local_path), artifact_path)
+            path = str(Path(local_path).resolve())
+            self._send({"op": "artifact", "run": self.run_id, "path": path, "artifact_path": artifact_path})
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         """Store a matplotlib figure as a PNG artifact, e.g. ``val/step_000100/motorcycle.png``."""
         if self._ready():
-            self._client.log_figure(self.run_id, figure, artifact_file)
+            self._log_in_memory(artifact_file, lambda: self._client.log_figure(self.run_id, figure, artifact_file),
+                                figure.savefig)  # fmt: skip
 
     def log_dict(self, dictionary: Mapping[str, Any], artifact_file: str) -> None:
         """Store a dict as a JSON or YAML artifact (by the file's extension)."""
         if self._ready():
-            self._client.log_dict(self.run_id, dict(dictionary), artifact_file)
+
+            def write(path: Path) -> None:
+                if path.suffix in (".yaml", ".yml"):
+                    path.write_text(yaml.safe_dump(dict(dictionary)))
+                else:
+                    path.write_text(json.dumps(dict(dictionary), indent=2))
+
+            online = lambda: self._client.log_dict(self.run_id, dict(dictionary), artifact_file)  # noqa: E731
+            self._log_in_memory(artifact_file, online, write)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         if self._ready():
-            self._client.log_text(self.run_id, text, artifact_file)
+            self._log_in_memory(artifact_file, lambda: self._client.log_text(self.run_id, text, artifact_file),
+                                lambda path: path.write_text(text))  # fmt: skip
 
     def end(self, status: str = "FINISHED") -> None:
-        """Close the run: FINISHED | FAILED | KILLED (a preempted run is left RUNNING for its requeued job)."""
-        if self._ready():
-            self._client.set_terminated(self.run_id, status=status)
+        """Close the run: FINISHED | FAILED | KILLED (a preempted run is left RUNNING for its requeued job).
+        While offline, one last attempt to send the spool is made first."""
+        if not self._ready():
+            return
+        if self._offline:
+            self._attempt(force=True)
+        self._send({"op": "terminate", "run": self.run_id, "status": status, "end_time": int(time.time() * 1000)})
+        if self._offline and self._spool is not None:
+            log.info("MLflow: %s records of run %s are not sent yet; send them with: python -m "
+                     "stereo_exp.tracking.sync %s", len(self._spool.pending(self._spool.read_state())), self.run_id,
+                     self._spool.run_dir)  # fmt: skip
 
     def run_url(self) -> str | None:
         """Where to look at the run: the UI address for a server, else the store and run id."""
         if not self._ready():
             return None
+        if self._offline or self.run_id.startswith(OFFLINE_PREFIX):
+            where = self._spool.run_dir if self._spool is not None else "?"
+            return f"{self.cfg.uri} run {self.run_id} (not all sent: python -m stereo_exp.tracking.sync {where})"
         if self.cfg.uri.startswith("http"):
-            experiment_id = self._client.get_run(self.run_id).info.experiment_id
-            return f"{self.cfg.uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{self.run_id}"
+            try:
+                with self._http():
+                    experiment_id = self._client.get_run(self.run_id).info.experiment_id
+                return f"{self.cfg.uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{self.run_id}"
+            except Exception as error:
+                if not is_unreachable(error):
+                    raise
         return f"{self.cfg.uri} run {self.run_id}"
+
+    # ---- sending, or spooling while MLflow is unreachable -------------------------------------------------------
 
     def _ready(self) -> bool:
         return self.active and self.run_id is not None
+
+    def _http(self) -> Any:
+        return http_settings(timeout_s=self.cfg.http_timeout_s, max_retries=self.cfg.http_max_retries,
+                             backoff_factor=self.cfg.http_backoff_factor)  # fmt: skip
+
+    def _send(self, record: dict[str, Any]) -> str | None:
+        """Apply ``record`` now; returns its run id, or None when it went to the spool."""
+        if not self._offline or self._attempt():
+            try:
+                with self._http():
+                    return apply_record(self._client, record, self._run_ids, parent_wait_s=self.cfg.parent_wait_s)
+            except Exception as error:
+                self._on_failure(error)
+        self._keep(record)
+        return None
+
+    def _log_in_memory(self, artifact_file: str, online: Callable[[], Any], write: Callable[[Path], Any]) -> None:
+        """Log an artifact made in memory: at once, or written to the spool's files and spooled as a file."""
+        if not self._offline or self._attempt():
+            try:
+                with self._http():
+                    online()
+                return
+            except Exception as error:
+                self._on_failure(error)
+        path = self._spool.file_for(f"{self.run_id}/{artifact_file}")
+        write(path)
+        parent = str(Path(artifact_file).parent)
+        self._keep({"op": "artifact", "run": self.run_id, "path": str(path),
+                    "artifact_path": None if parent == "." else parent})  # fmt: skip
+
+    def _keep(self, record: dict[str, Any]) -> None:
+        """Append ``record`` to the spool with the tracking URI it was meant for (the sync's default target)."""
+        assert self._spool is not None
+        self._spool.append({**record, "uri": self.cfg.uri})
+
+    def _on_failure(self, error: Exception) -> None:
+        """Go offline when ``error`` means MLflow is unreachable and there is a spool; else re-raise it."""
+        if self._spool is None or not is_unreachable(error):
+            raise error
+        self._go_offline(describe(error))
+
+    def _go_offline(self, reason: str) -> None:
+        """Spool from now on; warn the first time only (a flapping server must not flood the log)."""
+        assert self._spool is not None
+        self._offline = True
+        self._next_attempt = time.monotonic() + self.cfg.offline_retry_s
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "MLflow at %s is unreachable (%s). Training goes on; records are kept in %s and sent when MLflow "
+                "answers again (tried every %.0f s), or later with: python -m stereo_exp.tracking.sync %s",
+                self.cfg.uri, reason, self._spool.path, self.cfg.offline_retry_s, self._spool.run_dir,
+            )  # fmt: skip
+
+    def _attempt(self, force: bool = False) -> bool:
+        """While offline: if it is time (or ``force``), reach MLflow and send the spool; True once back online."""
+        assert self._spool is not None
+        now = time.monotonic()
+        if not force and now < self._next_attempt:
+            return False
+        self._next_attempt = now + self.cfg.offline_retry_s
+        if not server_answers(self.cfg.uri, self.cfg.probe_timeout_s):
+            return False
+        try:
+            with self._http():
+                report = sync_spool(self._spool, self._client, parent_wait_s=self.cfg.parent_wait_s)
+        except SpoolBusy:
+            return False  # a manual sync is sending it right now
+        self._run_ids.update(self._spool.read_state().run_ids)
+        if self.run_id is not None:
+            self.run_id = self._run_ids.get(self.run_id, self.run_id)
+        if report.refused:
+            log.warning("MLflow refused %d spooled records: %s", len(report.refused), "; ".join(report.refused))
+        if report.remaining:
+            return False
+        self._offline = False
+        log.info("MLflow at %s answers again: %s", self.cfg.uri, report.summary())
+        return True

@@ -1,0 +1,99 @@
+"""python -m stereo_exp.compare on a real MLflow store with known metric histories."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from stereo_exp.compare import main as compare_main
+from stereo_exp.tracking.sweep import sweep_id_of
+
+MAE = "val/kitti2015-train/mae"
+
+
+def add_run(client, experiment_id, name, *, sweep=None, overrides="", history=(), tags=None):
+    all_tags = {**({"stereo_exp.sweep_id": sweep, "stereo_exp.overrides": overrides} if sweep else {}), **(tags or {})}
+    run_id = client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+    client.log_batch(run_id, metrics=[Metric(MAE, value, 0, step) for step, value in history])
+    client.set_terminated(run_id)
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A SQLite store: a sweep of three schedules, its parent run, a run of another sweep and one without val.
+    Shared by the tests (they only read it): creating a store costs seconds."""
+    tmp_path = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("schedules")
+    (tmp_path / "multirun").mkdir()  # the sweep dir: compare --sweep accepts it for the sweep id
+    sweep = sweep_id_of(tmp_path / "multirun")
+    common = "model=crestereo_base mix=cre_eth_mbl"  # shared by every job: not a label
+    add_run(client, experiment_id, "sweep multirun", sweep=sweep, tags={"stereo_exp.role": "sweep"})
+    for name, decay, history in [
+        ("late", 180000, [(0, 9.0), (100, 4.0), (200, 3.5)]),  # final 3.5, best 3.5 at 200
+        ("early", 30000, [(0, 9.0), (100, 2.5), (200, 3.0)]),  # final 3.0, best 2.5 at 100
+        ("none", 0, [(0, 9.0), (100, 5.0), (200, 4.5)]),  # final 4.5
+    ]:
+        add_run(client, experiment_id, name, sweep=sweep, overrides=f"{common} schedule.decay_after_steps={decay}",
+                history=history)  # fmt: skip
+    add_run(client, experiment_id, "crashed", sweep=sweep, overrides=f"{common} schedule.decay_after_steps=60000")
+    add_run(client, experiment_id, "other sweep", sweep="0123456789ab", overrides="seed=1", history=[(0, 1.0)])
+    add_run(client, experiment_id, "evaluation", tags={"stereo_exp.task": "evaluate"}, history=[(0, 0.5)])
+    return uri, tmp_path
+
+
+def test_the_table_ranks_the_runs_of_a_sweep_by_final_value_with_best_value_and_varying_overrides(
+    store, tmp_path, capsys
+):
+    uri, root = store
+    output = tmp_path / "out"
+    assert compare_main(["--uri", uri, "--experiment", "schedules", "--sweep", str(root / "multirun"),
+                         "-o", str(output)]) == 0  # fmt: skip
+    table = (output / "val_kitti2015-train_mae.md").read_text()
+    assert table == capsys.readouterr().out.split("\nwrote ")[0]  # what was printed is what was written
+    rows = [line.split(" | ") for line in table.splitlines()[2:5]]
+    assert [(r[0], r[1], r[3], r[4], r[5], r[6]) for r in rows] == [
+        ("| early", "schedule.decay_after_steps=30000", "200", "3.0000", "2.5000", "100 |"),
+        ("| late", "schedule.decay_after_steps=180000", "200", "3.5000", "3.5000", "200 |"),
+        ("| none", "schedule.decay_after_steps=0", "200", "4.5000", "4.5000", "200 |"),
+    ]
+    # Reported, not dropped: the job that logged nothing. Left out: the parent run and the other sweep.
+    assert table.splitlines()[-1].startswith(f"1 runs without {MAE}: crashed (")
+    assert "other sweep" not in table and "sweep multirun" not in table
+    with open(output / "val_kitti2015-train_mae.csv") as file:
+        records = list(csv.DictReader(file))
+    assert [(r["run"], float(r["final"]), float(r["best"]), int(r["best_step"])) for r in records] == [
+        ("early", 3.0, 2.5, 100), ("late", 3.5, 3.5, 200), ("none", 4.5, 4.5, 200)]  # fmt: skip
+    assert records[0]["overrides"] == "model=crestereo_base mix=cre_eth_mbl schedule.decay_after_steps=30000"
+    png = (output / "val_kitti2015-train_mae.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 9 * 120  # 9 in at 120 dpi
+
+
+def test_max_mode_ranks_shares_where_higher_is_better(store, tmp_path):
+    uri, root = store
+    output = tmp_path / "out"
+    assert compare_main(["--uri", uri, "--experiment", "schedules", "--sweep", sweep_id_of(root / "multirun"),
+                         "--metric", MAE, "--mode", "max", "-o", str(output)]) == 0  # fmt: skip
+    rows = (output / "val_kitti2015-train_mae.md").read_text().splitlines()[2:5]
+    assert [row.split(" | ")[0] for row in rows] == ["| none", "| late", "| early"]  # final 4.5, 3.5, 3.0
+    assert rows[0].split(" | ")[5] == "9.0000"  # the best of "none" is its highest value, at step 0
+
+
+def test_without_a_sweep_every_training_run_of_the_experiment_is_compared(store, tmp_path):
+    uri, _ = store
+    assert compare_main(["--uri", uri, "--experiment", "schedules", "-o", str(tmp_path)]) == 0
+    table = (tmp_path / "val_kitti2015-train_mae.md").read_text()
+    names = [line.split(" | ")[0].lstrip("| ") for line in table.splitlines()[2:] if line.startswith("| ")]
+    assert names == ["other sweep", "early", "late", "none"]  # not the parent run, not the evaluation run
+
+
+def test_an_unknown_experiment_is_an_error_that_lists_the_existing_ones(store, tmp_path, capsys):
+    uri, _ = store
+    assert compare_main(["--uri", uri, "--experiment", "schedule", "-o", str(tmp_path / "out")]) == 2
+    assert "no MLflow experiment 'schedule'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
