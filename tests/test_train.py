@@ -184,6 +184,15 @@ def test_resume_refuses_a_checkpoint_of_a_different_config(tmp_path):
         train(compose_train_config(tmp_path, "mix.dataset_steps=[4]", "schedule.lr=1e-3"))
 
 
+def test_resume_refuses_a_checkpoint_written_by_another_number_of_processes(tmp_path):
+    first = train(compose_train_config(tmp_path, "mix.dataset_steps=[4]", "checkpoint.every=2")).checkpoint
+    state = ckpt.load_checkpoint(first)
+    ckpt.save_checkpoint(ckpt.checkpoint_path(tmp_path, 2), {**state, "step": 2, "world_size": 2})
+    first.unlink()  # the step-2 checkpoint of a "2-process run" is now the latest
+    with pytest.raises(ValueError, match="2 processes and this one has 1"):
+        train(compose_train_config(tmp_path, "mix.dataset_steps=[4]", "checkpoint.every=2"))
+
+
 def test_mlflow_records_params_metric_history_and_artifacts(tmp_path, in_tmp_dir):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = compose_train_config(

@@ -18,6 +18,7 @@ import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
@@ -123,6 +124,14 @@ class DistEnv:
         values = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=self.device)
         torch_dist.all_reduce(values, op=torch_dist.ReduceOp.MAX)
         return [bool(v > 0) for v in values.tolist()]
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (a collective; identity for one process)."""
+        if not (self.is_distributed and torch_dist.is_initialized()):
+            return obj
+        holder = [obj]
+        torch_dist.broadcast_object_list(holder, src=0)
+        return holder[0]
 
     def destroy(self) -> None:
         if torch_dist.is_initialized():

@@ -126,8 +126,10 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError("checkpoint.every and checkpoint.keep_last must be >= 1.")
 
 
-def setup_runtime(cfg: DictConfig) -> None:
-    """Process-wide settings, in one place: threads, seeds, backend flags."""
+def setup_runtime(cfg: DictConfig, dist: DistEnv) -> None:
+    """Process-wide settings, in one place: threads, seeds, backend flags, quiet logs on ranks other than 0."""
+    if not dist.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     random.seed(cfg.seed)
@@ -137,8 +139,10 @@ def setup_runtime(cfg: DictConfig) -> None:
 
 
 def _run(cfg: DictConfig, dist: DistEnv, tracker: MlflowTracker) -> TrainResult:
-    setup_runtime(cfg)
-    output = Path(cfg.paths.output)
+    setup_runtime(cfg, dist)
+    # Every rank works in rank 0's run directory: with torchrun each process composes its own config, and a
+    # timestamped default directory can differ by a second between ranks.
+    output = Path(dist.broadcast_object(str(cfg.paths.output)))
     device = dist.device
     autocast_dtype = amp_dtype(cfg.train.precision)
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
@@ -146,7 +150,7 @@ def _run(cfg: DictConfig, dist: DistEnv, tracker: MlflowTracker) -> TrainResult:
     stop_step = min(schedule_steps, cfg.train.max_steps or schedule_steps)
 
     # ---- state: fresh, resumed, or initialised from other weights --------------------------------------------
-    state = _find_resume_state(cfg, output, resolved)
+    state = _find_resume_state(cfg, output, resolved, dist.world_size)
     model = models.build_model(cfg.model).to(device)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -198,7 +202,7 @@ def _run(cfg: DictConfig, dist: DistEnv, tracker: MlflowTracker) -> TrainResult:
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
                 "rng": ckpt.rng_state(), "nonfinite_streak": nonfinite_streak, "validation": history,
-                "mlflow_run_id": tracker.run_id, "config": resolved,
+                "mlflow_run_id": tracker.run_id, "world_size": dist.world_size, "config": resolved,
             },
         )  # fmt: skip
         ckpt.prune_checkpoints(output, cfg.checkpoint.keep_last, protect=path)
@@ -430,7 +434,9 @@ def _install_stop_signals() -> _StopSignal:
     return stop
 
 
-def _find_resume_state(cfg: DictConfig, output: Path, resolved: dict[str, Any]) -> dict[str, Any] | None:
+def _find_resume_state(
+    cfg: DictConfig, output: Path, resolved: dict[str, Any], world_size: int
+) -> dict[str, Any] | None:
     """The checkpoint to continue from (``resume=auto|PATH|null``), checked against the current config."""
     if cfg.resume is None:
         return None
@@ -444,6 +450,12 @@ def _find_resume_state(cfg: DictConfig, output: Path, resolved: dict[str, Any]) 
             f"Cannot resume from {path}: the config differs in {', '.join(sorted(changed))}. A resumed run must "
             "compute what the interrupted run would have; start a new run directory (hydra.run.dir=...) or pass "
             "resume=null, or use init_from=PATH to start from these weights."
+        )
+    if state.get("world_size", world_size) != world_size:
+        raise ValueError(
+            f"Cannot resume from {path}: it was written by a run of {state['world_size']} processes and this one has "
+            f"{world_size}. The global batch (train.batch_size x processes) decides which samples each step draws; "
+            "resume with the same number of processes, or use init_from=PATH to start a new run from these weights."
         )
     log.info("Resuming from %s", path)
     return state
