@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -229,7 +230,13 @@ def run_cli(
     if wait:
         return subprocess.run(command, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     return subprocess.Popen(
-        command, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command,
+        cwd=cwd,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: a signal can reach it and its DataLoader workers
     )
 
 
@@ -283,20 +290,22 @@ def test_a_run_killed_hard_and_resumed_equals_the_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_writes_a_checkpoint_and_the_resumed_run_finishes_identically(tmp_path):
-    straight = run_cli(tmp_path, tmp_path / "straight", *RESUME_RUN, "tracking=none")
+def test_sigterm_to_the_whole_process_group_checkpoints_and_the_resumed_run_finishes_identically(tmp_path):
+    # As SLURM signals a job (preemption, scancel, time limit): every process, DataLoader workers included.
+    workers = ("loader.num_workers=1", "loader.persistent_workers=true")
+    straight = run_cli(tmp_path, tmp_path / "straight", *RESUME_RUN, *workers, "tracking=none")
     assert straight.returncode == 0, straight.stderr
 
-    process = run_cli(tmp_path, tmp_path / "stopped", *RESUME_RUN, "tracking=none", wait=False)
+    process = run_cli(tmp_path, tmp_path / "stopped", *RESUME_RUN, *workers, "tracking=none", wait=False)
     wait_for(tmp_path / "stopped" / "checkpoints" / "step_0000005.pth", process)
-    process.send_signal(signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGTERM)
     output = process.communicate(timeout=120)[0]
     assert process.returncode == 128 + signal.SIGTERM, output
-    steps = [ckpt.load_checkpoint(p)["step"] for p in ckpt.list_checkpoints(tmp_path / "stopped")]
-    assert 5 < steps[-1] < 30 or steps[-1] % 5 == 0  # a checkpoint at the step where the signal was handled
-    assert "SIGTERM" in output
+    assert "Received SIGTERM" in output
+    last = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "stopped"))["step"]
+    assert 5 <= last < 30  # written where the signal was handled, before the end
 
-    resumed = run_cli(tmp_path, tmp_path / "stopped", *RESUME_RUN, "tracking=none")
+    resumed = run_cli(tmp_path, tmp_path / "stopped", *RESUME_RUN, *workers, "tracking=none")
     assert resumed.returncode == 0, resumed.stderr
     final = "checkpoints/step_0000030.pth"
     assert_same_weights(weights_of(tmp_path / "straight" / final), weights_of(tmp_path / "stopped" / final))
