@@ -312,8 +312,11 @@ class ConvGRU(nn.Module):
         return F.conv2d(static, weight, bias, padding=self.convz.padding)
 
     def forward_fast(self, h: Tensor, x: Tensor, gates: Tensor) -> Tensor:
-        """``forward(h, cat([static, x]))`` for ``gates = input_gates(static)`` (S >= 0 static channels), or RAFT-Stereo's
-        ``forward(h, x, context)`` for ``gates = cat(context) + gate_biases()``. ``gates``: (B, 3 * hidden_size, H, W)."""
+        """``forward(h, cat([static, x]))`` for ``gates = input_gates(static)`` (S >= 0 static channels), or
+        RAFT-Stereo's ``forward(h, x, context)`` for ``gates = cat(context) + gate_biases()``.
+
+        ``gates``: (B, 3 * hidden_size, H, W) pre-activations of z, r, q, biases included.
+        """
         n = self.hidden_size
         static = self.convz.in_channels - n - x.shape[1]  # input channels already folded into ``gates``
 
@@ -321,7 +324,8 @@ class ConvGRU(nn.Module):
             return conv.weight if static == 0 else torch.cat([conv.weight[:, :n], conv.weight[:, n + static :]], 1)
 
         zr_weight = torch.cat([dynamic_weight(self.convz), dynamic_weight(self.convr)])
-        zr = torch.sigmoid(F.conv2d(torch.cat([h, x], dim=1), zr_weight, padding=self.convz.padding) + gates[:, : 2 * n])
+        zr_in = F.conv2d(torch.cat([h, x], dim=1), zr_weight, padding=self.convz.padding)
+        zr = torch.sigmoid(zr_in + gates[:, : 2 * n])
         z, r = zr.split(n, dim=1)
         q_in = F.conv2d(torch.cat([r * h, x], dim=1), dynamic_weight(self.convq), padding=self.convq.padding)
         q = torch.tanh(q_in + gates[:, 2 * n :])

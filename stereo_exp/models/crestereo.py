@@ -157,10 +157,11 @@ def fixed_window_correlation(left: Tensor, right_warped: Tensor, *, groups: int,
 def fixed_window_correlation_fast(left: Tensor, right_warped: Tensor, *, groups: int, window: SearchWindow) -> Tensor:
     """``fixed_window_correlation`` computed on channels-last data (same values up to float rounding).
 
-    With channels innermost, each candidate's group means are sums over contiguous memory and every shifted view of
-    the padded right map is a strided view, so a candidate costs one product and one reduction (the plain version
-    also pays a ``fill``, a division and a stack per candidate on channels-first data: about 4x slower on a CPU).
-    Returns a channels-last (B, groups * K, H, W) tensor in the plain version's channel order.
+    With channels innermost, each candidate's group sums run over contiguous memory and every shifted view of the
+    padded right map is a strided view, so a candidate costs one product and one reduction (the plain version also
+    pays a ``fill``, a division and a channels-first reduction per candidate: about 4x slower on a CPU). The division
+    by the group width happens once, on the stacked result. Returns a channels-last (B, groups * K, H, W) tensor in
+    the plain version's channel order.
     """
     b, c, h, w = left.shape
     ry, rx = window.radius
@@ -168,11 +169,11 @@ def fixed_window_correlation_fast(left: Tensor, right_warped: Tensor, *, groups:
     padded = F.pad(right_warped, (rx, rx, ry, ry), mode="replicate").permute(0, 2, 3, 1)  # (B, H + 2ry, W + 2rx, C)
     left_nhwc = left.permute(0, 2, 3, 1)  # (B, H, W, C); a view when ``left`` is channels-last
     per_candidate = [
-        (left_nhwc * padded[:, y : y + h, x : x + w]).reshape(b, h, w, groups, c // groups).mean(dim=-1)
+        (left_nhwc * padded[:, y : y + h, x : x + w]).reshape(b, h, w, groups, c // groups).sum(dim=-1)
         for y in range(0, 2 * ry + 1, dy)
         for x in range(0, 2 * rx + 1, dx)
     ]  # K x (B, H, W, groups)
-    correlation = torch.stack(per_candidate, dim=-1)  # (B, H, W, groups, K): channel g * K + k, channels innermost
+    correlation = torch.stack(per_candidate, dim=-1) / (c // groups)  # (B, H, W, groups, K): channel g * K + k
     return correlation.view(b, h, w, groups * window.num_candidates).permute(0, 3, 1, 2)
 
 
@@ -255,8 +256,12 @@ class AdaptiveGroupCorrelation(nn.Module):
         coords = (coords_grid(b, h, w, device=left.device) + flow).permute(0, 2, 3, 1)  # (B, H, W, 2)
         right_warped = grid_sample_pixels(right, coords)
         if fast:
+            # grid_sample returns channels-first data, in float32 under autocast: one copy converts both, so that
+            # the memory-bound products and sums run on the features' own type (bf16 under autocast: half the bytes;
+            # the CPU's bf16 sums accumulate in float32) instead of a slower mixed-type path.
+            right_warped = right_warped.to(dtype=left.dtype, memory_format=torch.channels_last)
             return fixed_window_correlation_fast(
-                to_channels_last(left), to_channels_last(right_warped), groups=self.groups, window=window
+                to_channels_last(left), right_warped, groups=self.groups, window=window
             )
         return fixed_window_correlation(left, right_warped, groups=self.groups, window=window)
 
@@ -607,7 +612,7 @@ class CREStereo(nn.Module):
 
     def _context_input(self, context: Tensor) -> Any:
         """What the updates of one level read of the context (B, Cc, h, w): the context itself, or on the fast path
-        its share of the GRU gates, which does not change from one update to the next (``UpdateBlock.context_gates``)."""
+        its share of the GRU gates, the same for every update of the level (``UpdateBlock.context_gates``)."""
         return self.update_block.context_gates(context) if self.fast_paths else context
 
     def _refine(

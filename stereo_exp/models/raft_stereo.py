@@ -35,6 +35,7 @@ from stereo_exp.models.blocks import (
     NormLayer,
     ResidualBlock,
     coords_grid,
+    to_channels_last,
     upsample_flow,
 )
 from stereo_exp.models.config import NON_ARCHITECTURE_KEYS, ModelConfig
@@ -252,11 +253,15 @@ class MultiLevelUpdateBlock(nn.Module):
     def forward(
         self,
         hidden: Sequence[Tensor],
-        contexts: Sequence[Sequence[Tensor]],
+        contexts: Sequence[Sequence[Tensor]] | Sequence[Tensor],
         corr_features: Tensor,
         flow: Tensor,
         num_levels_updated: int | None = None,
+        *,
+        fast: bool = False,
     ) -> list[Tensor]:
+        """``fast=True``: ``contexts[i]`` is level i's gate tensor from ``context_gates`` and the GRUs run
+        ``ConvGRU.forward_fast`` (z and r gates in one convolution); same numbers up to float rounding."""
         n = len(self.hidden_dims)
         hidden = list(hidden)
         for level in reversed(range(n - (num_levels_updated or n), n)):
@@ -269,8 +274,18 @@ class MultiLevelUpdateBlock(nn.Module):
                     hidden[level + 1], size=hidden[level].shape[-2:], mode="bilinear", align_corners=True
                 )
                 inputs = torch.cat([inputs, coarser], dim=1)
-            hidden[level] = self.grus[n - 1 - level](hidden[level], inputs, contexts[level])
+            gru = self.grus[n - 1 - level]
+            if fast:
+                hidden[level] = gru.forward_fast(hidden[level], inputs, contexts[level])
+            else:
+                hidden[level] = gru(hidden[level], inputs, contexts[level])
         return hidden
+
+    def context_gates(self, contexts: Sequence[Sequence[Tensor]]) -> list[Tensor]:
+        """Per level, the three context maps (z, r, q) and the GRU's biases as one (B, 3 * d, h, w) tensor: the
+        ``contexts`` of ``forward(..., fast=True)``, computed once per image instead of adding biases per update."""
+        n = len(self.hidden_dims)
+        return [torch.cat(list(contexts[level]), dim=1) + self.grus[n - 1 - level].gate_biases() for level in range(n)]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -298,6 +313,10 @@ class RaftStereo(nn.Module):
             the coarsest 1, 2, .., n-1 levels get an extra update.
         activation_checkpointing: in training, recompute each recurrent iteration in the backward pass instead of
             storing its activations (memory roughly independent of ``num_iters``; about one more forward of cost).
+        fast_paths: run the recurrent updates the fast way (same numbers up to float rounding, checked in
+            ``tests/test_fast_paths.py``): channels-last memory for the update block, heads and context
+            convolutions, the GRU biases folded into the precomputed context once per image, the z and r gates as
+            one convolution. False runs the plain computation.
     """
 
     def __init__(
@@ -311,6 +330,7 @@ class RaftStereo(nn.Module):
         mask_predictor: nn.Module | None = None,
         slow_fast: bool = False,
         activation_checkpointing: bool = False,
+        fast_paths: bool = True,
     ) -> None:
         super().__init__()
         hidden_dims = update_block.hidden_dims
@@ -332,6 +352,13 @@ class RaftStereo(nn.Module):
         self.downsampling_factor: int = feature_encoder.downsampling_factor
         # Each GRU level halves the 1/f feature map, so inputs must divide by f * 2^(levels - 1).
         self.size_multiple: int = self.downsampling_factor * 2 ** (len(hidden_dims) - 1)
+        self.fast_paths = fast_paths
+        if fast_paths:
+            # The recurrent part runs on channels-last tensors (oneDNN convolves them without reordering); the
+            # encoders stay channels-first (their norms are faster there). Only strides change, not the state_dict.
+            for part in (self.update_block, self.disparity_head, self.mask_predictor, self.context_convs):
+                if part is not None:
+                    part.to(memory_format=torch.channels_last)
 
     def forward(
         self, left: Tensor, right: Tensor, flow_init: Tensor | None = None, num_iters: int = 12
@@ -343,12 +370,16 @@ class RaftStereo(nn.Module):
         pyramid = self.corr_block.pyramid(fmap1, fmap2)
 
         hidden: list[Tensor] = []
-        contexts: list[tuple[Tensor, ...]] = []
+        contexts: list[Any] = []
         for (h, ctx), conv, dim in zip(
             self.context_encoder(left), self.context_convs, self.update_block.hidden_dims, strict=True
         ):
+            if self.fast_paths:
+                h, ctx = to_channels_last(h), to_channels_last(ctx)
             hidden.append(torch.tanh(h))
             contexts.append(conv(F.relu(ctx)).split(dim, dim=1))
+        if self.fast_paths:
+            contexts = self.update_block.context_gates(contexts)
 
         hf, wf = fmap1.shape[-2:]
         # Coordinates stay in fp32 (or fp64) under autocast: bf16 cannot even count columns past 256 exactly.
@@ -385,11 +416,16 @@ class RaftStereo(nn.Module):
         corr_features = self.corr_block.lookup(pyramid, coords_x)
         flow_x = coords_x - grid_x
         flow = torch.cat([flow_x, torch.zeros_like(flow_x)], dim=1)  # the motion encoder reads (x, y) flow; y = 0
+        if self.fast_paths:
+            corr_features, flow = to_channels_last(corr_features), to_channels_last(flow)
         num_levels = len(hidden)
+        fast = self.fast_paths
         if self.slow_fast:
             for coarsest in range(1, num_levels):
-                hidden = self.update_block(hidden, contexts, corr_features, flow, num_levels_updated=coarsest)
-        hidden = self.update_block(hidden, contexts, corr_features, flow)
+                hidden = self.update_block(
+                    hidden, contexts, corr_features, flow, num_levels_updated=coarsest, fast=fast
+                )
+        hidden = self.update_block(hidden, contexts, corr_features, flow, fast=fast)
         coords_x = coords_x + self.disparity_head(hidden[0])[:, :1]
         mask = None if self.mask_predictor is None else self.mask_predictor(hidden[0])
         flow_up = upsample_flow(coords_x - grid_x, mask, self.downsampling_factor)  # (B, 1, H, W) x-flow
@@ -472,8 +508,9 @@ class RaftStereoConfig(ModelConfig):
     use_mask_predictor: bool = True  # convex upsampling (false: bilinear)
     mask_predictor_hidden_size: int = 256  # hidden width of the upsampling-mask head
     mask_predictor_scale: float = 0.25  # factor on the mask logits (RAFT's damping of this branch's gradients)
-    # Memory
+    # Memory and speed
     activation_checkpointing: bool = False  # recompute each recurrent update in backward: less memory, more time
+    fast_paths: bool = True  # optimised recurrent updates (same numbers to 1e-4; docs/PERFORMANCE.md); false = plain
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -528,8 +565,9 @@ def _raft_stereo(
     use_mask_predictor: bool,
     mask_predictor_hidden_size: int,
     mask_predictor_scale: float,
-    # Memory
+    # Memory and speed
     activation_checkpointing: bool,
+    fast_paths: bool,
     # Built parts that replace the ones the numbers above describe
     feature_encoder: nn.Module | None = None,
     context_encoder: MultiLevelContextEncoder | None = None,
@@ -608,6 +646,7 @@ def _raft_stereo(
         mask_predictor=mask_predictor,
         slow_fast=slow_fast,
         activation_checkpointing=activation_checkpointing,
+        fast_paths=fast_paths,
     )
     if weights:
         from stereo_exp.models.weights import load_weights  # the registry imports the model files, not vice versa

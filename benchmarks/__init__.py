@@ -1,0 +1,1 @@
+"""Throughput, latency and memory benchmarks; one module per benchmark, `python -m benchmarks.run` runs them all."""

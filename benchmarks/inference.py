@@ -1,0 +1,125 @@
+"""Inference latency: one stereo pair through ``stereo_exp.models.predict_disparity``, per model and precision.
+
+    python -m benchmarks.inference                               # 384x512, 10 updates, CREStereo and RAFT-Stereo
+    python -m benchmarks.inference --models crestereo_base --precisions fp32 --repeats 5
+    python -m benchmarks.inference --device cuda                 # the same table on a GPU
+
+What runs is what ``python -m stereo_exp.predict`` and the evaluation run per image: the model in eval mode under
+``torch.inference_mode()`` (and autocast for bf16/fp16), padding to the size multiple, ``--iters`` recurrent updates,
+one cascade level. Batch 1 (latency). The pair is seeded noise with a constant 8 px disparity: the cost does not
+depend on the content. FLOPs and timing as in ``benchmarks.train_step`` (first untimed run: plain reference path
+under ``FlopCounterMode``; second: fast paths; then ``--warmup`` and ``--repeats``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from typing import Any
+
+import torch
+
+from benchmarks.common import (
+    MemoryProbe,
+    add_common_arguments,
+    ceilings_for,
+    count_model_and_executed_flops,
+    parse_bool,
+    parse_list,
+    parse_size,
+    resolve_device,
+    run_benchmark,
+    run_single_case,
+    time_interleaved,
+    timing_fields,
+)
+from benchmarks.train_step import synthetic_batch, training_config
+
+NAME = "inference"
+MODELS = ("crestereo_base", "raft_stereo_base", "raft_stereo_realtime")
+
+COLUMNS = (
+    ("model", "model"),
+    ("size", "size"),
+    ("iters", "iters"),
+    ("precision", "precision"),
+    ("fast_paths", "fast"),
+    ("latency_s", "latency s"),
+    ("model_gflop", "GFLOP"),
+    ("executed_gflop", "executed"),
+    ("achieved_gflops", "GFLOP/s"),
+    ("ceiling_gflops", "ceiling"),
+    ("share_pct", "share %"),
+    ("peak_delta_mb", "peak MiB"),
+)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast to bf16/fp16, or nothing for fp32."""
+    from stereo_exp.schemas import amp_dtype
+
+    dtype = amp_dtype(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def run_case(spec: dict[str, Any]) -> dict[str, Any]:
+    """One (model, size, iterations, precision) case; see the module docstring for what runs."""
+    from stereo_exp.models import build_model, predict_disparity
+
+    device = resolve_device(spec["device"])
+    cfg = training_config(spec["model"], spec["precision"], fast_paths=spec["fast_paths"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model).to(device).eval()
+    batch = synthetic_batch(1, spec["size"], device)
+
+    def predict() -> None:
+        with torch.inference_mode(), autocast(device, spec["precision"]):
+            predict_disparity(model, batch["left"], batch["right"], num_iters=spec["iters"])
+
+    memory = MemoryProbe(device)
+    memory.start()
+    model_flops, executed_flops = count_model_and_executed_flops(model, predict)
+    ceilings = ceilings_for(device)
+    timing = time_interleaved(predict, device=device, warmup=spec["warmup"], repeats=spec["repeats"], ceilings=ceilings)
+    peak = memory.stop()
+
+    return {
+        "model": spec["model"],
+        "size": "x".join(map(str, spec["size"])),
+        "iters": spec["iters"],
+        "precision": spec["precision"],
+        "fast_paths": spec["fast_paths"],
+        "latency_s": timing.median,
+        **timing_fields(timing, model_flops, executed_flops, spec["precision"]),
+        "peak_mb": peak["peak_mb"],
+        "peak_delta_mb": peak["delta_mb"],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.inference", description=__doc__.splitlines()[0])
+    add_common_arguments(parser, warmup=1, repeats=3)
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated registered model names")
+    parser.add_argument("--size", type=parse_size, default=[384, 512], help="HxW of the pair")
+    parser.add_argument("--iters", type=int, default=10, help="recurrent updates")
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32 | bf16 | fp16 (autocast)")
+    parser.add_argument(
+        "--fast-paths", default="true", help="true | false | true,false: model.fast_paths (false = plain computation)"
+    )
+    args = parser.parse_args(argv)
+    if args.case:
+        run_single_case(args, run_case)
+        return
+    specs = [
+        {"model": model, "size": args.size, "iters": args.iters, "precision": precision, "fast_paths": fast}
+        for model in parse_list(args.models)
+        for precision in parse_list(args.precisions)
+        for fast in parse_list(args.fast_paths, parse_bool)
+    ]
+    run_benchmark(NAME, "benchmarks.inference", args, specs, COLUMNS, run_case)
+
+
+if __name__ == "__main__":
+    main()
