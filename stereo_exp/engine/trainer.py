@@ -6,7 +6,7 @@ optimizer step (forward under autocast -> sequence loss -> backward -> clip -> s
 
 Reproducibility: the data order and every augmentation are pure functions of (seed, step) (see data/mix.py), the
 model starts from ``seed``, and a checkpoint holds every other piece of state, so a run resumed at step k
-computes exactly what the uninterrupted run computed (tested in tests/test_resume.py).
+computes exactly what the uninterrupted run computed (tested in tests/test_train.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 import random
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -331,7 +332,11 @@ def train_step(
     if not skipped or scaler.is_enabled():
         scaler.step(optimizer)  # an enabled (fp16) GradScaler skips non-finite steps itself ...
     scaler.update()  # ... and lowers its scale (no-op when disabled)
-    scheduler.step()  # the schedule follows the step count, taken or skipped
+    with warnings.catch_warnings():
+        # The schedule follows the step count, taken or skipped: torch warns when a skipped first step left
+        # optimizer.step() uncalled, which is intended here.
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+        scheduler.step()
     return StepStats(loss=float(loss.detach()), grad_norm=grad_norm, skipped=skipped)
 
 
