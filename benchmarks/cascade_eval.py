@@ -19,18 +19,15 @@ from typing import Any
 import torch
 
 from benchmarks.common import (
-    MemoryProbe,
     add_common_arguments,
-    ceilings_for,
-    count_model_and_executed_flops,
+    add_variant_arguments,
+    measure,
     parse_bool,
     parse_list,
     parse_size,
     resolve_device,
     run_benchmark,
     run_single_case,
-    time_interleaved,
-    timing_fields,
 )
 from benchmarks.train_step import training_config
 
@@ -75,13 +72,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
             dist=dist, device=device, amp_dtype=amp_dtype(spec["precision"]), progress=False,
         )  # fmt: skip
 
-    memory = MemoryProbe(device)
-    memory.start()
-    model_flops, executed_flops = count_model_and_executed_flops(model, grid)
-    ceilings = ceilings_for(device)
-    timing = time_interleaved(grid, device=device, warmup=spec["warmup"], repeats=spec["repeats"], ceilings=ceilings)
-    peak = memory.stop()
-
+    measured = measure(grid, model, spec, device)
     return {
         "model": spec["model"],
         "dataset": spec["dataset"],
@@ -90,10 +81,8 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         "grid": f"{spec['n_cascades']} x {spec['n_iterations']}".replace(" ", ""),
         "precision": spec["precision"],
         "fast_paths": spec["fast_paths"],
-        "seconds_per_image": timing.median / len(dataset),
-        **timing_fields(timing, model_flops, executed_flops, spec["precision"]),
-        "peak_mb": peak["peak_mb"],
-        "peak_delta_mb": peak["delta_mb"],
+        "seconds_per_image": measured["seconds"] / len(dataset),
+        **measured,
     }
 
 
@@ -106,10 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=parse_size, default=[384, 512], help="HxW the images are resized to")
     parser.add_argument("--n-cascades", default="1,2", help="comma-separated cascade counts")
     parser.add_argument("--n-iterations", default="2,5,10,20", help="comma-separated recurrent update counts")
-    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32 | bf16 | fp16 (autocast)")
-    parser.add_argument(
-        "--fast-paths", default="true", help="true | false | true,false: model.fast_paths (false = plain computation)"
-    )
+    add_variant_arguments(parser)
     args = parser.parse_args(argv)
     if args.case:
         run_single_case(args, run_case)

@@ -28,6 +28,7 @@ Why the measurements look the way they do:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -119,6 +120,16 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so that a timer reads the work's end (a no-op on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast to the dtype of ``precision`` (bf16 / fp16), or nothing for fp32."""
+    from stereo_exp.schemas import amp_dtype
+
+    dtype = amp_dtype(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -325,11 +336,30 @@ class MemoryProbe:
             self.baseline_mb = peak_rss_mb()
 
     def stop(self) -> dict[str, float]:
-        if self.device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(self.device) / 2**20
-            return {"peak_mb": peak, "baseline_mb": self.baseline_mb, "delta_mb": peak - self.baseline_mb}
-        peak = peak_rss_mb()
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else peak_rss_mb()
         return {"peak_mb": peak, "baseline_mb": self.baseline_mb, "delta_mb": peak - self.baseline_mb}
+
+
+def measure(
+    fn: Callable[[], Any], model: torch.nn.Module, spec: dict[str, Any], device: torch.device
+) -> dict[str, Any]:
+    """The measurement of a timed benchmark case: ``timing_fields`` of ``fn`` plus ``peak_mb`` / ``peak_delta_mb``.
+
+    Inside one ``MemoryProbe``: two untimed runs count the model and executed FLOPs
+    (``count_model_and_executed_flops``), then ``spec["warmup"]`` untimed and ``spec["repeats"]`` timed runs are
+    bracketed by ceiling samples (``time_interleaved``); the share is taken against ``spec["precision"]``'s ceiling.
+    """
+    memory = MemoryProbe(device)
+    memory.start()
+    model_flops, executed_flops = count_model_and_executed_flops(model, fn)
+    ceilings = ceilings_for(device)
+    timing = time_interleaved(fn, device=device, warmup=spec["warmup"], repeats=spec["repeats"], ceilings=ceilings)
+    peak = memory.stop()
+    return {
+        **timing_fields(timing, model_flops, executed_flops, spec["precision"]),
+        "peak_mb": peak["peak_mb"],
+        "peak_delta_mb": peak["delta_mb"],
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -418,6 +448,14 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, warmup: int, repeat
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case (JSON spec), print its JSON result
 
 
+def add_variant_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--precisions`` and ``--fast-paths``: the variants every case of a timed benchmark runs in."""
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32 | bf16 | fp16 (autocast)")
+    parser.add_argument(
+        "--fast-paths", default="true", help="true | false | true,false: model.fast_paths (false = plain computation)"
+    )
+
+
 def parse_list(text: str, kind: Callable[[str], Any] = str) -> list[Any]:
     """``"a,b"`` -> ``[kind("a"), kind("b")]``."""
     return [kind(item) for item in text.split(",") if item]
@@ -484,6 +522,8 @@ __all__ = [
     "MemoryProbe",
     "Timing",
     "add_common_arguments",
+    "add_variant_arguments",
+    "autocast",
     "ceilings_for",
     "children_peak_rss_mb",
     "count_flops",
@@ -491,6 +531,7 @@ __all__ = [
     "describe_machine",
     "format_table",
     "machine_summary",
+    "measure",
     "parse_bool",
     "parse_list",
     "parse_size",

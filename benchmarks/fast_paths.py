@@ -15,7 +15,6 @@ Adam). Model FLOPs (the share's numerator) are those of the plain fp32 variant.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 
 from benchmarks.common import (
     add_common_arguments,
+    autocast,
     ceilings_for,
     count_flops,
     parse_list,
@@ -54,18 +54,13 @@ COLUMNS = (
 )
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 def _workload(spec: dict[str, Any], device: torch.device) -> dict[str, Callable[[], None]]:
     """One callable per (path, precision) variant."""
     from stereo_exp.engine.optim import build_optimizer
     from stereo_exp.engine.schedule import build_scheduler
     from stereo_exp.engine.trainer import train_step
     from stereo_exp.models import build_model, predict_disparity
+    from stereo_exp.schemas import amp_dtype
 
     models = {}
     for path in ("plain", "fast"):
@@ -79,7 +74,7 @@ def _workload(spec: dict[str, Any], device: torch.device) -> dict[str, Callable[
             model = models[path][0].eval()
 
             def predict(model=model, precision=precision) -> None:
-                with torch.inference_mode(), _autocast(device, precision):
+                with torch.inference_mode(), autocast(device, precision):
                     predict_disparity(model, batch["left"], batch["right"], num_iters=spec["iters"])
 
             fns[f"{path} {precision}"] = predict
@@ -90,7 +85,7 @@ def _workload(spec: dict[str, Any], device: torch.device) -> dict[str, Callable[
         optimizer = build_optimizer(model, cfg.optim, cfg.schedule.lr)
         scheduler = build_scheduler(optimizer, cfg.schedule, sum(cfg.mix.dataset_steps))
         scaler = torch.amp.GradScaler(device.type, enabled=False)
-        dtype = None if precision == "fp32" else torch.bfloat16
+        dtype = amp_dtype(precision)
 
         def step(model=model, cfg=cfg, optimizer=optimizer, scheduler=scheduler, scaler=scaler, dtype=dtype) -> None:
             train_step(model, batch, optimizer, scheduler, scaler, cfg, device, dtype)

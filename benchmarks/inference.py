@@ -14,24 +14,21 @@ under ``FlopCounterMode``; second: fast paths; then ``--warmup`` and ``--repeats
 from __future__ import annotations
 
 import argparse
-import contextlib
 from typing import Any
 
 import torch
 
 from benchmarks.common import (
-    MemoryProbe,
     add_common_arguments,
-    ceilings_for,
-    count_model_and_executed_flops,
+    add_variant_arguments,
+    autocast,
+    measure,
     parse_bool,
     parse_list,
     parse_size,
     resolve_device,
     run_benchmark,
     run_single_case,
-    time_interleaved,
-    timing_fields,
 )
 from benchmarks.train_step import synthetic_batch, training_config
 
@@ -54,16 +51,6 @@ COLUMNS = (
 )
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast to bf16/fp16, or nothing for fp32."""
-    from stereo_exp.schemas import amp_dtype
-
-    dtype = amp_dtype(precision)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     """One (model, size, iterations, precision) case; see the module docstring for what runs."""
     from stereo_exp.models import build_model, predict_disparity
@@ -78,23 +65,15 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         with torch.inference_mode(), autocast(device, spec["precision"]):
             predict_disparity(model, batch["left"], batch["right"], num_iters=spec["iters"])
 
-    memory = MemoryProbe(device)
-    memory.start()
-    model_flops, executed_flops = count_model_and_executed_flops(model, predict)
-    ceilings = ceilings_for(device)
-    timing = time_interleaved(predict, device=device, warmup=spec["warmup"], repeats=spec["repeats"], ceilings=ceilings)
-    peak = memory.stop()
-
+    measured = measure(predict, model, spec, device)
     return {
         "model": spec["model"],
         "size": "x".join(map(str, spec["size"])),
         "iters": spec["iters"],
         "precision": spec["precision"],
         "fast_paths": spec["fast_paths"],
-        "latency_s": timing.median,
-        **timing_fields(timing, model_flops, executed_flops, spec["precision"]),
-        "peak_mb": peak["peak_mb"],
-        "peak_delta_mb": peak["delta_mb"],
+        "latency_s": measured["seconds"],
+        **measured,
     }
 
 
@@ -104,10 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated registered model names")
     parser.add_argument("--size", type=parse_size, default=[384, 512], help="HxW of the pair")
     parser.add_argument("--iters", type=int, default=10, help="recurrent updates")
-    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32 | bf16 | fp16 (autocast)")
-    parser.add_argument(
-        "--fast-paths", default="true", help="true | false | true,false: model.fast_paths (false = plain computation)"
-    )
+    add_variant_arguments(parser)
     args = parser.parse_args(argv)
     if args.case:
         run_single_case(args, run_case)

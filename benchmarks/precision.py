@@ -16,7 +16,6 @@ both latencies (median of ``--repeats``, interleaved with the ceiling as in the 
 from __future__ import annotations
 
 import argparse
-import contextlib
 from typing import Any
 
 import torch
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from benchmarks.common import (
     MemoryProbe,
     add_common_arguments,
+    autocast,
     ceilings_for,
     parse_size,
     resolve_device,
@@ -99,10 +99,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     predictions: dict[str, torch.Tensor] = {}
 
     def predict(precision: str) -> torch.Tensor:
-        autocast = (
-            torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast(device, precision):
             return predict_disparity(model, batch["left"], batch["right"], num_iters=spec["iters"]).float()
 
     ceilings = ceilings_for(device)

@@ -30,18 +30,15 @@ from omegaconf import DictConfig
 
 from benchmarks.common import (
     REPO_ROOT,
-    MemoryProbe,
     add_common_arguments,
-    ceilings_for,
-    count_model_and_executed_flops,
+    add_variant_arguments,
+    measure,
     parse_bool,
     parse_list,
     parse_size,
     resolve_device,
     run_benchmark,
     run_single_case,
-    time_interleaved,
-    timing_fields,
 )
 
 NAME = "train_step"
@@ -114,13 +111,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     def step() -> None:
         train_step(model, batch, optimizer, scheduler, scaler, cfg, device, autocast_dtype)
 
-    memory = MemoryProbe(device)
-    memory.start()
-    model_flops, executed_flops = count_model_and_executed_flops(model, step)
-    ceilings = ceilings_for(device)
-    timing = time_interleaved(step, device=device, warmup=spec["warmup"], repeats=spec["repeats"], ceilings=ceilings)
-    peak = memory.stop()
-
+    measured = measure(step, model, spec, device)
     return {
         "model": spec["model"],
         "crop": "x".join(map(str, spec["crop"])),
@@ -128,11 +119,9 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         "precision": spec["precision"],
         "fast_paths": spec["fast_paths"],
         "train_iters": int(cfg.model.train_iters),
-        "samples_per_s": spec["batch_size"] / timing.median,
-        "seconds_per_step": timing.median,
-        **timing_fields(timing, model_flops, executed_flops, spec["precision"]),
-        "peak_mb": peak["peak_mb"],
-        "peak_delta_mb": peak["delta_mb"],
+        "samples_per_s": spec["batch_size"] / measured["seconds"],
+        "seconds_per_step": measured["seconds"],
+        **measured,
     }
 
 
@@ -142,10 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated registered model names")
     parser.add_argument("--crops", default=",".join(CROPS), help="comma-separated HxW crops")
     parser.add_argument("--batch-size", type=int, default=1, help="samples per step (see the module docstring)")
-    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32 | bf16 | fp16 (autocast)")
-    parser.add_argument(
-        "--fast-paths", default="true", help="true | false | true,false: model.fast_paths (false = plain computation)"
-    )
+    add_variant_arguments(parser)
     args = parser.parse_args(argv)
     if args.case:
         run_single_case(args, run_case)

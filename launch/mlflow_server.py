@@ -35,6 +35,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 DEFAULT_HOST = "127.0.0.1"  # loopback only, unless the caller asks for another interface
@@ -190,7 +191,7 @@ class MlflowServer:
             return f"(log unreadable: {error})"
 
 
-def _stop_group(pgid: int, timeout_s: float, is_alive) -> None:
+def _stop_group(pgid: int, timeout_s: float, is_alive: Callable[[], bool]) -> None:
     """SIGTERM the process group ``pgid``; SIGKILL it if its leader is still alive after ``timeout_s``."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)

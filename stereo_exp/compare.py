@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stereo_exp.tracking.mlflow_tracker import TASK_TAG, TrackingConfig
 from stereo_exp.tracking.sweep import OVERRIDES_TAG, ROLE_TAG, SWEEP_ID_TAG, SWEEP_ROLE, sweep_id_of
 
-DEFAULT_URI = "sqlite:///mlflow.db"  # the tracking config's default store (stereo_exp/tracking/mlflow_tracker.py)
+DEFAULT_URI = TrackingConfig.uri  # the tracking config's default store
 _VAL_MAE = re.compile(r"^val/[^/]+/mae$")
-TASK_TAG = "stereo_exp.task"  # set by the evaluate and eda commands on their runs
 
 
 @dataclass

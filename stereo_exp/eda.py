@@ -60,19 +60,20 @@ def run_eda(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _run(cfg: DictConfig, tracker: Any) -> dict[str, Any]:
-    from stereo_exp.data.config import AugmentationConfig, EdaConfig, MixConfig
+    from stereo_exp.data.config import AugmentationConfig, EdaConfig, MixConfig, as_schema
     from stereo_exp.data.disparity_stats import DisparityStats, format_table, histogram_figure
-    from stereo_exp.data.loader import MixDataset, as_schema, build_mix_datasets, seed_worker
+    from stereo_exp.data.loader import MixDataset, build_mix_datasets, seed_worker
     from stereo_exp.data.mix import Draw, MixSampler
     from stereo_exp.data.transforms import TrainTransform
     from stereo_exp.schemas import LoaderConfig
+    from stereo_exp.tracking.mlflow_tracker import TASK_TAG
 
     mix = as_schema(cfg.mix, MixConfig)
     aug = as_schema(cfg.augmentation, AugmentationConfig)
     eda = as_schema(cfg.eda, EdaConfig)
     loader_cfg = as_schema(cfg.loader, LoaderConfig)
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    tracker.start(params=resolved, run_name=f"eda {'+'.join(mix.datasets)}", tags={"stereo_exp.task": "eda"})
+    tracker.start(params=resolved, run_name=f"eda {'+'.join(mix.datasets)}", tags={TASK_TAG: "eda"})
 
     datasets = build_mix_datasets(mix, data_root=cfg.paths.data, dataset_options=cfg.datasets)
     active = [i for i, steps in enumerate(mix.dataset_steps) if steps > 0]

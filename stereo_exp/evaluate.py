@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from stereo_exp.config import register_configs
+
+if TYPE_CHECKING:
+    from stereo_exp.engine.distributed import DistEnv
+    from stereo_exp.tracking import MlflowTracker
 
 log = logging.getLogger("stereo_exp.evaluate")
 
@@ -63,12 +67,13 @@ def eval_config(cfg: DictConfig) -> DictConfig:
     return eval_cfg
 
 
-def _run(cfg: DictConfig, eval_cfg: DictConfig, dist: Any, tracker: Any) -> dict[str, Any]:
+def _run(cfg: DictConfig, eval_cfg: DictConfig, dist: DistEnv, tracker: MlflowTracker) -> dict[str, Any]:
     from stereo_exp.data.catalog import check_dataset_root
     from stereo_exp.evaluation.cascade import evaluate_datasets, save_figures
     from stereo_exp.evaluation.model_source import load_model
     from stereo_exp.evaluation.table import format_tables, results_to_json
     from stereo_exp.schemas import amp_dtype
+    from stereo_exp.tracking.mlflow_tracker import TASK_TAG
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -87,7 +92,7 @@ def _run(cfg: DictConfig, eval_cfg: DictConfig, dist: Any, tracker: Any) -> dict
     tracker.start(
         params=resolved,
         run_name=f"eval {loaded.model_cfg['name']} {'+'.join(eval_cfg.datasets)}",
-        tags={"stereo_exp.task": "evaluate", **loaded.tags},
+        tags={TASK_TAG: "evaluate", **loaded.tags},
     )
 
     grids, figures = evaluate_datasets(

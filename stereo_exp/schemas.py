@@ -42,6 +42,15 @@ class TrainConfig:
     num_threads: int | None = None  # torch intra-op CPU threads per process; null = torch's default
     find_unused_parameters: bool = False  # DDP: allow parameters without gradient in a step (slower; rarely needed)
 
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"train.batch_size must be >= 1; got {self.batch_size}.")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"train.max_steps must be >= 1 or null; got {self.max_steps}.")
+        for key in ("log_every", "val_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"train.{key} must be >= 1; got {getattr(self, key)}.")
+
 
 @dataclass
 class LoaderConfig:
@@ -55,3 +64,7 @@ class LoaderConfig:
 class CheckpointConfig:
     every: int = 1000  # steps between checkpoints (one is always written at the end and on SIGTERM/SIGUSR1/SIGUSR2)
     keep_last: int = 2  # periodic checkpoints kept in <output>/checkpoints (the final one is always kept)
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.keep_last < 1:
+            raise ValueError("checkpoint.every and checkpoint.keep_last must be >= 1.")

@@ -1,6 +1,6 @@
 """Pytest fixtures for tests that need the single-node SLURM cluster of launch/ or a real MLflow server.
 
-Use them from a test module with ``pytest_plugins = ["tests.cluster_fixtures"]`` (or import the two fixtures in
+Use them from a test module with ``pytest_plugins = ["tests.cluster_fixtures"]`` (or import the fixtures in
 ``tests/conftest.py``):
 
 * ``slurm_cluster`` (session): a :class:`SlurmCluster` for the cluster of ``launch/slurm_cluster.sh``. A cluster
@@ -12,7 +12,7 @@ Use them from a test module with ``pytest_plugins = ["tests.cluster_fixtures"]``
   down and bring it back (same port, same data) mid-test. It is stopped at teardown.
 * ``shared_mlflow_server`` (session): one such server for all tests that only log to it (own experiment each).
 
-Both set nothing global besides ``SLURM_CONF`` (for the session, so that submitit, sbatch and sacct reach the
+They set nothing global besides ``SLURM_CONF`` (for the session, so that submitit, sbatch and sacct reach the
 test cluster).
 """
 
@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 
 from launch.mlflow_server import MlflowServer
+from tests.conftest import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_SCRIPT = REPO_ROOT / "launch" / "slurm_cluster.sh"
 
 # sacct states after which a job will not run again (a requeued job shows PENDING/REQUEUED, not one of these).

@@ -14,13 +14,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 
+from tests.conftest import CONF_DIR
+
 if TYPE_CHECKING:
     from tests.cluster_fixtures import SlurmCluster
 
 # Loaded as a plugin (not imported above) so that pytest registers its fixtures and rewrites its asserts.
 pytest_plugins = ["tests.cluster_fixtures"]
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 # --- the launcher configs (no cluster needed) -----------------------------------------------------------------

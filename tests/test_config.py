@@ -97,7 +97,7 @@ def test_every_schema_field_has_a_default_and_a_one_line_comment(schema):
 
 
 def test_option_files_set_only_what_differs_from_their_schema(tmp_path):
-    """A YAML value equal to the schema default would silently override a changed code default (STYLE.md)."""
+    """A YAML value equal to the schema default would silently override a changed code default (ARCHITECTURE.md)."""
     register_configs()
     repeated = []
     for group, option in group_options():

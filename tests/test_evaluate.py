@@ -29,6 +29,7 @@ from stereo_exp.evaluation.table import format_table, format_tables, results_to_
 from stereo_exp.models import build_model
 from stereo_exp.models.inference import predict_disparity
 from stereo_exp.tracking import MlflowTracker, TrackingConfig
+from tests.conftest import CONF_DIR
 from tests.dataset_replicas import write_middlebury2014
 
 # ---- the published log layout ---------------------------------------------------------------------------------
@@ -86,7 +87,6 @@ def test_json_keeps_full_precision_and_turns_nan_into_null():
 
 # ---- the grid: batching, processes, sharding ------------------------------------------------------------------
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 # Small procedural pairs: 5 samples (an odd count, so two processes get unequal shards) of 32 x 48 pixels.
 SYNTHETIC = ["datasets.synthetic.height=32", "datasets.synthetic.width=48", "datasets.synthetic.val_samples=5"]
 
@@ -99,14 +99,14 @@ def compose_evaluate(tmp_path: Path, *overrides: str) -> DictConfig:
         f"checkpoints={tmp_path / 'outputs'}", "progress=false", "device=cpu", "num_threads=1",
         "eval.size=[32,48]", "eval.n_cascades=[1]", "eval.n_iterations=[2]",
     ]  # fmt: skip
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF), job_name="test"):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="test"):
         return compose("evaluate", overrides=[*base, *overrides])
 
 
 def write_checkpoint(path: Path, model_name: str = "raft_stereo_tiny", *, seed: int = 0, step: int = 3) -> Path:
     """A training checkpoint of ours (model, step, config) holding a seeded tiny model."""
     register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF), job_name="test"):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="test"):
         model_cfg = compose("evaluate", overrides=[f"model={model_name}", "tracking=none"]).model
     torch.manual_seed(seed)
     model = build_model(model_cfg)
@@ -311,7 +311,7 @@ def test_training_validation_flattens_the_metrics_and_draws_the_first_samples(tm
 # ---- configuration ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("option", sorted(p.stem for p in (CONF / "eval").glob("*.yaml")))
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONF_DIR / "eval").glob("*.yaml")))
 def test_every_eval_option_composes_and_passes_its_checks(option, tmp_path):
     cfg = compose_evaluate(tmp_path, f"eval={option}")
     assert isinstance(OmegaConf.to_object(cfg.eval), EvalConfig)  # runs EvalConfig.__post_init__
@@ -319,7 +319,7 @@ def test_every_eval_option_composes_and_passes_its_checks(option, tmp_path):
 
 def test_the_evaluate_defaults_are_the_published_grid_at_384x512_on_the_motorcycle_pair():
     register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF), job_name="test"):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="test"):
         cfg = compose("evaluate")
     assert list(cfg.eval.datasets) == ["motorcycle"] and list(cfg.eval.size) == [384, 512]
     assert list(cfg.eval.n_cascades) == [1, 2] and list(cfg.eval.n_iterations) == [2, 5, 10, 20]

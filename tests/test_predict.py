@@ -17,8 +17,8 @@ from stereo_exp.engine.checkpoint import save_checkpoint
 from stereo_exp.models import build_model
 from stereo_exp.models.inference import predict_disparity
 from stereo_exp.predict import build_parser, main, read_image
+from tests.conftest import CONF_DIR
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 HEIGHT, WIDTH = 37, 53  # odd: neither divides the model's size multiple
 
 
@@ -26,7 +26,7 @@ HEIGHT, WIDTH = 37, 53  # odd: neither divides the model's size multiple
 def weights(tmp_path) -> Path:
     """A training checkpoint of ours with a seeded raft_stereo_tiny."""
     register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF), job_name="test"):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="test"):
         model_cfg = compose("evaluate", overrides=["model=raft_stereo_tiny", "tracking=none"]).model
     torch.manual_seed(0)
     config = {"model": OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True)}

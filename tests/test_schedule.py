@@ -1,4 +1,4 @@
-"""The learning rate at boundary steps, value by value (DESIGN.md "Schedule")."""
+"""The learning rate at boundary steps, value by value (the semantics in stereo_exp/engine/schedule.py)."""
 
 import pytest
 import torch

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from stereo_exp.engine import checkpoint as ckpt
 from stereo_exp.engine.distributed import DistEnv
 from stereo_exp.models import build_model
-from tests.conftest import REPO_ROOT, TINY_RUN, compose_train_config, subprocess_env
+from tests.conftest import REPO_ROOT, TINY_RUN, assert_same_weights, compose_train_config, subprocess_env
 
 if TYPE_CHECKING:
     from tests.cluster_fixtures import SlurmCluster
@@ -98,12 +98,6 @@ def mlflow_history(sweep_dir: Path) -> tuple[list, list[tuple[int, float]]]:
     runs = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("stereo_exp.role") != "sweep"]
     history = client.get_metric_history(runs[0].info.run_id, "train/loss")
     return runs, sorted((m.step, m.value) for m in history)
-
-
-def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
 @pytest.fixture(scope="module")

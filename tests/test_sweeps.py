@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 pytest_plugins = ["tests.cluster_fixtures"]
 
-# decay_after_steps only matters without the embedded schedule's 20-step warm-up (decay starts after it).
+# decay_after_steps only matters without the embedded schedule's warm-up (decay starts after it).
 SWEEP = ("schedule.warmup_steps=0", "schedule.decay_after_steps=0,3", "optim.clip_grad_norm=null,1.0")
 
 

@@ -21,7 +21,7 @@ from stereo_exp.engine import checkpoint as ckpt
 from stereo_exp.engine.schedule import build_scheduler
 from stereo_exp.engine.trainer import NonFiniteLossError, train, train_step
 from stereo_exp.models import build_model, get_model_builder, register_model
-from tests.conftest import REPO_ROOT, TINY_RUN, compose_train_config, subprocess_env
+from tests.conftest import REPO_ROOT, TINY_RUN, assert_same_weights, compose_train_config, subprocess_env
 
 
 def first_batch(cfg):
@@ -41,12 +41,6 @@ def first_batch(cfg):
 
 def weights_of(path: Path) -> dict[str, torch.Tensor]:
     return ckpt.load_checkpoint(path)["model"]
-
-
-def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
 def test_a_short_run_validates_checkpoints_and_returns_metrics(tmp_path):

@@ -39,10 +39,11 @@ from typing import Any
 
 import numpy as np
 import torchvision.datasets as tvd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 from torch.utils.data import Dataset
 
+from stereo_exp.data.config import as_schema
 from stereo_exp.data.embedded import MotorcycleStereo
 from stereo_exp.data.options import (
     Calibration,
@@ -96,11 +97,16 @@ class _Middlebury2014(tvd.Middlebury2014Stereo):
 
     rng: np.random.Generator | None = None
 
+    @staticmethod
+    def ambient_views(right: Path) -> list[Path]:
+        """The ambient views beside the right view ``im1.png`` that exist: im1E.png (exposure), im1L.png (light)."""
+        return [p for p in (right.with_name("im1E.png"), right.with_name("im1L.png")) if p.exists()]
+
     def _read_img(self, file_path: str | Path) -> Image.Image:
         path = Path(file_path)
         if self.rng is None or not self.use_ambient_views or path.name != "im1.png":
             return super()._read_img(file_path)
-        views = [p for p in (path.with_name("im1E.png"), path.with_name("im1L.png")) if p.exists()] + [path]
+        views = [*self.ambient_views(path), path]
         chosen = views[int(self.rng.integers(len(views)))]
         # Skip Middlebury2014Stereo._read_img (the global-random draw); the base class reads and converts to RGB.
         return super(tvd.Middlebury2014Stereo, self)._read_img(chosen)
@@ -151,8 +157,9 @@ def _middlebury(split: str) -> Opener:
         if split == "test":
             calibration, ambient = None, opts.middlebury2014.test_use_ambient_views
         else:
-            split_opts = opts.middlebury2014.train if split == "train" else opts.middlebury2014.other
-            key = "middlebury2014." + ("train" if split == "train" else "other") + ".calibration"
+            group = "train" if split == "train" else "other"  # torchvision's "additional" is our "other"
+            split_opts = getattr(opts.middlebury2014, group)
+            key = f"middlebury2014.{group}.calibration"
             calibration, ambient = _enum(split_opts.calibration, Calibration, key), split_opts.use_ambient_views
         return _Middlebury2014(
             root, split=split, calibration=calibration, use_ambient_views=bool(ambient), transforms=_keep_both_views
@@ -469,16 +476,6 @@ def _known(name: str) -> None:
         raise ValueError(f"Unknown dataset {name!r}; the catalog has: {', '.join(list_datasets())}.")
 
 
-def _as_options(options: DatasetOptions | DictConfig | dict | None) -> DatasetOptions:
-    """Accept the schema object, its DictConfig (``cfg.datasets``) or a plain dict of overrides."""
-    if options is None:
-        return DatasetOptions()
-    if isinstance(options, DatasetOptions):
-        return options
-    merged = OmegaConf.merge(OmegaConf.structured(DatasetOptions), options)  # rejects unknown keys, bad values
-    return OmegaConf.to_object(merged)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Root checks
 # --------------------------------------------------------------------------------------------------------------
@@ -571,7 +568,7 @@ def check_dataset_root(
     Embedded sets need no files and return their length.
     """
     _known(name)
-    opts = _as_options(options)
+    opts = as_schema(options, DatasetOptions)
     if name in _EMBEDDED:
         return len(_build_embedded(name, opts))
     return len(_open(name, Path(data_root), opts)._images)
@@ -647,8 +644,7 @@ class CatalogDataset(Dataset):
         entry = _ENTRIES[self.name]
         images = list(self.source._images[index])
         if isinstance(self.source, _Middlebury2014) and self.source.use_ambient_views:
-            right = Path(images[1])
-            images += [str(p) for p in (right.with_name("im1E.png"), right.with_name("im1L.png")) if p.exists()]
+            images += [str(p) for p in self.source.ambient_views(Path(images[1]))]
         disparities = [f for f in self.source._disparities[index] if f is not None]
         aux = [str(a) for f in disparities for a in (entry.aux(f) if entry.aux else [])]
         return images + aux + disparities
@@ -756,7 +752,7 @@ def build_dataset(
     Raises DatasetRootError (missing or incomplete root) before any sample is read.
     """
     _known(name)
-    opts = _as_options(options)
+    opts = as_schema(options, DatasetOptions)
     if name in _EMBEDDED:
         return _build_embedded(name, opts)
     entry = _ENTRIES[name]

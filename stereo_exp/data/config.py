@@ -1,4 +1,5 @@
-"""Schemas of the ``mix`` and ``augmentation`` config groups (conf/mix/*.yaml, conf/augmentation/*.yaml).
+"""Schemas of the ``mix`` and ``augmentation`` config groups (conf/mix/*.yaml, conf/augmentation/*.yaml) and of the
+EDA app (conf/eda.yaml); ``as_schema`` turns a config node of any form into its schema object.
 
 The defaults of ``AugmentationConfig`` are the published CREStereo stage-1 recipe of torchvision's
 ``references/depth/stereo`` (train.py arguments as passed through parsing.py into presets.py), so
@@ -9,15 +10,28 @@ code differs from what its arguments say, the comment gives the value it effecti
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from stereo_exp.data.options import DatasetOptions
 from stereo_exp.schemas import LoaderConfig, PathsConfig
 
 SCALING_TYPES = ("linear", "exponential")
 DISPARITY_RESIZE_MODES = ("auto", "bilinear", "scatter")
+_Schema = TypeVar("_Schema")
+
+
+def as_schema(cfg: Any, schema: type[_Schema]) -> _Schema:
+    """``cfg`` (schema object, DictConfig, dict of overrides or None for the defaults) as a ``schema`` instance;
+    unknown keys and bad values are errors, and the schema's ``__post_init__`` checks run."""
+    if isinstance(cfg, schema):
+        return cfg
+    if cfg is None:
+        return schema()
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))  # type: ignore[return-value]
 
 
 @dataclass
@@ -67,9 +81,7 @@ class AugmentationConfig:
     brightness: list[float] = field(default_factory=lambda: [0.8, 1.2])  # brightness factor range
     contrast: list[float] = field(default_factory=lambda: [0.8, 1.2])  # contrast factor range
     saturation: list[float] = field(default_factory=lambda: [1.0, 1.0])  # saturation factor range (published: none)
-    hue: list[float] = field(
-        default_factory=lambda: [0.0, 0.0]
-    )  # hue shift range, within [-0.5, 0.5] (published: none)
+    hue: list[float] = field(default_factory=lambda: [0.0, 0.0])  # hue shift range in [-0.5, 0.5] (published: none)
     gamma: list[float] = field(default_factory=lambda: [0.8, 1.2])  # gamma range (image ** gamma)
     # --- occlusion patch on the right view (filled with its mean colour) ---
     occlusion_prob: float = 0.0  # chance of one patch (published run: 0; train.py's 0.5 never reached the preset)
@@ -80,9 +92,7 @@ class AugmentationConfig:
     erase_max_count: int = 1  # rectangles per erase: uniform in 1..erase_max_count
     erase_value: float = 0.0  # fill value in [0, 1] image units (0: black)
     # --- valid mask ---
-    max_disparity: float | None = (
-        None  # disparities >= this (px, after rescale) are invalid; null = no limit (published)
-    )
+    max_disparity: float | None = None  # disparities >= this (px, after rescale) are invalid; null: none (published)
 
     def __post_init__(self) -> None:
         check_augmentation_config(self)

@@ -14,15 +14,15 @@ import signal
 from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from stereo_exp.data.catalog import build_dataset, check_dataset_root
-from stereo_exp.data.config import AugmentationConfig, MixConfig
+from stereo_exp.data.catalog import build_dataset
+from stereo_exp.data.config import AugmentationConfig, MixConfig, as_schema
 from stereo_exp.data.mix import Draw, MixSampler
 from stereo_exp.data.options import DatasetOptions
 from stereo_exp.data.transforms import EvalTransform, TrainTransform, sample_generator
@@ -31,18 +31,6 @@ from stereo_exp.schemas import LoaderConfig
 log = logging.getLogger(__name__)
 
 CATALOG_STREAM = 5  # seed-sequence stream id of the catalog's random choices (augmentation: 1, mix: 2-4)
-_Schema = TypeVar("_Schema")
-
-
-def as_schema(cfg: Any, schema: type[_Schema]) -> _Schema:
-    """``cfg`` (schema object, DictConfig or dict) as a ``schema`` instance; its ``__post_init__`` checks run."""
-    if isinstance(cfg, schema):
-        return cfg
-    if cfg is None:
-        return schema()
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(cfg)
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))  # type: ignore[return-value]
 
 
 def load_raw(dataset: Dataset, index: int, seed: int, sample_number: int) -> dict[str, Any]:
@@ -108,11 +96,9 @@ def seed_worker(worker_id: int, *, seed: int, rank: int) -> None:
 def build_mix_datasets(
     mix_cfg: MixConfig | DictConfig, *, data_root: str | Path, dataset_options: DatasetOptions | DictConfig | None
 ) -> list[Dataset]:
-    """Every dataset of the mix, after checking every root first (one missing root fails before any is read)."""
+    """Every dataset of the mix, in mix order (a stand-in for one with 0 steps). ``build_dataset`` checks each root
+    as it opens it and no sample is read here, so a missing root fails before any sample is read."""
     mix = as_schema(mix_cfg, MixConfig)
-    for name, steps in zip(mix.datasets, mix.dataset_steps, strict=True):
-        if steps > 0:
-            check_dataset_root(name, data_root, dataset_options)
     datasets = []
     for name, steps in zip(mix.datasets, mix.dataset_steps, strict=True):
         if steps == 0:
@@ -214,7 +200,6 @@ def build_eval_dataset(
     size: tuple[int, int] | None = None,
 ) -> Dataset:
     """Validation / evaluation samples of catalog ``name``: no augmentation; ``size`` (H, W) resizes (see
-    ``EvalTransform``). The root is checked first."""
-    check_dataset_root(name, data_root, dataset_options)
+    ``EvalTransform``). The root is checked first (by ``build_dataset``)."""
     dataset = build_dataset(name, data_root=data_root, options=dataset_options)
     return EvalDataset(dataset, EvalTransform(size))

@@ -1,6 +1,6 @@
 """Mixture sampler: which sample of which dataset each rank trains on at each step.
 
-Semantics (docs/ARCHITECTURE.md, DESIGN.md): a mix of datasets with ``dataset_steps`` s_1..s_n trains for
+Semantics (docs/ARCHITECTURE.md): a mix of datasets with ``dataset_steps`` s_1..s_n trains for
 T = sum(s) steps on a global batch of B = batch_size x world_size samples; dataset i provides exactly
 n_i = s_i x B of the N = T x B samples (share s_i / T); each dataset is reshuffled on each pass through it; the
 order is a pure function of (seed, step) for a given global batch, identical on every rank; rank r takes its own

@@ -315,7 +315,8 @@ def render_scene(scene: _Scene, height: int, width: int, occluded_valid: bool) -
     left = _texture(scene, layer_left, x, y)
     right = _texture(scene, layer_right, x + disparity_right, y)
     if occluded_valid:
-        valid_left = valid_right = np.ones((height, width), dtype=bool)
+        # Two arrays, not one array under two keys: raw-sample arrays may be modified in place (catalog contract).
+        valid_left, valid_right = np.ones((height, width), dtype=bool), np.ones((height, width), dtype=bool)
     else:
         # A left point is seen by the right view iff the right view's nearest surface at x - d is the same layer
         # (and it lands inside the right frame); symmetrically for right points.

@@ -6,7 +6,9 @@ A checkpoint is a plain dict of named stateful pieces (torchtitan's checkpointer
     step                                  optimizer steps done (the next step to run)
     rng                                   torch / cuda / numpy / python generator states
     nonfinite_streak                      consecutive skipped steps at save time
+    validation                            "first" and "last" validation metrics, each with its step
     mlflow_run_id                         so a resumed run continues the same MLflow run
+    world_size                            processes of the run (a resume must use as many)
     config                                the resolved config as plain Python types
 
 Only tensors and plain Python types go in, so ``torch.load(path, weights_only=True)`` reads it and loading a file
@@ -32,10 +34,16 @@ def checkpoint_path(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / CHECKPOINT_DIR / f"step_{step:07d}.pth"
 
 
+def checkpoint_step(name: str) -> int | None:
+    """The step in a checkpoint file name (``.../step_0000300.pth`` -> 300); None for any other name."""
+    match = _NAME.search(name)
+    return int(match.group(1)) if match else None
+
+
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
     """Checkpoints of a run directory, oldest first (by step)."""
     folder = Path(output_dir) / CHECKPOINT_DIR
-    found = [(int(m.group(1)), p) for p in folder.glob("step_*.pth") if (m := _NAME.search(p.name))]
+    found = [(step, p) for p in folder.glob("step_*.pth") if (step := checkpoint_step(p.name)) is not None]
     return [p for _, p in sorted(found)]
 
 

@@ -111,11 +111,7 @@ class DistEnv:
 
     def any_rank(self, flag: bool) -> bool:
         """True when ``flag`` is true on at least one rank (a collective: every rank must call it)."""
-        if not (self.is_distributed and torch_dist.is_initialized()):
-            return flag
-        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MAX)
-        return bool(value.item() > 0)
+        return self.any_rank_each([flag])[0]
 
     def any_rank_each(self, flags: Sequence[bool]) -> list[bool]:
         """Element-wise ``any_rank``: flag i is true when it is true on at least one rank (one collective)."""

@@ -1,4 +1,4 @@
-"""Learning rate as a pure function of the step (DESIGN.md "Schedule").
+"""Learning rate as a pure function of the step.
 
     step:  0 ........ warmup_steps ........ decay_start ................... total_steps - 1
     lr:    warmup_factor*lr -> lr (linear)   lr (constant)   lr -> min_lr (cosine | linear | exponential)

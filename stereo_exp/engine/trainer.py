@@ -114,17 +114,9 @@ def train(cfg: DictConfig) -> TrainResult:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Run every schema's cross-key checks (``__post_init__``) and the checks across groups, before any work."""
-    OmegaConf.to_object(cfg)  # instantiates each schema dataclass, which validates its own keys
-    if cfg.train.batch_size < 1:
-        raise ValueError(f"train.batch_size must be >= 1; got {cfg.train.batch_size}.")
-    if cfg.train.max_steps is not None and cfg.train.max_steps < 1:
-        raise ValueError(f"train.max_steps must be >= 1 or null; got {cfg.train.max_steps}.")
-    for key in ("log_every", "val_every"):
-        if cfg.train[key] < 1:
-            raise ValueError(f"train.{key} must be >= 1; got {cfg.train[key]}.")
-    if cfg.checkpoint.every < 1 or cfg.checkpoint.keep_last < 1:
-        raise ValueError("checkpoint.every and checkpoint.keep_last must be >= 1.")
+    """Run every schema's checks (``__post_init__``, the ``train`` and ``checkpoint`` ones included), before any
+    work: instantiating each schema dataclass makes it validate its own keys."""
+    OmegaConf.to_object(cfg)
 
 
 def setup_runtime(cfg: DictConfig, dist: DistEnv) -> None:

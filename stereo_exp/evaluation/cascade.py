@@ -245,10 +245,6 @@ class ValidationResult:
     grids: dict[str, GridResult] = field(default_factory=dict)
     figures: dict[str, Figure] = field(default_factory=dict)
 
-    def save_figures(self, folder: str | Path) -> list[Path]:
-        """Write the figures as ``<folder>/<name>.png``; returns the paths written."""
-        return save_figures(self.figures, folder)
-
 
 def save_figures(figures: dict[str, Figure], folder: str | Path) -> list[Path]:
     """Write each figure as ``<folder>/<name>.png`` (names may contain ``/``); returns the paths written."""
@@ -259,6 +255,11 @@ def save_figures(figures: dict[str, Figure], folder: str | Path) -> list[Path]:
         path.write_bytes(figure_to_png(figure))
         paths.append(path)
     return paths
+
+
+def _grid_iterations(eval_cfg: Any, num_iters: int) -> list[int]:
+    """The grid's iteration counts: ``eval_cfg.n_iterations``, or ``[num_iters]`` when that is null."""
+    return list(eval_cfg.n_iterations) if eval_cfg.n_iterations is not None else [num_iters]
 
 
 def evaluate_datasets(
@@ -282,7 +283,7 @@ def evaluate_datasets(
     """
     from stereo_exp.data import build_eval_dataset
 
-    iterations = list(eval_cfg.n_iterations) if eval_cfg.n_iterations is not None else [num_iters]
+    iterations = _grid_iterations(eval_cfg, num_iters)
     size = tuple(eval_cfg.size) if eval_cfg.size is not None else None
     grids: dict[str, GridResult] = {}
     figures: dict[str, Figure] = {}
@@ -319,8 +320,7 @@ def run_validation(
     progress: bool = False,
 ) -> ValidationResult:
     """Validation during training: ``evaluate_datasets`` flattened for MLflow (see ``ValidationResult``)."""
-    iterations = list(eval_cfg.n_iterations) if eval_cfg.n_iterations is not None else [num_iters]
-    first_cell = (int(eval_cfg.n_cascades[0]), int(iterations[0]))
+    first_cell = (int(eval_cfg.n_cascades[0]), int(_grid_iterations(eval_cfg, num_iters)[0]))
     grids, figures = evaluate_datasets(
         model, eval_cfg, data_root=data_root, dataset_options=dataset_options, num_iters=num_iters, dist=dist,
         device=device, amp_dtype=amp_dtype, progress=progress, picture_cells=[first_cell],

@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")  # MLflow run ids: 32 lowercase hex characters
 _RUN_URI = re.compile(r"^runs:/([^/]+)(?:/(.+))?$")  # runs:/<id>[/<artifact path>]
-_CHECKPOINT_STEP = re.compile(r"step_(\d+)\.pth$")
 
 
 @dataclass
@@ -141,7 +140,7 @@ def load_run_model(run_id: str, artifact: str | None, *, tracking_uri: str) -> L
         client.get_run(run_id)
         if artifact is None:
             names = [a.path for a in client.list_artifacts(run_id, ckpt.CHECKPOINT_DIR) if not a.is_dir]
-            steps = [(int(m.group(1)), name) for name in names if (m := _CHECKPOINT_STEP.search(name))]
+            steps = [(step, name) for name in names if (step := ckpt.checkpoint_step(name)) is not None]
             if not steps:
                 raise FileNotFoundError(
                     f"MLflow run {run_id} ({tracking_uri}) has no {ckpt.CHECKPOINT_DIR}/step_*.pth artifact; "

@@ -8,7 +8,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from stereo_exp.models.config import NON_ARCHITECTURE_KEYS, ModelConfig
+from stereo_exp.models.config import ModelConfig, architecture_arguments
 from stereo_exp.models.inference import predict_disparity
 from stereo_exp.models.registry import get_model_builder, list_models, register_model
 from stereo_exp.models.weights import load_weights
@@ -37,8 +37,7 @@ def register_configs(cs: ConfigStore) -> None:
 def build_model(cfg: DictConfig | Any) -> nn.Module:
     """Build the network named ``cfg.name`` with the architecture keys of ``cfg`` and load ``cfg.weights`` if set."""
     options: dict[str, Any] = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[assignment]
-    architecture = {k: v for k, v in options.items() if k not in NON_ARCHITECTURE_KEYS}
-    model = get_model_builder(options["name"])(**architecture)
+    model = get_model_builder(options["name"])(**architecture_arguments(options))
     if options["weights"]:
         load_weights(model, options["weights"])
     return model

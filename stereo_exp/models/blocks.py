@@ -308,8 +308,7 @@ class ConvGRU(nn.Module):
         S channels of every ``x`` this cell will read; pass them to ``forward_fast`` with the remaining channels."""
         n, s = self.hidden_size, static.shape[1]
         weight = torch.cat([conv.weight[:, n : n + s] for conv in (self.convz, self.convr, self.convq)])
-        bias = torch.cat([self.convz.bias, self.convr.bias, self.convq.bias])
-        return F.conv2d(static, weight, bias, padding=self.convz.padding)
+        return F.conv2d(static, weight, self.gate_biases().flatten(), padding=self.convz.padding)
 
     def forward_fast(self, h: Tensor, x: Tensor, gates: Tensor) -> Tensor:
         """``forward(h, cat([static, x]))`` for ``gates = input_gates(static)`` (S >= 0 static channels), or
@@ -488,7 +487,12 @@ def upsample_flow(flow: Tensor, mask: Tensor | None, factor: int) -> Tensor:
 
 
 def coords_grid(
-    batch_size: int, height: int, width: int, *, device: torch.device | str | None = None, dtype=torch.float32
+    batch_size: int,
+    height: int,
+    width: int,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """Pixel coordinates (B, 2, H, W): channel 0 holds x (column index), channel 1 holds y (row index)."""
     ys, xs = torch.meshgrid(

@@ -27,7 +27,6 @@ flow; channel 0 of them is the positive disparity this project's contract asks f
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -53,7 +52,7 @@ from stereo_exp.models.blocks import (
     to_channels_last,
     upsample_flow,
 )
-from stereo_exp.models.config import NON_ARCHITECTURE_KEYS, ModelConfig
+from stereo_exp.models.config import ModelConfig, architecture_defaults
 from stereo_exp.models.registry import register_model
 
 __all__ = [
@@ -809,7 +808,7 @@ def crestereo_base(**overrides: Any) -> CREStereo:
     The hyper-parameters are the defaults of ``CREStereoConfig``; ``overrides`` replaces any keyword of the private
     builder ``_crestereo`` (numbers, or built parts: ``feature_encoder=``, ``update_block=``, ``mask_predictor=``).
     """
-    return _crestereo(**{**_architecture_defaults(), **overrides})
+    return _crestereo(**{**architecture_defaults(CREStereoConfig), **overrides})
 
 
 # A CPU-sized variant for the embedded default run and the tests (conf/model/crestereo_tiny.yaml holds the same
@@ -831,7 +830,7 @@ CRESTEREO_TINY: dict[str, Any] = {
 @register_model()
 def crestereo_tiny(**overrides: Any) -> CREStereo:
     """CREStereo with the ``CRESTEREO_TINY`` widths; same structure and forward semantics as ``crestereo_base``."""
-    return _crestereo(**{**_architecture_defaults(), **CRESTEREO_TINY, **overrides})
+    return _crestereo(**{**architecture_defaults(CREStereoConfig), **CRESTEREO_TINY, **overrides})
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -889,12 +888,3 @@ class CREStereoConfig(ModelConfig):
         if self.train_iters < 2:
             # num_iters // 2 = 0 updates at 1/16 and 1/8: their parameters would get no gradient (and DDP would fail).
             raise ValueError(f"model.train_iters must be >= 2 for CREStereo; got {self.train_iters}.")
-
-
-def _architecture_defaults() -> dict[str, Any]:
-    """The published hyper-parameters: the default of every ``CREStereoConfig`` field that is a builder argument."""
-    return {
-        f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-        for f in dataclasses.fields(CREStereoConfig)
-        if f.name not in NON_ARCHITECTURE_KEYS
-    }

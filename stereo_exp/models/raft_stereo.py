@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -38,7 +38,7 @@ from stereo_exp.models.blocks import (
     to_channels_last,
     upsample_flow,
 )
-from stereo_exp.models.config import NON_ARCHITECTURE_KEYS, ModelConfig
+from stereo_exp.models.config import ModelConfig, architecture_defaults
 from stereo_exp.models.registry import register_model
 
 __all__ = [
@@ -485,9 +485,7 @@ class RaftStereoConfig(ModelConfig):
     feature_encoder_layers: list[int] = field(default_factory=lambda: [64, 64, 96, 128, 256])  # widths: 4 + output
     feature_encoder_strides: list[int] = field(default_factory=lambda: [1, 1, 2, 2])  # stem + 3 stages; product = f
     feature_encoder_block: EncoderBlock = EncoderBlock.residual  # residual | bottleneck
-    feature_encoder_norm: EncoderNorm = (
-        EncoderNorm.instance
-    )  # instance | batch | none: backbone (extra block if shared)
+    feature_encoder_norm: EncoderNorm = EncoderNorm.instance  # instance | batch | none: backbone; extra block if shared
     context_encoder_layers: list[int] = field(default_factory=lambda: [64, 64, 96, 128, 256])  # output = 2 x hidden
     context_encoder_strides: list[int] = field(default_factory=lambda: [1, 1, 2, 2])  # must equal the feature ones
     context_encoder_out_with_blocks: list[bool] = field(default_factory=lambda: [True, True, False])  # one per level
@@ -693,12 +691,6 @@ def _check_hyper_parameters(
         )
 
 
-def _base_hyper_parameters() -> dict[str, Any]:
-    # The schema's defaults are the published base model: one table, read by configs and Python callers alike.
-    defaults = asdict(RaftStereoConfig())
-    return {key: value for key, value in defaults.items() if key not in NON_ARCHITECTURE_KEYS}
-
-
 @register_model()
 def raft_stereo_base(**overrides: Any) -> RaftStereo:
     """RAFT-Stereo base (11,116,176 parameters): 1/4 resolution, three GRU levels (paper sec. 4).
@@ -706,7 +698,7 @@ def raft_stereo_base(**overrides: Any) -> RaftStereo:
     ``overrides`` replace hyper-parameters of ``_raft_stereo`` (e.g. ``corr_radius=2``) or built parts (e.g.
     ``corr_block=...``); ``weights="SCENEFLOW_V1"`` or a file path loads weights through ``models.weights``.
     """
-    return _raft_stereo(**(_base_hyper_parameters() | overrides))
+    return _raft_stereo(**(architecture_defaults(RaftStereoConfig) | overrides))
 
 
 @register_model()
@@ -723,7 +715,7 @@ def raft_stereo_realtime(**overrides: Any) -> RaftStereo:
         "update_block_hidden_dims": (128, 128),  # update block
         "slow_fast": True,
     }
-    return _raft_stereo(**(_base_hyper_parameters() | realtime | overrides))
+    return _raft_stereo(**(architecture_defaults(RaftStereoConfig) | realtime | overrides))
 
 
 @register_model()
@@ -747,4 +739,4 @@ def raft_stereo_tiny(**overrides: Any) -> RaftStereo:
         "flow_head_hidden_size": 16,  # heads
         "mask_predictor_hidden_size": 16,
     }
-    return _raft_stereo(**(_base_hyper_parameters() | tiny | overrides))
+    return _raft_stereo(**(architecture_defaults(RaftStereoConfig) | tiny | overrides))

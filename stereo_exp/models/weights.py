@@ -86,6 +86,7 @@ def _cascade_table(rows: dict[tuple[int, int], tuple[float, ...]]) -> dict[int, 
 _CRESTEREO_PARAMS = 5_432_948
 _CRESTEREO_SIZE = (384, 512)
 _TORCHVISION_RECIPE = "https://github.com/pytorch/vision/tree/main/references/depth/stereo"
+_RAFT_STEREO_BASE_PARAMS = 11_116_176
 _RAFT_STEREO_RECIPE = "https://github.com/princeton-vl/RAFT-Stereo"
 # torchvision records RAFT-Stereo's preset with a 224x224 resize; the metrics themselves are the paper's (arXiv
 # 2109.07547), measured at each benchmark's own resolution.
@@ -204,7 +205,7 @@ class Raft_Stereo_Base_Weights(Enum):
         builder="raft_stereo_base",
         url="https://download.pytorch.org/models/raft_stereo_base_sceneflow-eff3f2e6.pth",
         sha256_prefix="eff3f2e6",
-        num_params=11_116_176,
+        num_params=_RAFT_STEREO_BASE_PARAMS,
         recipe=_RAFT_STEREO_RECIPE,
         resize_size=_RAFT_STEREO_SIZE,
         metrics={
@@ -221,7 +222,7 @@ class Raft_Stereo_Base_Weights(Enum):
         builder="raft_stereo_base",
         url="https://download.pytorch.org/models/raft_stereo_base_middlebury-afa9d252.pth",
         sha256_prefix="afa9d252",
-        num_params=11_116_176,
+        num_params=_RAFT_STEREO_BASE_PARAMS,
         recipe=_RAFT_STEREO_RECIPE,
         resize_size=_RAFT_STEREO_SIZE,
         metrics={"middlebury-test": {"mae": 1.27, "1px": 0.9063, "2px": 0.9526, "5px": 0.9725}},
@@ -231,7 +232,7 @@ class Raft_Stereo_Base_Weights(Enum):
         builder="raft_stereo_base",
         url="https://download.pytorch.org/models/raft_stereo_base_eth3d-d4830f22.pth",
         sha256_prefix="d4830f22",
-        num_params=11_116_176,
+        num_params=_RAFT_STEREO_BASE_PARAMS,
         recipe=_RAFT_STEREO_RECIPE,
         resize_size=_RAFT_STEREO_SIZE,
         metrics={"eth3d-test": {"mae": 0.18, "1px": 0.9756, "2px": 0.9956}},

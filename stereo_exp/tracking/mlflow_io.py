@@ -124,6 +124,13 @@ def get_or_create_experiment(client: Any, name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id  # another job created it meanwhile
 
 
+def last_logged_steps(client: Any, run_id: str) -> dict[str, int]:
+    """``{metric key: last step}`` of what MLflow already holds for ``run_id`` (a resumed run replays steps)."""
+    return {
+        key: max(m.step for m in client.get_metric_history(run_id, key)) for key in client.get_run(run_id).data.metrics
+    }
+
+
 def apply_record(client: Any, record: Mapping[str, Any], run_ids: dict[str, str], *, parent_wait_s: float) -> str:
     """Perform ``record`` with ``client``; returns the MLflow run id it concerned.
 

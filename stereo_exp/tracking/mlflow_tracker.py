@@ -41,15 +41,16 @@ from stereo_exp.tracking.mlflow_io import (
     describe,
     http_settings,
     is_unreachable,
+    last_logged_steps,
     server_answers,
 )
 from stereo_exp.tracking.spool import Spool
 from stereo_exp.tracking.sweep import SweepInfo
-from stereo_exp.tracking.sync import SpoolBusy, sync_spool
 
 log = logging.getLogger(__name__)
 
 _MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value, in characters
+TASK_TAG = "stereo_exp.task"  # "evaluate" | "eda" on the runs of those commands (compare leaves them out)
 
 
 class TrackingBackend(str, Enum):
@@ -128,11 +129,6 @@ class MlflowTracker:
             self._client = MlflowClient(tracking_uri=cfg.uri)
 
     @property
-    def client(self) -> Any:
-        """The underlying ``MlflowClient`` (None when inactive)."""
-        return self._client
-
-    @property
     def offline(self) -> bool:
         """True while records go to the spool instead of MLflow."""
         return self._offline
@@ -183,10 +179,7 @@ class MlflowTracker:
             return  # spooled: the sync skips the steps MLflow already holds
         try:
             with self._http():
-                run = self._client.get_run(self.run_id)
-                for key in run.data.metrics:
-                    history = self._client.get_metric_history(self.run_id, key)
-                    self._last_step[key] = max(m.step for m in history)
+                self._last_step.update(last_logged_steps(self._client, self.run_id))
         except Exception as error:
             self._on_failure(error)  # offline from here on: the sync leaves out the steps MLflow holds instead
         log.info("MLflow: continuing run %s", self.run_id)
@@ -235,11 +228,6 @@ class MlflowTracker:
 
             online = lambda: self._client.log_dict(self.run_id, dict(dictionary), artifact_file)  # noqa: E731
             self._log_in_memory(artifact_file, online, write)
-
-    def log_text(self, text: str, artifact_file: str) -> None:
-        if self._ready():
-            self._log_in_memory(artifact_file, lambda: self._client.log_text(self.run_id, text, artifact_file),
-                                lambda path: path.write_text(text))  # fmt: skip
 
     def end(self, status: str = "FINISHED") -> None:
         """Close the run: FINISHED | FAILED | KILLED (a preempted run is left RUNNING for its requeued job).
@@ -339,6 +327,10 @@ class MlflowTracker:
         self._next_attempt = now + self.cfg.offline_retry_s
         if not server_answers(self.cfg.uri, self.cfg.probe_timeout_s):
             return False
+        # Imported here: `python -m stereo_exp.tracking.sync` must not find its module already imported by the
+        # package (runpy warns about that).
+        from stereo_exp.tracking.sync import SpoolBusy, sync_spool
+
         try:
             with self._http():
                 report = sync_spool(self._spool, self._client, parent_wait_s=self.cfg.parent_wait_s)

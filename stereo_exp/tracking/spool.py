@@ -4,7 +4,7 @@ Files in the run directory (``paths.output``):
 
     mlflow_spool.jsonl    one record per line (see mlflow_io), append-only, in the order the tracker made them
     mlflow_spool.json     progress of the syncs: lines handled, placeholder -> MLflow run ids, refused records
-    mlflow_spool_files/   figures and texts logged while offline (their records point at these files)
+    mlflow_spool_files/   figures and dicts logged while offline (their records point at these files)
     mlflow_spool.lock     locked (flock) while a sync sends records, so two syncs never send a record twice
 
 Only the run's rank-0 process appends; a sync (the tracker itself when MLflow answers again, or
@@ -63,7 +63,7 @@ class Spool:
             spool.write(line)
 
     def file_for(self, artifact_file: str) -> Path:
-        """Where to keep an artifact produced in memory (figure, text) until it can be sent."""
+        """Where to keep an artifact produced in memory (figure, dict) until it can be sent."""
         path = (self.files_dir / artifact_file).resolve()
         if self.files_dir.resolve() not in path.parents:
             raise ValueError(f"artifact file {artifact_file!r} points outside {self.files_dir}")

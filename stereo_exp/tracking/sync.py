@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stereo_exp.tracking.mlflow_io import OFFLINE_PREFIX, apply_record, http_settings, is_unreachable
+from stereo_exp.tracking.mlflow_io import OFFLINE_PREFIX, apply_record, http_settings, is_unreachable, last_logged_steps
 from stereo_exp.tracking.spool import SPOOL_FILE, Spool, SpoolState
 
 log = logging.getLogger(__name__)
@@ -134,9 +134,7 @@ class _LastSteps:
             return record, 0  # apply_record reports the missing create_run
         known = self.steps.get(run_id)
         if known is None:
-            known = self.steps[run_id] = {}
-            for key in self.client.get_run(run_id).data.metrics:
-                known[key] = max(m.step for m in self.client.get_metric_history(run_id, key))
+            known = self.steps[run_id] = last_logged_steps(self.client, run_id)
         step = int(record["step"])
         metrics = {k: v for k, v in record["metrics"].items() if step > known.get(k, -1)}
         for key in metrics:

@@ -172,7 +172,7 @@ def picture_grid(
     colormap: str = DEFAULT_COLORMAP,
     title: str | None = None,
 ) -> bytes:
-    """``picture_grid_figure`` rendered to PNG bytes (what evaluation collects across ranks and saves)."""
+    """``picture_grid_figure`` rendered to PNG bytes."""
     return figure_to_png(
         picture_grid_figure(left, right, gt, pred, valid, max_error=max_error, colormap=colormap, title=title)
     )
