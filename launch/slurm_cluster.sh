@@ -137,7 +137,8 @@ client() {
 
 check_settings() {
     local value
-    [[ $NODES =~ ^[0-9]+$ && $NODES -ge 1 && $NODES -le 200 ]] || die "--nodes must be a number from 1 to 200; got '$NODES'"
+    [[ $NODES =~ ^[0-9]+$ && $NODES -ge 1 && $NODES -le 200 ]] ||
+        die "--nodes must be a number from 1 to 200; got '$NODES'"
     for value in PORT OVERSUBSCRIBE KILL_WAIT REQUEUE_DELAY SCHED_INTERVAL START_TIMEOUT; do
         [[ ${!value} =~ ^[0-9]+$ ]] || die "SLURM_CLUSTER_$value must be a whole number; got '${!value}'"
     done
@@ -720,7 +721,7 @@ cmd_status() {
         fi
     done
     for ns in $(namespaces); do
-        address=$(ip -n "$ns" -br -4 addr show 2>/dev/null | awk '$1 != "lo" {print $1, $3}' | tr '\n' ' ')
+        address=$(ip -n "$ns" -br -4 addr show 2>/dev/null | awk '$1 != "lo" {print $1, $3}' | tr '\n' ' ' || true)
         echo "namespace $ns: ${address:-missing}"
     done
     if [[ -e $CONF ]] && (! multi_node || [[ -e /run/netns/$(head_ns) ]]) &&
