@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Install what launch/slurm_cluster.sh needs: SLURM (controller, node daemon, accounting daemon and the
-# client commands), munge for authentication and MariaDB as the accounting store that sacct reads.
+# client commands), munge for authentication, MariaDB as the accounting store that sacct reads, and iproute2 for
+# the network namespaces of a multi-node cluster (--nodes N).
 # Non-interactive, quiet and idempotent: when every package is already installed it returns in well under a second.
 # Usage: .ci/install_cluster.sh        (as root, or with sudo available)
 set -euo pipefail
 
-PACKAGES=(slurm-wlm slurmdbd slurm-client munge mariadb-server)
+PACKAGES=(slurm-wlm slurmdbd slurm-client munge mariadb-server iproute2)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

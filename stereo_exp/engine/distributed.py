@@ -13,8 +13,10 @@ Other code asks this object (``dist.is_main``, ``dist.world_size``) instead of r
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import socket
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +29,8 @@ import torch.distributed as torch_dist
 # shared node rarely collide, and every task of one job agrees on it without communicating.
 _SLURM_PORT_BASE = 20000
 _SLURM_PORT_SPAN = 20000
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,14 @@ class DistEnv:
         os.environ.setdefault("MASTER_ADDR", self.master_addr or "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(self.master_port or 29500))
         torch_dist.init_process_group(backend=self.backend, rank=self.rank, world_size=self.world_size)
+        # One line per rank (before other ranks' logs are quieted): where each process runs and whom it met, the
+        # first thing to read when a multi-node job hangs or trains on the wrong number of processes.
+        address = os.environ["MASTER_ADDR"]
+        log.info(
+            "DDP: rank %d of %d (local rank %d of %d) on host %s joined the %s process group at %s:%s (%s; from %s)",
+            self.rank, self.world_size, self.local_rank, self.local_world_size, socket.gethostname(), self.backend,
+            address, os.environ["MASTER_PORT"], _resolve(address), self.source,
+        )  # fmt: skip
 
     def barrier(self) -> None:
         if self.is_distributed and torch_dist.is_initialized():
@@ -161,7 +173,21 @@ def _slurm_port(env: os._Environ[str] | dict[str, str]) -> int:
 
 
 def _slurm_tasks_on_this_node(env: os._Environ[str] | dict[str, str], world_size: int) -> int:
-    # SLURM_TASKS_PER_NODE looks like "4(x2)" or "2,1"; the local count is what this node runs.
-    per_node = env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", "")
-    match = re.match(r"(\d+)", per_node)
-    return int(match.group(1)) if match else world_size
+    """The tasks of this step on this node: entry SLURM_NODEID of the per-node counts, which SLURM writes as
+    "4(x2)" (4 on each of 2 nodes) or "2,1" (2 on the first node, 1 on the second)."""
+    per_node = (env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
+                or env.get("SLURM_NTASKS_PER_NODE", ""))  # fmt: skip
+    counts = []
+    for count, repeat in re.findall(r"(\d+)(?:\(x(\d+)\))?", per_node):
+        counts += [int(count)] * int(repeat or 1)
+    if not counts:
+        return world_size
+    return counts[min(int(env.get("SLURM_NODEID", "0")), len(counts) - 1)]
+
+
+def _resolve(host: str) -> str:
+    """The IPv4 address ``host`` resolves to here, or why it does not (for the log line of the rendezvous)."""
+    try:
+        return socket.gethostbyname(host)
+    except OSError as error:
+        return f"does not resolve: {error}"
