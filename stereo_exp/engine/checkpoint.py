@@ -177,7 +177,7 @@ class Checkpointer:
             try:
                 state = load_checkpoint(path, map_location)
             except (RuntimeError, ValueError) as error:
-                reason = str(error.__cause__ or error).splitlines()[0][:300]  # torch's messages run for lines
+                reason = str(error.__cause__ or error).split(". ")[0].splitlines()[0]  # torch's run for lines
                 damaged.append(f"{path.name}: {reason}")
                 log.warning("Skipping damaged checkpoint %s (%s)", path, reason)
                 continue
