@@ -153,9 +153,12 @@ class Checkpointer:
         """Write ``state`` as the checkpoint of ``step`` (once per step: a periodic save, then a stop signal at
         the same step, write one file), then prune. Returns the path (on every rank)."""
         path = self.path(step)
-        if not self.is_main or self.last_saved_step == step:
+        if self.last_saved_step == step:
             return path
-        previous = self.list()
+        self.last_saved_step = step  # on every rank: all of them skip the same saves
+        if not self.is_main:
+            return path
+        previous = [p for p in self.list() if p != path]  # a damaged file of this step is no fallback
         try:
             save_checkpoint(path, state)
         except CheckpointWriteError as error:
@@ -164,7 +167,6 @@ class Checkpointer:
                 f"{error} {kept} Free space (or move the run directory) and run the same command again: it resumes "
                 "from the newest checkpoint."
             ) from error.__cause__
-        self.last_saved_step = step
         prune_checkpoints(self.run_dir, self.keep_last, protect=path)
         return path
 

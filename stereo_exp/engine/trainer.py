@@ -17,13 +17,13 @@ collective; values are read at log, validation and checkpoint steps only.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import random
 import signal
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,7 @@ class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient norm."""
 
 
-@dataclass
+@dataclasses.dataclass
 class TrainResult:
     metrics: dict[str, float]  # final validation metrics, {"val/<dataset>/<metric>": value}
     model: nn.Module  # the trained network (unwrapped from DDP), identical on every rank
@@ -400,8 +400,8 @@ def _find_start(cfg: DictConfig, dist: DistEnv, output: Path, resolved: dict[str
 
 
 def _without_state(decision: Any) -> Any:
-    if isinstance(decision, resume.StartPoint) and decision.state is not None:
-        return resume.StartPoint(**{**decision.__dict__, "state": None})
+    if isinstance(decision, resume.StartPoint):
+        return dataclasses.replace(decision, state=None)
     return decision
 
 
