@@ -89,7 +89,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     scheduler = build_scheduler(optimizer, cfg.schedule, max(spec["train_steps"], 1))
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     losses = [
-        train_step(model, train_batch, optimizer, scheduler, scaler, cfg, device, None).loss
+        float(train_step(model, train_batch, optimizer, scheduler, scaler, cfg, device, None).loss)
         for _ in range(spec["train_steps"])
     ]
 

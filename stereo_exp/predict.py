@@ -6,7 +6,8 @@ LEFT and RIGHT may be glob patterns (quote them): the sorted matches are paired 
 
 The model comes from ``--weights`` exactly as in ``python -m stereo_exp.evaluate`` (published name, state_dict or
 checkpoint file, MLflow run, or by default the newest checkpoint under outputs/); the rest of its config from
-``conf/evaluate.yaml`` and ``conf/model/``.
+``conf/evaluate.yaml`` and ``conf/model/``. Without any weights it refuses, unless ``--random-weights`` asks for an
+untrained model.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         "their own (default: the one of conf/evaluate.yaml)",
     )  # fmt: skip
     parser.add_argument("--checkpoints", default="outputs", help="folder searched when --weights is not given")
+    parser.add_argument(
+        "--random-weights", action="store_true",
+        help="allow an untrained model when there are no weights (its disparities are noise: for testing the pipeline)",
+    )  # fmt: skip
     parser.add_argument("--tracking-uri", default=None, help="MLflow store of --weights runs:/<id> (default: conf)")
     parser.add_argument("--iters", type=int, default=None, help="recurrent updates (default: the model's eval_iters)")
     parser.add_argument("--cascades", type=int, default=1, help="coarse-to-fine cascade levels (default: 1)")
@@ -222,6 +227,20 @@ def _compose_config(args: argparse.Namespace) -> object:
         return compose(config_name="evaluate", overrides=overrides)
 
 
+def _check_weights_exist(args: argparse.Namespace, model_weights: str | None) -> None:
+    """Without ``--weights`` the newest checkpoint under ``--checkpoints`` is used; when there is none, an untrained
+    model would write plausible-looking noise: refuse unless ``--random-weights`` asks for it."""
+    from stereo_exp.evaluation.model_source import find_latest_checkpoint
+
+    no_weights = args.weights is None and model_weights is None and not args.random_weights
+    if no_weights and find_latest_checkpoint(args.checkpoints) is None:
+        raise InputError(
+            f"No weights: --weights is not given and there is no checkpoint under --checkpoints "
+            f"{args.checkpoints}/. Pass --weights NAME|FILE|runs:/RUN_ID (e.g. --weights MEGVII_V1 --model "
+            "crestereo_base), or --random-weights to run an untrained model (its output is noise)."
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status (2 for bad inputs, with the reason on stderr)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -241,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from stereo_exp.schemas import amp_dtype
 
         cfg = _compose_config(args)
+        _check_weights_exist(args, cfg.model.weights)
         try:
             loaded = load_model(args.weights, cfg.model, checkpoints=args.checkpoints, tracking_uri=cfg.tracking.uri)
         except (ValueError, KeyError, RuntimeError) as error:  # the weights' messages say what to pass instead

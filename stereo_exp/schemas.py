@@ -41,6 +41,7 @@ class TrainConfig:
     detect_anomaly: bool = False  # torch.autograd anomaly detection (slow; for hunting NaNs)
     num_threads: int | None = None  # torch intra-op CPU threads per process; null = torch's default
     find_unused_parameters: bool = False  # DDP: allow parameters without gradient in a step (slower; rarely needed)
+    allow_inexact_resume: bool = False  # resume despite changed threads/precision/device/processes (MLflow-tagged)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

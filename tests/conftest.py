@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,7 @@ TINY_RUN = [
     "model=crestereo_tiny",
     "mix=embedded",
     "mix.dataset_steps=[6]",
+    "schedule.warmup_steps=1",  # shorter than the run (the embedded schedule warms up over 50 steps)
     "augmentation=embedded",
     "augmentation.crop_size=[48,64]",
     "datasets.synthetic.height=64",
@@ -73,3 +77,36 @@ def subprocess_env() -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return env
+
+
+def file_checksums(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder`` but Hydra's records of each launch: .hydra/ (rewritten) and the job
+    log (appended to)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log"
+    }
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """``make(size)`` mounts a fresh tmpfs of ``size`` (e.g. "1m") for a real full disk; unmounted after the test.
+    Needs root (CI runs as root); skips where mounting is not allowed."""
+    mounted: list[Path] = []
+
+    def make(size: str) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a small file system needs root")
+        point = tmp_path / f"disk{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+                              capture_output=True, text=True)  # fmt: skip
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield make
+    for point in mounted:
+        subprocess.run(["umount", "--lazy", str(point)], check=False)

@@ -112,6 +112,17 @@ def test_patterns_with_different_match_counts_or_a_png_output_name_are_refused(t
     assert "the PNG is written beside it" in capsys.readouterr().err
 
 
+def test_without_weights_or_a_checkpoint_it_refuses_unless_random_weights_are_asked_for(tmp_path, capsys):
+    left, right = write_pair(tmp_path)
+    out = tmp_path / "pred" / "d.pfm"
+    args = [str(left), str(right), "-o", str(out), "--checkpoints", str(tmp_path / "no_runs"), "--iters", "1"]
+    assert main(args) == 2
+    assert "No weights" in capsys.readouterr().err and "--random-weights" in build_parser().format_help()
+    assert not out.parent.exists()  # nothing written
+    assert main([*args, "--random-weights"]) == 0
+    assert out.is_file() and out.with_suffix(".png").is_file()
+
+
 def test_help_lists_the_options_and_examples():
     text = build_parser().format_help()
     for option in ("--output", "--weights", "--model", "--iters", "--cascades", "--device", "examples:"):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,10 +21,19 @@ from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from stereo_exp import data
 from stereo_exp.engine import checkpoint as ckpt
+from stereo_exp.engine import trainer
+from stereo_exp.engine.resume import RunDirectoryError
 from stereo_exp.engine.schedule import build_scheduler
 from stereo_exp.engine.trainer import NonFiniteLossError, train, train_step
 from stereo_exp.models import build_model, get_model_builder, register_model
-from tests.conftest import REPO_ROOT, TINY_RUN, assert_same_weights, compose_train_config, subprocess_env
+from tests.conftest import (
+    REPO_ROOT,
+    TINY_RUN,
+    assert_same_weights,
+    compose_train_config,
+    file_checksums,
+    subprocess_env,
+)
 
 
 def first_batch(cfg):
@@ -173,10 +185,41 @@ def test_init_from_loads_weights_but_starts_a_fresh_run(tmp_path):
     )  # step-0 validation of stage 2 = final validation of stage 1: the weights were loaded
 
 
-def test_resume_refuses_a_checkpoint_of_a_different_config(tmp_path):
-    train(compose_train_config(tmp_path, "mix.dataset_steps=[4]"))
-    with pytest.raises(ValueError, match=r"config differs in .*schedule\.lr"):
-        train(compose_train_config(tmp_path, "mix.dataset_steps=[4]", "schedule.lr=1e-3"))
+def test_another_config_in_a_run_directory_is_refused_changing_nothing_and_the_advice_is_safe_to_follow(tmp_path):
+    run = tmp_path / "run"
+    train(compose_train_config(run, "mix.dataset_steps=[4]"))
+    before = file_checksums(run)
+
+    with pytest.raises(RunDirectoryError) as changed:
+        train(compose_train_config(run, "mix.dataset_steps=[4]", "schedule.lr=1e-3"))
+    with pytest.raises(RunDirectoryError, match=r"resume=null\): it already holds a run") as fresh:
+        train(compose_train_config(run, "mix.dataset_steps=[4]", "schedule.lr=1e-3", "resume=null"))
+    assert file_checksums(run) == before  # nothing written, nothing pruned
+    message = str(changed.value)
+    assert "schedule.lr: 0.0004 (that run) -> 0.001 (this command)" in message
+    assert "continue that run: repeat the command with schedule.lr=0.0004" in message
+    assert "resume=null" not in message  # the advice that used to overwrite the run
+    assert "use its values: schedule.lr=0.0004" in str(fresh.value)
+
+    # Every suggested command, followed verbatim, leaves the first run as it was.
+    new_dir = re.search(r"new run directory: paths\.output=(\S+)", message).group(1)
+    init_from = re.search(r"init_from=(\S+)", message).group(1)
+    assert not Path(new_dir).exists()
+    train(compose_train_config(Path(new_dir), "mix.dataset_steps=[4]", "schedule.lr=1e-3", f"init_from={init_from}"))
+    train(compose_train_config(run, "mix.dataset_steps=[4]", "schedule.lr=0.0004"))  # continues it: nothing to do
+    assert file_checksums(run) == before
+
+
+def test_a_changed_thread_count_is_refused_unless_allowed_and_the_mlflow_run_is_then_tagged(tmp_path, in_tmp_dir):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ("mix.dataset_steps=[4]", "tracking=mlflow", f"tracking.uri={uri}")
+    train(compose_train_config(tmp_path / "run", *args, "train.max_steps=2"))
+    with pytest.raises(RunDirectoryError, match=r"train\.num_threads: 1 -> 2.*\n.*train\.num_threads=1"):
+        train(compose_train_config(tmp_path / "run", *args, "train.num_threads=2"))
+    allowed = ("train.num_threads=2", "train.allow_inexact_resume=true")
+    result = train(compose_train_config(tmp_path / "run", *args, *allowed))
+    tags = MlflowClient(uri).get_run(result.run_id).data.tags
+    assert tags["stereo_exp.inexact_resume.step_2"] == "train.num_threads: 1 -> 2"
 
 
 def test_resume_refuses_a_checkpoint_written_by_another_number_of_processes(tmp_path):
@@ -184,8 +227,103 @@ def test_resume_refuses_a_checkpoint_written_by_another_number_of_processes(tmp_
     state = ckpt.load_checkpoint(first)
     ckpt.save_checkpoint(ckpt.checkpoint_path(tmp_path, 2), {**state, "step": 2, "world_size": 2})
     first.unlink()  # the step-2 checkpoint of a "2-process run" is now the latest
-    with pytest.raises(ValueError, match="2 processes and this one has 1"):
+    with pytest.raises(RunDirectoryError, match=r"processes: 2 -> 1 .*\n  - resume as the run was computed: start 2"):
         train(compose_train_config(tmp_path, "mix.dataset_steps=[4]", "checkpoint.every=2"))
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning_and_the_run_ends_as_an_uninterrupted_one(
+    tmp_path, caplog
+):
+    straight = train(compose_train_config(tmp_path / "straight")).checkpoint
+    run = tmp_path / "damaged"
+    train(compose_train_config(run, "train.max_steps=4"))  # checkpoints at steps 2 and 4
+    newest = ckpt.checkpoint_path(run, 4)
+    newest.write_bytes(newest.read_bytes()[:1000])
+    with caplog.at_level(logging.WARNING):
+        result = train(compose_train_config(run))
+    assert "Skipping damaged checkpoint" in caplog.text and "step_0000004.pth" in caplog.text
+    assert "Resuming from" in caplog.text and "step_0000002.pth" in caplog.text
+    assert_same_weights(weights_of(straight), weights_of(result.checkpoint))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("mix=cre_eth_mbl", "mix.dataset_steps=[2,2,2]", "paths.data=NOWHERE"), "mix.datasets: Dataset 'crestereo'"),
+        (("mix.datasets=[synthetc]",), "mix.datasets: Unknown dataset 'synthetc'"),
+        (("augmentation.crop_size=[40,64]",), r"crop_size=\[40, 64\]: .* multiples of 16 .*crop_size=\[32,64\]"),
+        (("schedule.warmup_steps=6",), r"schedule\.warmup_steps=6 is not shorter than the run \(6 steps"),
+        (("schedule.lr=0", "schedule.min_lr=0"), r"schedule\.lr must be > 0"),
+        (("schedule.lr=-1e-4",), r"schedule\.lr must be > 0"),
+        (("init_from=NOWHERE/stage1.pth",), r"init_from=.*stage1\.pth: no such file"),
+        (("model.weights=NOT_PUBLISHED",), r"model\.weights=NOT_PUBLISHED: No published weights"),
+        (("eval.datasets=[middlebury2014-train]", "paths.data=NOWHERE"), "eval.datasets: Dataset 'middlebury2014"),
+        (("eval.datasets=[kitti2015-test]",), "eval.datasets: Dataset 'kitti2015-test' has no ground-truth"),
+    ],
+)
+def test_bad_input_is_refused_naming_the_key_before_any_run_file_or_mlflow_record(tmp_path, overrides, message):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    overrides = [o.replace("NOWHERE", str(tmp_path / "nowhere")) for o in overrides]
+    cfg = compose_train_config(tmp_path / "run", "tracking=mlflow", f"tracking.uri={uri}", *overrides)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        train(cfg)
+    assert not (tmp_path / "run").exists()  # no config.yaml, no checkpoint, no spool
+    assert not (tmp_path / "mlflow.db").exists()  # no MLflow run: not even the store
+
+
+def test_steps_between_log_validation_and_checkpoint_steps_read_nothing_from_the_device(tmp_path, monkeypatch):
+    """On a GPU, reading a tensor on the host waits for every queued kernel. The engine reads values at event
+    steps only (here every 4th step); fused optimizers skip non-finite steps on the device."""
+    engine_dir = str(Path(ckpt.__file__).parent)
+    steps_done, reads = [0], []
+
+    def counting(original):
+        def read(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code
+            if caller.co_filename.startswith(engine_dir):
+                reads.append((steps_done[0], caller.co_name))
+            return original(self, *args, **kwargs)
+
+        return read
+
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
+    original_step = trainer.train_step
+
+    def counted_step(*args, **kwargs):
+        stats = original_step(*args, **kwargs)
+        steps_done[0] += 1
+        return stats
+
+    monkeypatch.setattr(trainer, "train_step", counted_step)
+    cfg = compose_train_config(tmp_path, "mix.dataset_steps=[8]", "optim=sgd", "optim.fused=true",
+                               "train.log_every=4", "train.val_every=4", "checkpoint.every=4")  # fmt: skip
+    train(cfg)
+    assert steps_done[0] == 8
+    assert {step for step, _ in reads} <= {0, 4, 8}, sorted(set(reads))
+    assert any(step == 4 for step, _ in reads)  # the log step did read (the counter works)
+
+
+def test_fused_and_plain_optimizers_skip_a_non_finite_step_alike(tmp_path):
+    cfg = compose_train_config(tmp_path, "optim=sgd")
+    batch = first_batch(cfg)
+    poisoned = {**batch, "left": batch["left"] * float("nan")}  # NaN predictions, loss and gradients
+    results = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = build_model(cfg.model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=fused or None)
+        scheduler = build_scheduler(optimizer, cfg.schedule, total_steps=6)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        train_step(model, batch, optimizer, scheduler, scaler, cfg, torch.device("cpu"), None)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        stats = train_step(model, poisoned, optimizer, scheduler, scaler, cfg, torch.device("cpu"), None)
+        assert bool(stats.skipped)
+        assert_same_weights(before, model.state_dict())  # the skipped step changed nothing
+        train_step(model, batch, optimizer, scheduler, scaler, cfg, torch.device("cpu"), None)
+        results.append(model.state_dict())
+    for key in results[0]:
+        torch.testing.assert_close(results[0][key], results[1][key])  # fused and plain SGD agree to rounding
 
 
 def test_mlflow_records_params_metric_history_and_artifacts(tmp_path, in_tmp_dir):
@@ -242,87 +380,97 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> Non
         time.sleep(0.02)
 
 
-RESUME_RUN = (
-    "mix.dataset_steps=[30]",
-    "checkpoint.every=5",
-    "checkpoint.keep_last=10",
-    "train.val_every=15",
-    "train.log_every=1",
-    "tracking=mlflow",
-)
+def test_a_run_killed_before_recording_its_mlflow_run_continues_that_run_by_its_key(tmp_path, in_tmp_dir):
+    """The state a kill leaves between creating the MLflow run and recording its id in run.json: the restart finds
+    the run by the key it was tagged with, and there is still one run."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ("mix.dataset_steps=[4]", "tracking=mlflow", f"tracking.uri={uri}", "train.log_every=1")
+    first = train(compose_train_config(tmp_path / "run", *args, "train.max_steps=2"))
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    (tmp_path / "run" / "run.json").write_text(json.dumps({**record, "mlflow_run_id": None}))
+    for path in ckpt.list_checkpoints(tmp_path / "run"):
+        path.unlink()  # killed before its first checkpoint: a restart from step 0
+    client = MlflowClient(uri)
+    client.update_run(first.run_id, status="RUNNING")
+
+    again = train(compose_train_config(tmp_path / "run", *args))
+    assert again.run_id == first.run_id
+    (run,) = client.search_runs([client.get_experiment_by_name("stereo_exp").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4]
 
 
-def loss_history(uri: str) -> list[tuple[int, float]]:
+# ---- runs in their own processes: torchrun DDP, a full disk (kills: tests/test_kill_resume.py) ------------------
+
+
+def torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+
+
+def mlflow_history(uri: str, key: str) -> list[tuple[int, float]]:
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("stereo_exp").experiment_id])
-    return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/loss"))
+    return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
 
 
 @pytest.mark.slow
-def test_a_run_killed_hard_and_resumed_equals_the_uninterrupted_run(tmp_path):
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    for folder in (straight, killed):
-        folder.mkdir()
-    done = run_cli(straight, straight / "run", *RESUME_RUN, f"tracking.uri=sqlite:///{straight}/mlflow.db")
-    assert done.returncode == 0, done.stderr
+def test_two_process_ddp_stopped_by_sigterm_resumes_to_the_weights_and_history_of_an_uninterrupted_run(tmp_path):
+    run = ("train.batch_size=1", "mix.dataset_steps=[12]", "checkpoint.every=3", "checkpoint.keep_last=10",
+           "train.log_every=4", "train.val_every=6", "tracking=mlflow")  # fmt: skip
+    worker = str(REPO_ROOT / "tests" / "ddp_worker.py")
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    done = subprocess.run(torchrun(worker, str(straight), *run, f"tracking.uri=sqlite:///{tmp_path}/straight.db"),
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = (torch.load(straight / f"rank{r}_weights.pt", weights_only=True) for r in (0, 1))
+    assert_same_weights(rank0, rank1)
+    assert_same_weights(rank0, weights_of(straight / "checkpoints" / "step_0000012.pth"))  # rank 0 wrote it
 
-    process = run_cli(killed, killed / "run", *RESUME_RUN, f"tracking.uri=sqlite:///{killed}/mlflow.db", wait=False)
-    wait_for(killed / "run" / "checkpoints" / "step_0000010.pth", process)
-    process.kill()  # SIGKILL: no handler, no final checkpoint
-    process.wait()
-    assert not (killed / "run" / "checkpoints" / "step_0000030.pth").exists(), "the run finished before the kill"
-
-    resumed = run_cli(killed, killed / "run", *RESUME_RUN, f"tracking.uri=sqlite:///{killed}/mlflow.db")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "Resuming from" in resumed.stderr + resumed.stdout
-
-    final = "checkpoints/step_0000030.pth"
-    assert_same_weights(weights_of(straight / "run" / final), weights_of(killed / "run" / final))
-    # One MLflow run, every step once, with the uninterrupted run's values.
-    assert loss_history(f"sqlite:///{killed}/mlflow.db") == loss_history(f"sqlite:///{straight}/mlflow.db")
-    assert [step for step, _ in loss_history(f"sqlite:///{killed}/mlflow.db")] == list(range(1, 31))
-
-
-@pytest.mark.slow
-def test_sigterm_to_the_whole_process_group_checkpoints_and_the_resumed_run_finishes_identically(tmp_path):
-    # As SLURM signals a job (preemption, scancel, time limit): every process, DataLoader workers included.
-    workers = ("loader.num_workers=1", "loader.persistent_workers=true")
-    straight = run_cli(tmp_path, tmp_path / "straight", *RESUME_RUN, *workers, "tracking=none")
-    assert straight.returncode == 0, straight.stderr
-
-    process = run_cli(tmp_path, tmp_path / "stopped", *RESUME_RUN, *workers, "tracking=none", wait=False)
-    wait_for(tmp_path / "stopped" / "checkpoints" / "step_0000005.pth", process)
+    # SIGTERM to every process (torchrun and both ranks, as SLURM signals a job) between two log steps: each rank's
+    # share of the log window travels in the checkpoint, so the resumed run logs the uninterrupted run's values.
+    stop_command = torchrun(worker, str(stopped), *run, f"tracking.uri=sqlite:///{tmp_path}/stopped.db")
+    process = subprocess.Popen(stop_command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    wait_for(stopped / "checkpoints" / "step_0000006.pth", process)
     os.killpg(process.pid, signal.SIGTERM)
     output = process.communicate(timeout=120)[0]
-    assert process.returncode == 128 + signal.SIGTERM, output
-    assert "Received SIGTERM" in output
-    last = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "stopped"))["step"]
-    assert 5 <= last < 30  # written where the signal was handled, before the end
-
-    resumed = run_cli(tmp_path, tmp_path / "stopped", *RESUME_RUN, *workers, "tracking=none")
-    assert resumed.returncode == 0, resumed.stderr
-    final = "checkpoints/step_0000030.pth"
-    assert_same_weights(weights_of(tmp_path / "straight" / final), weights_of(tmp_path / "stopped" / final))
+    assert "checkpoint written at step" in output, output[-3000:]
+    assert 6 <= ckpt.load_checkpoint(ckpt.latest_checkpoint(stopped))["step"] < 12
+    resumed = subprocess.run(stop_command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_weights(rank0, weights_of(stopped / "checkpoints" / "step_0000012.pth"))
+    for key in ("train/loss", "train/grad_norm", "val/synthetic-val/mae"):
+        assert mlflow_history(f"sqlite:///{tmp_path}/stopped.db", key) == mlflow_history(
+            f"sqlite:///{tmp_path}/straight.db", key
+        ), key
 
 
 @pytest.mark.slow
-def test_two_process_ddp_ranks_hold_identical_weights_after_training(tmp_path):
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(REPO_ROOT / "tests" / "ddp_worker.py"),
-        str(tmp_path),
-        "train.batch_size=1",
-    ]
+def test_under_torchrun_a_refused_resume_is_the_last_thing_printed_and_changes_nothing(tmp_path):
+    first = run_cli(tmp_path, tmp_path / "run", "train.batch_size=1")
+    assert first.returncode == 0, first.stderr
+    before = file_checksums(tmp_path / "run")
+    command = torchrun("-m", "stereo_exp", *TINY_RUN, "train.batch_size=1", f"hydra.run.dir={tmp_path / 'run'}")
     done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}_weights.pt", weights_only=True) for r in (0, 1))
-    assert_same_weights(rank0, rank1)
-    assert_same_weights(rank0, weights_of(tmp_path / "checkpoints" / "step_0000006.pth"))  # rank 0 wrote it
-    assert not torch.equal(
-        rank0["update_block.flow_head.conv2.weight"],
-        build_model(compose_train_config(tmp_path).model).state_dict()["update_block.flow_head.conv2.weight"],
-    )
+    assert done.returncode != 0
+    last_lines = "\n".join(done.stderr.strip().splitlines()[-8:])
+    assert "Cannot resume" in last_lines and "processes: 1 -> 2" in last_lines, done.stderr[-3000:]
+    assert file_checksums(tmp_path / "run") == before
+
+
+@pytest.mark.slow
+def test_a_full_disk_fails_naming_the_checkpoint_and_the_space_keeps_the_previous_one_and_logs_the_traceback(
+    tmp_path, small_filesystem
+):
+    disk = small_filesystem("9m")  # a real tmpfs: the first 6 MB checkpoint fits, the second does not
+    done = run_cli(tmp_path, disk / "run", "loader.num_workers=2", "checkpoint.keep_last=2")  # default workers
+    assert done.returncode == 1, done.stderr[-3000:]
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert re.search(r"Could not write checkpoint \S+step_0000004\.pth \(No space left on device: [\d,]+ bytes "
+                     r"needed, [\d,]+ free", last_line), done.stderr[-3000:]  # fmt: skip
+    assert "The newest checkpoint is still" in last_line and "step_0000002.pth" in last_line
+    assert [p.name for p in (disk / "run" / "checkpoints").iterdir()] == ["step_0000002.pth"]  # no .tmp left
+    assert ckpt.load_checkpoint(disk / "run" / "checkpoints" / "step_0000002.pth")["step"] == 2
+    log_file = (disk / "run" / "__main__.log").read_text()
+    assert "Traceback" in log_file and "CheckpointWriteError" in log_file

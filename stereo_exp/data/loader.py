@@ -79,12 +79,14 @@ class StepBatches(Sampler[list[Draw]]):
 
 def seed_worker(worker_id: int, *, seed: int, rank: int) -> None:
     """Seed a worker's global generators (samples never use them; anything incidental stays reproducible) and
-    leave SIGTERM to the training process."""
-    # SLURM (preemption, scancel, the end of a time limit) and `kill -TERM -PGID` signal every process of the job,
-    # workers included. torch's worker handler would end the worker, and the training process would fail on its
-    # next batch before writing the checkpoint it owes (engine/trainer.py). The training process alone acts on
-    # the signal and shuts its workers down itself; an orphaned worker still exits when its parent is gone.
+    leave SIGTERM and SIGINT to the training process."""
+    # SLURM (preemption, scancel, the end of a time limit), `kill -TERM -PGID` and Ctrl-C signal every process of
+    # the job or terminal, workers included. torch's worker handler would end the worker, and the training process
+    # would fail on its next batch before writing the checkpoint it owes (engine/trainer.py). The training process
+    # alone acts on the signal and shuts its workers down itself; an orphaned worker still exits when its parent
+    # is gone.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     state = np.random.SeedSequence([seed, rank, worker_id]).generate_state(2, dtype=np.uint32)
     random.seed(int(state[0]))
     np.random.seed(int(state[1]))

@@ -13,17 +13,23 @@ Other code asks this object (``dist.is_main``, ``dist.world_size``) instead of r
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import socket
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as torch_dist
+
+# A gloo group for the small collectives the host decides on (stop-signal flags) when the main backend is NCCL: an
+# NCCL collective read on the host waits for every kernel queued before it, i.e. it would sync every step.
+_CONTROL_GROUP: Any = None
 
 # Port range for the SLURM rendezvous: the job id picks a port in [base, base + span) so concurrent jobs on a
 # shared node rarely collide, and every task of one job agrees on it without communicating.
@@ -110,6 +116,8 @@ class DistEnv:
             self.rank, self.world_size, self.local_rank, self.local_world_size, socket.gethostname(), self.backend,
             address, os.environ["MASTER_PORT"], _resolve(address), self.source,
         )  # fmt: skip
+        global _CONTROL_GROUP
+        _CONTROL_GROUP = torch_dist.new_group(backend="gloo") if self.backend != "gloo" else None  # None: the world
 
     def barrier(self) -> None:
         if self.is_distributed and torch_dist.is_initialized():
@@ -126,11 +134,12 @@ class DistEnv:
         return self.any_rank_each([flag])[0]
 
     def any_rank_each(self, flags: Sequence[bool]) -> list[bool]:
-        """Element-wise ``any_rank``: flag i is true when it is true on at least one rank (one collective)."""
+        """Element-wise ``any_rank``: flag i is true when it is true on at least one rank (one collective, on the
+        host through gloo: it never waits for the GPU)."""
         if not (self.is_distributed and torch_dist.is_initialized()):
             return list(flags)
-        values = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=self.device)
-        torch_dist.all_reduce(values, op=torch_dist.ReduceOp.MAX)
+        values = torch.tensor([1.0 if flag else 0.0 for flag in flags])
+        torch_dist.all_reduce(values, op=torch_dist.ReduceOp.MAX, group=_CONTROL_GROUP)
         return [bool(v > 0) for v in values.tolist()]
 
     def broadcast_object(self, obj: Any) -> Any:
@@ -142,8 +151,19 @@ class DistEnv:
         return holder[0]
 
     def destroy(self) -> None:
+        global _CONTROL_GROUP
+        _CONTROL_GROUP = None
         if torch_dist.is_initialized():
             torch_dist.destroy_process_group()
+
+
+def record_launcher_error(message: str) -> None:
+    """Under torchrun, hand ``message`` to the launcher, which prints it in its failure summary (the last lines
+    on the terminal) instead of "To enable traceback see ..."."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        with open(path, "w") as file:
+            json.dump({"message": message, "timestamp": int(time.time())}, file)
 
 
 def _pick_device(preference: str, local_rank: int) -> torch.device:

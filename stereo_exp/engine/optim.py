@@ -24,6 +24,7 @@ class OptimConfig:
     momentum: float = 0.9  # sgd momentum
     nesterov: bool = False  # sgd Nesterov momentum
     clip_grad_norm: float | None = None  # clip the global gradient norm to this value; null = no clipping
+    fused: bool | None = None  # one fused kernel per step; skips non-finite steps without a host sync; null: on CUDA
 
     def __post_init__(self) -> None:
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
@@ -33,14 +34,20 @@ class OptimConfig:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    """The optimizer over ``model``'s trainable parameters; 1-d tensors (biases, norms) get no weight decay."""
+    """The optimizer over ``model``'s trainable parameters; 1-d tensors (biases, norms) get no weight decay.
+
+    ``optim.fused=null`` picks the fused kernels where the parameters are on a GPU: one launch per step, and
+    ``train_step`` passes them the non-finite flag as a tensor (``found_inf``, as torch's GradScaler does), so a
+    skipped step needs no host sync. On a CPU torch's fused kernels are much slower than the default ones.
+    """
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim <= 1 else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = cfg.fused if cfg.fused is not None else all(p.is_cuda for group in groups for p in group["params"])
     if cfg.name == OptimizerName.adamw:
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
     if cfg.name == OptimizerName.adam:
-        return torch.optim.Adam(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps)
-    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, fused=fused or None)

@@ -37,6 +37,8 @@ class ScheduleConfig:
     decay: Decay = Decay.cosine  # cosine | linear | exponential: shape of the decay from lr to min_lr
 
     def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"schedule.lr must be > 0 (the peak learning rate); got {self.lr}.")
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"schedule.min_lr ({self.min_lr}) must lie in [0, schedule.lr ({self.lr})].")
         if self.decay == Decay.exponential and self.min_lr <= 0:

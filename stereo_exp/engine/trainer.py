@@ -1,25 +1,29 @@
-"""The training loop: build everything from the config, then step, log, validate and checkpoint.
+"""The training loop: check everything, build the pieces, then step, log, validate and checkpoint.
 
-Read it top to bottom: ``train(cfg)`` sets up the run and always closes MLflow and the process group;
-``_run`` builds the pieces, restores a checkpoint if there is one, and runs the loop; ``train_step`` is one
-optimizer step (forward under autocast -> sequence loss -> backward -> clip -> step -> schedule).
+Read it top to bottom: ``train(cfg)`` checks the whole run before any side effect and always closes MLflow and the
+process group; ``_run`` decides where the run starts (engine/resume.py), builds the model and the ``TrainState``
+(engine/state.py), claims the run directory, starts MLflow and runs the loop; ``train_step`` is one optimizer step
+(forward under autocast -> sequence loss -> backward -> clip -> step -> schedule).
 
 Reproducibility: the data order and every augmentation are pure functions of (seed, step) (see data/mix.py), the
-model starts from ``seed``, and a checkpoint holds every other piece of state, so a run resumed at step k
-computes exactly what the uninterrupted run computed (tested in tests/test_train.py).
+model starts from ``seed``, and a checkpoint holds every other piece of state, the log window included, so a run
+resumed at step k computes and logs exactly what the uninterrupted run did (tests/test_kill_resume.py).
+
+Speed: a step never waits for the GPU. ``train_step`` returns device tensors, the log window sums them on the device,
+a non-finite step is skipped on the device (fused optimizers) and the stop-signal agreement is a host-side
+collective; values are read at log, validation and checkpoint steps only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
-import math
 import os
 import random
 import signal
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,21 +35,21 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from stereo_exp import data, evaluation, models
-from stereo_exp.engine import checkpoint as ckpt
+from stereo_exp.engine import resume
+from stereo_exp.engine.checkpoint import Checkpointer, load_checkpoint
 from stereo_exp.engine.distributed import DistEnv
 from stereo_exp.engine.loss import sequence_loss
 from stereo_exp.engine.optim import build_optimizer
+from stereo_exp.engine.preflight import check_run
 from stereo_exp.engine.schedule import build_scheduler
+from stereo_exp.engine.state import LogWindow, StepStats, TrainState
 from stereo_exp.models.weights import load_weights
 from stereo_exp.schemas import Precision, amp_dtype
 from stereo_exp.tracking import MlflowTracker, SweepInfo
 
-log = logging.getLogger(__name__)
+__all__ = ["NonFiniteLossError", "Preempted", "StepStats", "TrainResult", "train", "train_step"]
 
-# Keys that may differ between a checkpoint's config and the config that resumes it: they change how the run is
-# observed or executed, not what it computes.
-RESUMABLE_CHANGES = ("paths.", "tracking.", "loader.", "resume", "train.log_every", "train.max_steps",
-                     "train.num_threads", "train.device", "checkpoint.", "hydra")  # fmt: skip
+log = logging.getLogger(__name__)
 
 
 class Preempted(Exception):
@@ -57,7 +61,11 @@ class Preempted(Exception):
     """
 
     def __init__(self, signum: int, step: int, handover: BaseException | None = None) -> None:
-        super().__init__(f"Received {signal.Signals(signum).name}: checkpoint written at step {step}; exiting.")
+        if signum == signal.SIGINT:
+            message = f"Interrupted (Ctrl-C): checkpoint written at step {step}."
+        else:
+            message = f"Received {signal.Signals(signum).name}: checkpoint written at step {step}; exiting."
+        super().__init__(message)
         self.signum = signum
         self.step = step
         self.handover = handover
@@ -72,7 +80,7 @@ class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient norm."""
 
 
-@dataclass
+@dataclasses.dataclass
 class TrainResult:
     metrics: dict[str, float]  # final validation metrics, {"val/<dataset>/<metric>": value}
     model: nn.Module  # the trained network (unwrapped from DDP), identical on every rank
@@ -80,43 +88,34 @@ class TrainResult:
     run_id: str | None  # the MLflow run (None without tracking and on ranks other than 0)
 
 
-@dataclass
-class StepStats:
-    loss: float  # this rank's loss (nan when non-finite)
-    grad_norm: float  # global gradient norm before clipping (all ranks agree)
-    skipped: bool  # True when the optimizer step was skipped because of non-finite values
-
-
 def train(cfg: DictConfig) -> TrainResult:
     """Train as ``cfg`` says; returns the final validation metrics, the model and where the results are."""
-    check_config(cfg)
+    check_run(cfg)  # the config, the datasets, the weights: before anything is created, written or downloaded
     dist = DistEnv.from_environment(str(cfg.train.device))
     dist.init_process_group()
-    # Records that cannot reach MLflow wait in the run directory (python -m stereo_exp.tracking.sync sends them).
-    tracker = MlflowTracker(cfg.tracking, dist, spool_dir=Path(cfg.paths.output))
+    tracker: MlflowTracker | None = None
     status = "FAILED"
     try:
-        result = _run(cfg, dist, tracker)
+        # Every rank works in rank 0's run directory: with torchrun each process composes its own config, and a
+        # timestamped default directory can differ by a second between ranks.
+        output = Path(dist.broadcast_object(str(cfg.paths.output)))
+        # Records that cannot reach MLflow wait in the run directory (python -m stereo_exp.tracking.sync sends them).
+        tracker = MlflowTracker(cfg.tracking, dist, spool_dir=output)
+        result = _run(cfg, dist, output, tracker)
         status = "FINISHED"
         return result
     except Preempted as stop:
-        # The resumed run (requeued job, or resume=auto by hand) continues this MLflow run; a job that submitit
-        # refused to requeue will not come back by itself.
-        status = "KILLED" if stop.requeue_refused else "RUNNING"
+        # A preempted or requeued job (or resume=auto by hand) continues this MLflow run; Ctrl-C, or a job that
+        # submitit refused to requeue, will not come back by itself.
+        status = "KILLED" if stop.signum == signal.SIGINT or stop.requeue_refused else "RUNNING"
         raise
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        if status != "RUNNING":
+        if tracker is not None and status != "RUNNING":
             tracker.end(status)
         dist.destroy()
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Run every schema's checks (``__post_init__``, the ``train`` and ``checkpoint`` ones included), before any
-    work: instantiating each schema dataclass makes it validate its own keys."""
-    OmegaConf.to_object(cfg)
 
 
 def setup_runtime(cfg: DictConfig, dist: DistEnv) -> None:
@@ -131,38 +130,32 @@ def setup_runtime(cfg: DictConfig, dist: DistEnv) -> None:
     torch.autograd.set_detect_anomaly(cfg.train.detect_anomaly)
 
 
-def _run(cfg: DictConfig, dist: DistEnv, tracker: MlflowTracker) -> TrainResult:
+def _run(cfg: DictConfig, dist: DistEnv, output: Path, tracker: MlflowTracker) -> TrainResult:
     setup_runtime(cfg, dist)
-    # Every rank works in rank 0's run directory: with torchrun each process composes its own config, and a
-    # timestamped default directory can differ by a second between ranks.
-    output = Path(dist.broadcast_object(str(cfg.paths.output)))
     device = dist.device
     autocast_dtype = amp_dtype(cfg.train.precision)
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     schedule_steps = sum(cfg.mix.dataset_steps)  # the schedule always spans the whole mix
     stop_step = min(schedule_steps, cfg.train.max_steps or schedule_steps)
 
-    # ---- state: fresh, resumed, or initialised from other weights --------------------------------------------
-    state = _find_resume_state(cfg, output, resolved, dist.world_size)
-    model = models.build_model(cfg.model).to(device)
-    if state is not None:
-        model.load_state_dict(state["model"])
-    elif cfg.init_from:
+    # ---- where the run starts: fresh, resumed, or restarted; decided by rank 0, nothing written yet -------------
+    start = _find_start(cfg, dist, output, resolved)
+
+    # ---- model and training state (published weights download here, after every check) ---------------------
+    model_cfg = OmegaConf.merge(cfg.model, {"weights": None}) if start.state is not None else cfg.model
+    model = models.build_model(model_cfg).to(device)  # a checkpoint's weights replace any initial ones
+    if start.state is None and cfg.init_from:
         load_weights(model, cfg.init_from)
     optimizer = build_optimizer(model, cfg.optim, cfg.schedule.lr)
     scheduler = build_scheduler(optimizer, cfg.schedule, schedule_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == Precision.fp16)
-    start_step, nonfinite_streak = 0, 0
-    history: dict[str, dict[str, float]] = {}  # "first" / "last" validation metrics, kept across resumes
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        ckpt.set_rng_state(state["rng"])
-        start_step, nonfinite_streak = state["step"], state["nonfinite_streak"]
-        history = state["validation"]
-        log.info("Resumed from step %d", start_step)
-
+    state = TrainState(
+        model, optimizer, scheduler, scaler, LogWindow(device), config=resolved, world_size=dist.world_size,
+        num_threads=torch.get_num_threads(),
+    )  # fmt: skip
+    if start.state is not None:
+        state.load_state_dict(start.state, dist)
+        log.info("Resumed from step %d", state.step)
     train_model: nn.Module = model
     if dist.is_distributed:
         train_model = DistributedDataParallel(
@@ -170,105 +163,95 @@ def _run(cfg: DictConfig, dist: DistEnv, tracker: MlflowTracker) -> TrainResult:
             find_unused_parameters=cfg.train.find_unused_parameters,
         )  # fmt: skip
 
-    # ---- tracking -----------------------------------------------------------------------------------------------
+    # ---- the run directory and the MLflow run: the first side effects -------------------------------------------
+    checkpointer = Checkpointer(output, keep_last=cfg.checkpoint.keep_last, is_main=dist.is_main)
+    if dist.is_main:
+        if start.claim:
+            resume.claim(output, resolved, start.run_key)
+        checkpointer.remove_partial_writes()
     sweep = SweepInfo.from_hydra()  # None unless this is a job of a multirun: then tagged and grouped
     run_name = cfg.tracking.run_name or _default_run_name(sweep)
-    tracker.start(params=resolved, run_id=state.get("mlflow_run_id") if state else None, run_name=run_name,
-                  sweep=sweep)  # fmt: skip
-    if dist.is_main and state is None:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-        tracker.log_artifact(output / "config.yaml")
+    run_id = tracker.start(params=resolved, run_id=start.mlflow_run_id, run_name=run_name, sweep=sweep,
+                           run_key=start.run_key)  # fmt: skip
+    state.mlflow_run_id = run_id or start.mlflow_run_id  # kept through an attempt with tracking.backend=none
+    if dist.is_main:
+        resume.record_mlflow_run(output, start.run_key, run_id)
+        if (output / resume.CONFIG_FILE).is_file():
+            tracker.log_artifact(output / resume.CONFIG_FILE)
+        if start.inexact:
+            tracker.set_tags({f"stereo_exp.inexact_resume.step_{state.step}": "; ".join(start.inexact)})
 
-    saved_steps: list[int] = []  # steps checkpointed by this process (rank 0)
+    if state.step < stop_step:
+        _train(cfg, dist, state, train_model, tracker, checkpointer, stop_step, autocast_dtype)
+        final_checkpoint = checkpointer.path(stop_step)
+    else:
+        log.info("Nothing to do: the checkpoint is at step %d of %d.", state.step, stop_step)
+        final_checkpoint = start.checkpoint
 
-    def save(step: int) -> Path | None:
-        if not dist.is_main:
-            return None
-        path = ckpt.checkpoint_path(output, step)
-        if saved_steps and saved_steps[-1] == step:
-            return path  # already written at this step (a periodic checkpoint, then a stop signal)
-        saved_steps.append(step)
-        path = ckpt.save_checkpoint(
-            path,
-            {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                "rng": ckpt.rng_state(), "nonfinite_streak": nonfinite_streak, "validation": history,
-                "mlflow_run_id": tracker.run_id, "world_size": dist.world_size, "config": resolved,
-            },
-        )  # fmt: skip
-        ckpt.prune_checkpoints(output, cfg.checkpoint.keep_last, protect=path)
-        return path
+    # ---- the end: also reached again by a run resumed after its final checkpoint -------------------------------
+    if dist.is_main:
+        if cfg.tracking.log_checkpoint:
+            tracker.log_artifact(final_checkpoint, "checkpoints")
+        _print_summary(state.validation, final_checkpoint, tracker)
+    metrics = {k: v for k, v in state.validation.get("last", {}).items() if k != "step"}
+    return TrainResult(metrics=metrics, model=model, checkpoint=final_checkpoint if dist.is_main else None,
+                       run_id=tracker.run_id)  # fmt: skip
 
-    def validate(step: int) -> dict[str, float]:
-        result = evaluation.run_validation(
-            model, cfg.eval, data_root=cfg.paths.data, dataset_options=cfg.datasets, num_iters=cfg.model.eval_iters,
-            dist=dist, device=device, amp_dtype=autocast_dtype,
-        )  # fmt: skip
-        tracker.log_metrics({**result.metrics, **result.counts}, step)
-        for name, figure in result.figures.items():
-            tracker.log_figure(figure, f"validation/step_{step:07d}/{name}.png")
-        history.setdefault("first", {"step": step, **result.metrics})
-        history["last"] = {"step": step, **result.metrics}
-        return result.metrics
 
-    final_checkpoint = ckpt.checkpoint_path(output, stop_step) if dist.is_main else None
-
-    def make_result() -> TrainResult:
-        metrics = {k: v for k, v in history.get("last", {}).items() if k != "step"}
-        return TrainResult(metrics=metrics, model=model, checkpoint=final_checkpoint, run_id=tracker.run_id)
-
-    if start_step >= stop_step:
-        log.info("Nothing to do: the checkpoint is at step %d of %d.", start_step, stop_step)
-        return make_result()
-
-    # ---- data ---------------------------------------------------------------------------------------------------
+def _train(
+    cfg: DictConfig,
+    dist: DistEnv,
+    state: TrainState,
+    train_model: nn.Module,
+    tracker: MlflowTracker,
+    checkpointer: Checkpointer,
+    stop_step: int,
+    autocast_dtype: torch.dtype | None,
+) -> None:
+    """Steps ``state.step`` .. ``stop_step - 1``, with logging, validation and checkpoints."""
     loader = data.build_train_loader(
         cfg.mix, cfg.augmentation, cfg.loader, data_root=cfg.paths.data, dataset_options=cfg.datasets,
         batch_size=cfg.train.batch_size, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
-        start_step=start_step, total_steps=stop_step,
+        start_step=state.step, total_steps=stop_step,
     )  # fmt: skip
-
-    # ---- loop ---------------------------------------------------------------------------------------------------
-    stop_signal = _install_stop_signals()
-    if start_step == 0:
-        validate(0)
+    stop_signal = _install_stop_signals()  # before the loader's workers start: they inherit it and ignore signals
     samples_per_step = cfg.train.batch_size * dist.world_size
-    window = _LogWindow()
-    progress = tqdm(total=stop_step, initial=start_step, disable=not dist.is_main, desc="train", unit="step",
+    progress = tqdm(total=stop_step, initial=state.step, disable=not dist.is_main, desc="train", unit="step",
                     dynamic_ncols=True)  # fmt: skip
-    batches = iter(loader)
+    batches = None
     try:
-        for step in range(start_step, stop_step):
+        if state.step == 0:
+            _validate(cfg, dist, state, tracker)
+        batches = iter(loader)
+        for step in range(state.step, stop_step):
             tic = time.perf_counter()
             batch = next(batches)
-            data_time = time.perf_counter() - tic
-            lr = optimizer.param_groups[0]["lr"]
-            stats = train_step(train_model, batch, optimizer, scheduler, scaler, cfg, device, autocast_dtype)
-            nonfinite_streak = nonfinite_streak + 1 if stats.skipped else 0
-            if nonfinite_streak >= cfg.train.max_nonfinite_steps:
-                raise NonFiniteLossError(
-                    f"{nonfinite_streak} consecutive steps (last: step {step}) had a non-finite loss or gradient "
-                    f"norm (train.max_nonfinite_steps={cfg.train.max_nonfinite_steps}). Lower schedule.lr, set "
-                    "optim.clip_grad_norm, use train.precision=fp32, or look for bad ground truth "
-                    "(python -m stereo_exp.eda)."
-                )
-            window.add(stats, data_time, time.perf_counter() - tic, lr)
-            done = step + 1
+            data_wait = time.perf_counter() - tic
+            lr = state.optimizer.param_groups[0]["lr"]  # this step's learning rate, a Python float
+            stats = train_step(train_model, batch, state.optimizer, state.scheduler, state.scaler, cfg, dist.device,
+                               autocast_dtype)  # fmt: skip
+            state.window.add(stats, data_wait)
+            state.count_nonfinite(stats.skipped, step, cfg.train.max_nonfinite_steps)
+            state.step = done = step + 1
             progress.update(1)
 
-            if done % cfg.train.log_every == 0 or done == stop_step:
-                metrics = window.summary(dist, samples_per_step)
+            # ---- events: the only places where values are read from the device -------------------------------
+            log_now = done % cfg.train.log_every == 0 or done == stop_step
+            validate_now = done % cfg.train.val_every == 0 or done == stop_step
+            save_now = done % cfg.checkpoint.every == 0 or done == stop_step
+            signals = stop_signal.agreed(dist) if done < stop_step else []  # host flags: no device sync
+            if log_now or validate_now or save_now or signals:
+                _stop_if_diverged(state, cfg.train.max_nonfinite_steps)
+            if log_now:
+                metrics = state.window.summary(dist, samples_per_step, lr)
                 tracker.log_metrics(metrics, done)
                 progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{lr:.2e}",
                                      sps=f"{metrics['train/samples_per_s']:.1f}")  # fmt: skip
-            if done % cfg.train.val_every == 0 or done == stop_step:
-                validate(done)
-            if done % cfg.checkpoint.every == 0 or done == stop_step:
-                save(done)
-            if done < stop_step and (signals := stop_signal.agreed(dist)):
-                save(done)
+            if validate_now:
+                _validate(cfg, dist, state, tracker)
+            if save_now or signals:
+                _save(dist, state, checkpointer)
+            if signals:
                 dist.barrier()  # rank 0's checkpoint is complete before any rank hands over or leaves
                 handover = stop_signal.hand_over(signals)  # submitit: rank 0 requeues the job here
                 # srun may end a step when one task exits (KillOnBadExit): no rank leaves before the requeue.
@@ -277,12 +260,9 @@ def _run(cfg: DictConfig, dist: DistEnv, tracker: MlflowTracker) -> TrainResult:
     finally:
         progress.close()
         stop_signal.restore()
-
-    if dist.is_main:
-        if cfg.tracking.log_checkpoint:
-            tracker.log_artifact(final_checkpoint, "checkpoints")
-        _print_summary(history, final_checkpoint, tracker)
-    return make_result()
+        # Shut the loader's workers down now, also after an error: a traceback keeps this frame alive, and at exit
+        # multiprocessing would SIGTERM them, which they ignore (data/loader.py), and wait forever.
+        del batches, loader
 
 
 def train_step(
@@ -295,7 +275,11 @@ def train_step(
     device: torch.device,
     amp_dtype: torch.dtype | None,
 ) -> StepStats:
-    """One optimizer step on ``batch``; skips the update (and says so) when the gradients are not finite."""
+    """One optimizer step on ``batch``; skips the update when the gradients are not finite.
+
+    Returns device tensors and reads nothing on the host, so on a GPU the call returns before the step has run:
+    ``float(stats.loss)`` waits for it.
+    """
     model.train()
     non_blocking = device.type == "cuda"
     left, right = (
@@ -318,65 +302,132 @@ def train_step(
     scaler.unscale_(optimizer)
     # After DDP's all-reduce every rank holds the same gradients, hence the same norm: the skip decision below is
     # identical on all ranks without another collective. A NaN loss on any rank makes every rank's norm NaN.
-    max_norm = cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm is not None else math.inf
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=max_norm))
-    skipped = not math.isfinite(grad_norm)
-    if not skipped or scaler.is_enabled():
+    max_norm = cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm is not None else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=max_norm)
+    skipped = ~torch.isfinite(grad_norm)
+    if scaler.is_enabled():
         scaler.step(optimizer)  # an enabled (fp16) GradScaler skips non-finite steps itself ...
+    else:
+        _step_unless(optimizer, skipped)
     scaler.update()  # ... and lowers its scale (no-op when disabled)
     with warnings.catch_warnings():
         # The schedule follows the step count, taken or skipped: torch warns when a skipped first step left
         # optimizer.step() uncalled, which is intended here.
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
         scheduler.step()
-    return StepStats(loss=float(loss.detach()), grad_norm=grad_norm, skipped=skipped)
+    return StepStats(loss=loss.detach(), grad_norm=grad_norm.detach(), skipped=skipped)
 
 
-class _LogWindow:
-    """Training statistics between two log steps."""
+def _step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """``optimizer.step()`` unless ``skip`` (a 0-d bool tensor). Fused optimizers decide on the device: they take
+    the flag as ``found_inf``, as torch's GradScaler hands it to them, and leave parameters and state untouched.
+    Others need the flag on the host: a sync on a GPU, free on a CPU."""
+    if optimizer.defaults.get("fused"):
+        optimizer.found_inf = skip.float()  # type: ignore[attr-defined]
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf  # type: ignore[attr-defined]
+    elif not skip.item():
+        optimizer.step()
 
-    def __init__(self) -> None:
-        self.reset()
 
-    def reset(self) -> None:
-        self.loss_sum, self.grad_norm_sum, self.steps, self.finite_steps, self.skipped = 0.0, 0.0, 0, 0, 0
-        self.data_time, self.step_time, self.lr = 0.0, 0.0, 0.0
-        self.started = time.perf_counter()
+def _stop_if_diverged(state: TrainState, limit: int) -> None:
+    """Raise once ``limit`` consecutive steps were skipped (read at event steps only: a host sync)."""
+    step = state.nonfinite_limit_reached()
+    if step is not None:
+        raise NonFiniteLossError(
+            f"{limit} consecutive steps (last: step {step}) had a non-finite loss or gradient norm "
+            f"(train.max_nonfinite_steps={limit}). Lower schedule.lr, set optim.clip_grad_norm, use "
+            "train.precision=fp32, or look for bad ground truth (python -m stereo_exp.eda)."
+        )
 
-    def add(self, stats: StepStats, data_time: float, step_time: float, lr: float) -> None:
-        self.steps += 1
-        self.lr = lr
-        self.data_time += data_time
-        self.step_time += step_time
-        if stats.skipped:
-            self.skipped += 1
-        else:
-            self.loss_sum += stats.loss
-            self.grad_norm_sum += stats.grad_norm
-            self.finite_steps += 1
 
-    def summary(self, dist: DistEnv, samples_per_step: int) -> dict[str, float]:
-        """Averages over the window and over ranks (a collective: every rank calls it at the same steps)."""
-        totals = torch.tensor([self.loss_sum, float(self.finite_steps)], dtype=torch.float64)
-        if dist.is_distributed:
-            totals = dist.all_reduce_sum(totals.to(dist.device)).cpu()
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        metrics = {
-            "train/loss": float(totals[0] / max(totals[1].item(), 1.0)),
-            "train/lr": self.lr,
-            "train/grad_norm": self.grad_norm_sum / max(self.finite_steps, 1),
-            "train/samples_per_s": self.steps * samples_per_step / elapsed,
-            "train/data_wait_share": self.data_time / max(self.step_time, 1e-9),
-            "train/skipped_steps": float(self.skipped),
-        }
-        self.reset()
-        return metrics
+def _validate(cfg: DictConfig, dist: DistEnv, state: TrainState, tracker: MlflowTracker) -> None:
+    """Validate at ``state.step``: log the metrics and pictures, keep the first and last in ``state.validation``."""
+    _wait_for_device(dist.device)  # the steps queued so far count as training time, not validation time
+    tic = time.perf_counter()
+    result = evaluation.run_validation(
+        state.model, cfg.eval, data_root=cfg.paths.data, dataset_options=cfg.datasets,
+        num_iters=cfg.model.eval_iters, dist=dist, device=dist.device, amp_dtype=amp_dtype(cfg.train.precision),
+    )  # fmt: skip
+    seconds = time.perf_counter() - tic
+    state.window.pause(seconds)
+    tracker.log_metrics({**result.metrics, **result.counts, "val/seconds": seconds}, state.step)
+    for name, figure in result.figures.items():
+        tracker.log_figure(figure, f"validation/step_{state.step:07d}/{name}.png")
+    state.validation.setdefault("first", {"step": state.step, **result.metrics})
+    state.validation["last"] = {"step": state.step, **result.metrics}
+
+
+def _save(dist: DistEnv, state: TrainState, checkpointer: Checkpointer) -> None:
+    """Checkpoint ``state`` (every rank takes part; rank 0 writes), once per step."""
+    if checkpointer.last_saved_step == state.step:
+        return  # already written at this step (a periodic checkpoint, then a stop signal)
+    tic = time.perf_counter()
+    checkpointer.save(state.state_dict(dist), state.step)
+    state.window.pause(time.perf_counter() - tic)
+
+
+def _wait_for_device(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _find_start(cfg: DictConfig, dist: DistEnv, output: Path, resolved: dict[str, Any]) -> resume.StartPoint:
+    """``resume.find_start`` on rank 0; the other ranks receive its decision, or its refusal and raise it too."""
+    decision: resume.StartPoint | BaseException | None = None
+    if dist.is_main:
+        try:
+            decision = resume.find_start(
+                resume=cfg.resume, output=output, resolved=resolved, world_size=dist.world_size,
+                device=dist.device.type, num_threads=torch.get_num_threads(),
+                allow_inexact=cfg.train.allow_inexact_resume, new_dir_override=_new_dir_override(cfg, output),
+            )  # fmt: skip
+        except (ValueError, OSError, RuntimeError) as error:
+            decision = error
+    if dist.is_distributed:
+        # Ranks other than 0 need the decision, not the checkpoint's tensors: they read the file themselves.
+        shared = dist.broadcast_object(_without_state(decision))
+        if not dist.is_main:
+            decision = shared
+            if isinstance(decision, resume.StartPoint) and decision.checkpoint is not None:
+                decision.state = load_checkpoint(decision.checkpoint)
+    if isinstance(decision, BaseException):
+        raise decision
+    assert decision is not None
+    return decision
+
+
+def _without_state(decision: Any) -> Any:
+    if isinstance(decision, resume.StartPoint):
+        return dataclasses.replace(decision, state=None)
+    return decision
+
+
+def _new_dir_override(cfg: DictConfig, output: Path) -> str:
+    """The override that runs the same command in a fresh directory next to ``output`` (for refusal messages)."""
+    raw_output = OmegaConf.to_container(cfg.paths, resolve=False).get("output")  # type: ignore[union-attr]
+    if not (isinstance(raw_output, str) and "hydra:" in raw_output):
+        return f"paths.output={_free_sibling(output)}"  # paths.output was set explicitly
+    if SweepInfo.from_hydra() is not None:
+        return f"hydra.sweep.dir={_free_sibling(output.parent)}"  # a job of a multirun: <sweep dir>/<job num>
+    return f"hydra.run.dir={_free_sibling(output)}"
+
+
+def _free_sibling(path: Path) -> Path:
+    """``<path>-2``, or the first of ``-3``, ``-4`` ... that does not exist."""
+    number = 2
+    while path.with_name(f"{path.name}-{number}").exists():
+        number += 1
+    return path.with_name(f"{path.name}-{number}")
 
 
 # Signals that stop the run after the current step with a checkpoint. SIGTERM: scancel, preemption, `scontrol
 # requeue`, the end of a time limit. SIGUSR1/SIGUSR2: a warning before the time limit (`sbatch --signal=...`);
-# SIGUSR2 is submitit's (SUBMITIT_PREEMPT_SIGNAL). Ordered: the last one received by any rank names the stop.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+# SIGUSR2 is submitit's (SUBMITIT_PREEMPT_SIGNAL). SIGINT: Ctrl-C (a second Ctrl-C stops at once, without a
+# checkpoint). Ordered: the last one received by any rank names the stop.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
 
 class _StopSignal:
@@ -390,11 +441,14 @@ class _StopSignal:
 
     def handle(self, signum: int, _frame: Any) -> None:
         if os.getpid() != self._pid:
-            # A DataLoader worker forked after the install: SLURM signals every process of the job step, the
-            # worker inherited this handler, and the training process alone acts on the signal.
+            # A DataLoader worker forked after the install: SLURM and Ctrl-C signal every process of the job or
+            # terminal, the worker inherited this handler, and the training process alone acts on the signal.
             return
+        if signum == signal.SIGINT and signum in self.received:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
         if not self.received:
-            log.warning("Received %s: checkpointing after this step.", signal.Signals(signum).name)
+            again = " (Ctrl-C again to stop at once, without it)" if signum == signal.SIGINT else ""
+            log.warning("Received %s: checkpointing after this step%s.", signal.Signals(signum).name, again)
         self.received.add(signum)
 
     def agreed(self, dist: DistEnv) -> list[int]:
@@ -409,7 +463,9 @@ class _StopSignal:
         exception it raised) for the caller to re-raise once every rank is done, None when all returned."""
         for signum in signums:
             handler = self._previous.get(signum)
-            if not callable(handler):  # SIG_DFL / SIG_IGN / not installed from Python
+            # SIG_DFL / SIG_IGN / not installed from Python; Python's own Ctrl-C handler would only raise
+            # KeyboardInterrupt, which the checkpoint made unnecessary.
+            if not callable(handler) or handler is signal.default_int_handler:
                 continue
             try:
                 handler(signum, None)
@@ -429,40 +485,6 @@ def _install_stop_signals() -> _StopSignal:
         with contextlib.suppress(ValueError):
             stop._previous[signum] = signal.signal(signum, stop.handle)
     return stop
-
-
-def _find_resume_state(
-    cfg: DictConfig, output: Path, resolved: dict[str, Any], world_size: int
-) -> dict[str, Any] | None:
-    """The checkpoint to continue from (``resume=auto|PATH|null``), checked against the current config."""
-    if cfg.resume is None:
-        return None
-    path = ckpt.latest_checkpoint(output) if cfg.resume == "auto" else Path(cfg.resume)
-    if path is None:
-        return None
-    state = ckpt.load_checkpoint(path)
-    changed = [k for k in _diff_keys(state["config"], resolved) if not k.startswith(RESUMABLE_CHANGES)]
-    if changed:
-        raise ValueError(
-            f"Cannot resume from {path}: the config differs in {', '.join(sorted(changed))}. A resumed run must "
-            "compute what the interrupted run would have; start a new run directory (hydra.run.dir=...) or pass "
-            "resume=null, or use init_from=PATH to start from these weights."
-        )
-    if state.get("world_size", world_size) != world_size:
-        raise ValueError(
-            f"Cannot resume from {path}: it was written by a run of {state['world_size']} processes and this one has "
-            f"{world_size}. The global batch (train.batch_size x processes) decides which samples each step draws; "
-            "resume with the same number of processes, or use init_from=PATH to start a new run from these weights."
-        )
-    log.info("Resuming from %s", path)
-    return state
-
-
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        keys = set(a) | set(b)
-        return [d for k in keys for d in _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")]
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 def _default_run_name(sweep: SweepInfo | None) -> str | None:

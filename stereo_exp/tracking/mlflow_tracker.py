@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 _MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value, in characters
 TASK_TAG = "stereo_exp.task"  # "evaluate" | "eda" on the runs of those commands (compare leaves them out)
+RUN_KEY_TAG = "stereo_exp.run_key"  # start(run_key=...): finds the run again after a kill before its id was recorded
 
 
 class TrackingBackend(str, Enum):
@@ -141,10 +142,13 @@ class MlflowTracker:
         run_name: str | None = None,
         tags: Mapping[str, str] | None = None,
         sweep: SweepInfo | None = None,
+        run_key: str | None = None,
     ) -> str | None:
         """Create a run (or continue ``run_id``) and log ``params`` (a nested config); returns the run id
         (an ``offline-...`` placeholder when MLflow cannot be reached). ``sweep``: tag the run with its sweep
-        and nest it under the sweep's parent run."""
+        and nest it under the sweep's parent run. ``run_key``: tag a new run with it (``RUN_KEY_TAG``); without
+        ``run_id``, a run of the experiment carrying that key is continued instead of creating a second one (an
+        attempt killed between creating the run and recording its id), and its missing params are logged."""
         if not self.active:
             return None
         if self._spool is not None:
@@ -153,15 +157,19 @@ class MlflowTracker:
                 self._offline = True
                 if not self._attempt(force=True):
                     self._go_offline(f"records of an earlier attempt wait in {self._spool.path}")
+        found_by_key = run_id is None and run_key is not None and (run_id := self._find_run(run_key)) is not None
         if run_id is not None:
             self.run_id = self._run_ids.get(run_id, run_id)
             self._continue_run()
+            if found_by_key and params:
+                self._log_missing_params(flatten_config(params))
             return self.run_id
 
         placeholder = f"{OFFLINE_PREFIX}{uuid.uuid4().hex}"
         record = {
             "op": "create_run", "run": placeholder, "experiment": self.cfg.experiment,
-            "run_name": run_name or self.cfg.run_name, "tags": {**dict(self.cfg.tags), **dict(tags or {})},
+            "run_name": run_name or self.cfg.run_name,
+            "tags": {**dict(self.cfg.tags), **dict(tags or {}), **({RUN_KEY_TAG: run_key} if run_key else {})},
             "start_time": int(time.time() * 1000), "sweep": sweep.to_dict() if sweep else None,
         }  # fmt: skip
         self.run_id = self._send(record) or placeholder
@@ -183,6 +191,37 @@ class MlflowTracker:
         except Exception as error:
             self._on_failure(error)  # offline from here on: the sync leaves out the steps MLflow holds instead
         log.info("MLflow: continuing run %s", self.run_id)
+
+    def _find_run(self, run_key: str) -> str | None:
+        """The run of this experiment tagged with ``run_key``, if MLflow answers and holds one."""
+        if self._offline:
+            return None
+        try:
+            with self._http():
+                experiment = self._client.get_experiment_by_name(self.cfg.experiment)
+                if experiment is None:
+                    return None
+                runs = self._client.search_runs(
+                    [experiment.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1
+                )
+        except Exception as error:
+            self._on_failure(error)
+            return None
+        return runs[0].info.run_id if runs else None
+
+    def _log_missing_params(self, params: Mapping[str, str]) -> None:
+        """Log the params the run does not hold yet (its creator may have died before logging them)."""
+        if self._offline:
+            return
+        try:
+            with self._http():
+                held = self._client.get_run(self.run_id).data.params
+        except Exception as error:
+            self._on_failure(error)
+            return
+        missing = {key: value for key, value in params.items() if key not in held}
+        if missing:
+            self.log_params(missing)
 
     def log_params(self, params: Mapping[str, str]) -> None:
         if self._ready():

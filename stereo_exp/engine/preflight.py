@@ -1,0 +1,99 @@
+"""Everything a training run checks before its first side effect (an MLflow run, a download, a file in the run
+directory): the config with all its cross-key checks, the datasets, the weights to start from.
+
+Each error names the key or file at fault and what was expected. ``check_run`` needs no process group and builds
+the model on the meta device only (no memory, no weights), so it costs about a second even for large models and
+datasets; it reads the weights files it checks, but downloads nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from stereo_exp.data.checks import check_datasets
+from stereo_exp.models.config import architecture_arguments
+from stereo_exp.models.registry import get_model_builder
+from stereo_exp.models.weights import load_weights, parameter_count, resolve_published
+
+
+def check_run(cfg: DictConfig) -> None:
+    """Raise naming the key or file at fault unless ``cfg`` describes a run that can start."""
+    OmegaConf.to_object(cfg)  # every schema's own checks (__post_init__ of each group's dataclass)
+    run_steps = sum(cfg.mix.dataset_steps)
+    check_schedule_length(cfg.schedule, run_steps)
+    skeleton = model_skeleton(cfg.model)
+    check_crop(list(cfg.augmentation.crop_size), skeleton, str(cfg.model.name))
+    if cfg.init_from is not None and cfg.model.weights is not None:
+        raise ValueError(
+            f"init_from={cfg.init_from} and model.weights={cfg.model.weights} both name the initial weights; keep "
+            "one (e.g. model.weights=null)."
+        )
+    if cfg.model.weights is not None:
+        check_weights(str(cfg.model.weights), "model.weights", skeleton)
+    if cfg.init_from is not None:
+        check_weights(str(cfg.init_from), "init_from", skeleton)
+    training_sets = [name for name, steps in zip(cfg.mix.datasets, cfg.mix.dataset_steps, strict=True) if steps > 0]
+    check_datasets(training_sets, key="mix.datasets", data_root=cfg.paths.data, options=cfg.datasets)
+    check_datasets(list(cfg.eval.datasets), key="eval.datasets", data_root=cfg.paths.data, options=cfg.datasets)
+
+
+def check_schedule_length(schedule: Any, run_steps: int) -> None:
+    """The warm-up must end before the run does, or the learning rate never reaches ``schedule.lr``."""
+    if schedule.warmup_steps >= run_steps:
+        raise ValueError(
+            f"schedule.warmup_steps={schedule.warmup_steps} is not shorter than the run ({run_steps} steps, the sum "
+            f"of mix.dataset_steps): the learning rate would never reach schedule.lr={schedule.lr}. Lower "
+            "schedule.warmup_steps (0 = no warm-up) or lengthen the mix."
+        )
+
+
+def model_skeleton(model_cfg: Any) -> nn.Module:
+    """The configured architecture on the meta device: its structure and sizes without memory or weights."""
+    options: dict[str, Any] = OmegaConf.to_container(OmegaConf.structured(model_cfg), resolve=True)  # type: ignore[assignment]
+    builder = get_model_builder(options["name"])
+    with torch.device("meta"):
+        return builder(**architecture_arguments(options))
+
+
+def check_crop(crop_size: list[int], model: nn.Module, model_name: str) -> None:
+    """Training crops go into the network unpadded: both sides must be multiples of its size multiple."""
+    multiple = int(getattr(model, "size_multiple", 1))
+    if any(side % multiple for side in crop_size):
+        fitting = [max(multiple, side // multiple * multiple) for side in crop_size]  # a smaller crop still fits
+        raise ValueError(
+            f"augmentation.crop_size={list(crop_size)}: both sides must be multiples of {multiple} for {model_name} "
+            f"(its model.size_multiple), e.g. augmentation.crop_size=[{fitting[0]},{fitting[1]}]."
+        )
+
+
+def check_weights(spec: str, key: str, model: nn.Module) -> None:
+    """``spec`` is a published name for this architecture, or a readable weights file that fits ``model``
+    (a state_dict or one of our checkpoints). Names are resolved without downloading; files are read."""
+    if not os.path.exists(spec):
+        looks_like_path = os.sep in spec or spec.endswith((".pth", ".pt", ".ckpt", ".bin", ".safetensors"))
+        if looks_like_path:
+            raise FileNotFoundError(
+                f"{key}={spec}: no such file. Expected a state_dict or training checkpoint file"
+                + (" (our checkpoints are <run dir>/checkpoints/step_*.pth)." if key == "init_from" else ".")
+            )
+        try:
+            resolve_published(spec, parameter_count(model))
+        except (KeyError, ValueError) as error:
+            message = error.args[0] if isinstance(error, KeyError) else str(error)
+            raise ValueError(f"{key}={spec}: {message}") from error
+        return
+    if not os.path.isfile(spec):
+        raise FileNotFoundError(f"{key}={spec} is a folder; expected a state_dict or training checkpoint file.")
+    try:
+        with warnings.catch_warnings():
+            # Copying into the meta skeleton is a no-op by design: only the names and shapes are checked.
+            warnings.filterwarnings("ignore", message=r".*copying from a non-meta parameter")
+            load_weights(model, spec)  # reads the file (weights_only), checks every tensor finite and the fit
+    except (ValueError, RuntimeError, FileNotFoundError) as error:
+        raise ValueError(f"{key}={spec}: {error}") from error
