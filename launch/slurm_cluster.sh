@@ -528,9 +528,11 @@ start_slurmdbd() {
 }
 
 start_slurm() {
+    local restarted=0
     if ! pid_alive slurmctld; then
         log "starting slurmctld on $(controller_addr):$CTLD_PORT"
         start_daemon slurmctld "$(head_where)" slurmctld -D -f "$CONF"
+        restarted=1
     fi
     wait_for slurmctld "slurmctld (scontrol ping)" controller_up
     local node daemon i=0
@@ -559,7 +561,26 @@ start_slurm() {
         esac
         wait_for "$daemon" "node $node to be idle or in use" node_usable "$node"
     done
+    # `stop` cancels every job, so jobs that a freshly started controller recovers from its saved state are left
+    # from an end without `stop` (a reboot, a machine image taken while jobs ran). Their processes are gone, yet
+    # slurmctld would hold their CPUs for up to half an hour before noticing: cancel them now.
+    if ((restarted)); then cancel_leftover_jobs; fi
     wait_for slurmctld "sacct" client sacct -n -X -S now-1minutes
+}
+
+# cancel_leftover_jobs: scancel every job the controller knows and wait (up to a minute) until none is left.
+cancel_leftover_jobs() {
+    local jobs i
+    jobs=$(client squeue -h -o %A | tr '\n' ' ')
+    [[ -n ${jobs// /} ]] || return 0
+    log "cancelling jobs left from before the last start (their processes are gone): $jobs"
+    # shellcheck disable=SC2086 # one argument per job id
+    client scancel $jobs || true
+    for i in $(seq 60); do
+        [[ -z $(client squeue -h -o %A) ]] && return 0
+        sleep 1
+    done
+    log "warning: still in the queue after 60 s: $(client squeue -h -o '%A %T' | tr '\n' ' ')"
 }
 
 link_system_conf() {
