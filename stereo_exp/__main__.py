@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig
 
+from stereo_exp.cli import clean_errors
 from stereo_exp.config import register_configs
 
 if TYPE_CHECKING:
@@ -39,8 +40,10 @@ def run(cfg: DictConfig) -> TrainResult:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Compose the config, train, and return the final validation mae of the first validation set (for sweeps)."""
-    metrics = run(cfg).metrics
+    """Compose the config, train, and return the final validation mae of the first validation set (for sweeps).
+    A wrong value or missing data ends a single run with one line saying what to change (stereo_exp/cli.py)."""
+    with clean_errors(cfg):
+        metrics = run(cfg).metrics
     mae = [value for key, value in metrics.items() if key.endswith("/mae")]
     return mae[0] if mae else None
 

@@ -38,7 +38,7 @@ from stereo_exp.engine.optim import build_optimizer
 from stereo_exp.engine.schedule import build_scheduler
 from stereo_exp.models.weights import load_weights
 from stereo_exp.schemas import Precision, amp_dtype
-from stereo_exp.tracking import MlflowTracker, SweepInfo
+from stereo_exp.tracking import MlflowTracker, SweepInfo, default_run_name
 
 log = logging.getLogger(__name__)
 
@@ -466,15 +466,8 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def _default_run_name(sweep: SweepInfo | None) -> str | None:
-    """<model>-<mix>-<schedule> of this run's choices, and " #<job num>" for a job of a multirun."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        choices = HydraConfig.get().runtime.choices
-        name = "-".join(str(choices.get(group)) for group in ("model", "mix", "schedule"))
-    except ValueError:  # no Hydra context (tests calling train(cfg) directly)
-        return None
-    return f"{name} #{sweep.job_num}" if sweep is not None else name
+    """The swept values of a sweep's job, else the experiment or <model>-<mix>-<schedule> (tracking/sweep.py)."""
+    return default_run_name(sweep)
 
 
 def _print_summary(history: dict[str, dict[str, float]], checkpoint: Path, tracker: MlflowTracker) -> None:

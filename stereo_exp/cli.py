@@ -1,0 +1,44 @@
+"""What the Hydra entry points (train, evaluate, eda) share: a mistake in the command or the data ends a run with
+one line saying what to change, not a traceback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message says what to change in the command or the data: missing or broken datasets, a
+    file named in the config that does not exist (weights, init_from)."""
+    from stereo_exp.data.catalog import DatasetFileError
+
+    return FileNotFoundError, DatasetFileError  # DatasetRootError is a FileNotFoundError
+
+
+@contextlib.contextmanager
+def clean_errors(cfg: DictConfig) -> Iterator[None]:
+    """Check ``cfg`` (every schema's own checks, before anything is done), then run the block. In a single run a
+    failed check or a user error ends the process with ``error: <message>`` (exit code 1); in a multirun it goes
+    to the launcher, which lists it in the sweep's summary (stereo_exp/launcher.py). ``HYDRA_FULL_ERROR=1`` keeps
+    the traceback, as for Hydra's own errors."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    clean = not multirun and os.environ.get("HYDRA_FULL_ERROR") != "1"
+    try:
+        OmegaConf.to_object(cfg)
+    except ValueError as error:
+        if not clean:
+            raise
+        sys.exit(f"error: {error}")
+    try:
+        yield
+    except user_errors() as error:
+        if not clean:
+            raise
+        sys.exit(f"error: {error}")
