@@ -233,7 +233,7 @@ class SweepLauncher:
             outcome = by_id[str(job.job_id)]
             error = job.exception()
             if error is None:
-                outcome.result = job.result()
+                outcome.result = job.results()[0]  # rank 0's, as hydra-submitit-launcher returns it
             else:
                 outcome.error = _job_error(str(error))
             elapsed = time.strftime("%H:%M:%S", time.gmtime(time.monotonic() - started))
