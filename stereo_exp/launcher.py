@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
                 "BOOT_FAIL", "DEADLINE")  # fmt: skip
 SACCT_WAIT_S = 30.0  # sacct records a job's end moments after its result file appears: wait this long for it
-POLL_S = 2.0  # how often the submitter looks for jobs that ended
+POLL_S = 2.0  # how often the submitter looks for the result files of jobs that ended
+STATE_POLL_S = 30.0  # how often it asks sacct for all jobs at once (a job that died leaves no result file)
 
 
 class LaunchError(Exception):
@@ -224,21 +225,28 @@ class SweepLauncher:
             return None
 
     def _wait(self, jobs: list[Any], outcomes: list[JobOutcome]) -> None:
-        """Wait for every job; say when each one ends (a sweep may run for days)."""
-        import submitit
-
-        by_id = {outcome.job_id: outcome for outcome in outcomes}
-        started = time.monotonic()
-        for job in submitit.helpers.as_completed(jobs, poll_frequency=POLL_S):
-            outcome = by_id[str(job.job_id)]
-            error = job.exception()
-            if error is None:
-                outcome.result = job.results()[0]  # rank 0's, as hydra-submitit-launcher returns it
-            else:
-                outcome.error = _job_error(str(error))
-            elapsed = time.strftime("%H:%M:%S", time.gmtime(time.monotonic() - started))
-            ended = f"failed: {outcome.error}" if outcome.error else "done"
-            log.info("job #%d (%s) %s ended after %s: %s", outcome.num, outcome.job_id, outcome.name, elapsed, ended)
+        """Wait for every job; say when each one ends (a sweep may run for days). A job that ends without a result
+        (cancelled, killed, out of memory) is noticed through SLURM's accounting, asked for all jobs at once every
+        ``STATE_POLL_S``: submitit alone asks less and less often, up to every 10 minutes late in a sweep."""
+        remaining = list(zip(jobs, outcomes, strict=True))
+        started, next_state_poll = time.monotonic(), 0.0
+        while remaining:
+            if self._EXECUTOR == "slurm" and time.monotonic() >= next_state_poll:
+                jobs[0].watcher.update()  # one sacct call for every job of the sweep
+                next_state_poll = time.monotonic() + STATE_POLL_S
+            for job, outcome in [(job, outcome) for job, outcome in remaining if job.done()]:
+                remaining.remove((job, outcome))
+                error = job.exception()
+                if error is None:
+                    outcome.result = job.results()[0]  # rank 0's, as hydra-submitit-launcher returns it
+                else:
+                    outcome.error = _job_error(str(error))
+                elapsed = time.strftime("%H:%M:%S", time.gmtime(time.monotonic() - started))
+                ended = f"failed: {outcome.error}" if outcome.error else "done"
+                log.info("job #%d (%s) %s ended after %s: %s", outcome.num, outcome.job_id, outcome.name, elapsed,
+                         ended)  # fmt: skip
+            if remaining:
+                time.sleep(POLL_S)
 
     def _states(self, outcomes: list[JobOutcome]) -> None:
         for outcome in outcomes:

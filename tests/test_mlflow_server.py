@@ -13,10 +13,10 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from launch.mlflow_server import MlflowServer, free_port
 from stereo_exp.engine import checkpoint as ckpt
 from stereo_exp.engine.trainer import train
 from stereo_exp.tracking import MlflowTracker, TrackingConfig
+from stereo_exp.tracking.server import MlflowServer, free_port
 from stereo_exp.tracking.spool import Spool
 from stereo_exp.tracking.sync import main as sync_main
 from tests.conftest import TINY_RUN, compose_train_config, subprocess_env
