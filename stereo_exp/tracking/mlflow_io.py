@@ -48,7 +48,7 @@ DEFAULT_UI_ADDRESS = "http://127.0.0.1:5000"
 
 
 class StoreNotFound(FileNotFoundError):
-    """A lookup (compare, sync) found no MLflow store at the URI; nothing was created."""
+    """A lookup (compare) found no MLflow store at the URI; nothing was created."""
 
 
 class StoreUnavailable(ConnectionError):
@@ -75,8 +75,8 @@ def open_client(uri: str, *, create: bool = True) -> Any:
 
     Opening a SQLite store creates its tables (or migrates them) the first time. Several processes doing that at
     once break the file ("table _alembic_tmp_metrics already exists": the jobs of a sweep starting together), so it
-    happens under a lock on the database's folder, one process at a time. ``create=False`` (lookups: compare,
-    sync) never creates a store: it raises ``StoreNotFound`` instead of leaving an empty database behind.
+    happens under a lock on the database's folder, one process at a time. ``create=False`` (a lookup: compare)
+    never creates a store: it raises ``StoreNotFound`` instead of leaving an empty database behind.
     """
     from mlflow import MlflowClient
 

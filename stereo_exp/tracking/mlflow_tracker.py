@@ -124,7 +124,7 @@ class MlflowTracker:
         self.active = cfg.backend == "mlflow" and is_main
         self.run_id: str | None = None
         self._last_step: dict[str, int] = {}  # metric key -> last step already logged (resume)
-        self._client_ = None  # opened at the first contact (opening a store may itself fail: tracker goes offline)
+        self._opened_client = None  # opened at the first contact (opening may fail: then the tracker goes offline)
         self._spool = Spool(spool_dir) if spool_dir is not None and self.active else None
         self._run_ids: dict[str, str] = {}  # offline placeholder -> MLflow run id
         self._offline = False
@@ -134,9 +134,9 @@ class MlflowTracker:
     @property
     def _client(self) -> Any:
         """The ``MlflowClient``, opened at first use (``open_client``: a new SQLite store is set up once)."""
-        if self._client_ is None:
-            self._client_ = open_client(self.cfg.uri)
-        return self._client_
+        if self._opened_client is None:
+            self._opened_client = open_client(self.cfg.uri)
+        return self._opened_client
 
     @property
     def offline(self) -> bool:
