@@ -136,6 +136,8 @@ class SweepLauncher:
         self.job_names = {num: f"{params['name']} #{num} {name}" for num, name in names.items()}
 
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:  # hydra.sweep.mode: the sweep folder's permissions, as Hydra applies them
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
         record = self._register(sweep)
         log.info("Submitit '%s' sweep output dir : %s", self._EXECUTOR, self.config.hydra.sweep.dir)
         arguments = []
@@ -149,7 +151,14 @@ class SweepLauncher:
                      f"hydra.launcher.*, {self.config_file})")  # fmt: skip
 
         outcomes = [JobOutcome(num, str(job.job_id), names[num]) for num, job in zip(nums, jobs, strict=True)]
-        self._wait(jobs, outcomes)
+        try:
+            self._wait(jobs, outcomes)
+        except KeyboardInterrupt:
+            if self._EXECUTOR != "slurm":
+                raise  # local jobs got the interrupt too
+            array = outcomes[0].job_id.split("_")[0]
+            sys.exit(f"\nInterrupted: the jobs go on in SLURM and their runs still reach MLflow; see them with "
+                     f"squeue -j {array}, cancel them with scancel {array}")  # fmt: skip
         self._states(outcomes)
         self._report(sweep, record, outcomes)
         if any(outcome.error for outcome in outcomes):

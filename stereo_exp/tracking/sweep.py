@@ -294,14 +294,14 @@ def register_sweep(
 def _view_state(sweep: SweepInfo, metrics: list[str]) -> dict[str, Any]:
     """The MLflow UI's experiment view of this sweep (what its "Share" button stores): the jobs of this sweep only
     (the parent has no job number), ranked by the key metric, with the swept keys and the metrics as columns; in
-    the chart view (``&compareRunsMode=CHART``) the charts of the validation errors."""
+    the chart view (``&compareRunsMode=CHART``) the key metric's chart."""
     columns = [f"params.`{key}`" for key in sweep.plan.values] + [f"metrics.`{name}`" for name in metrics]
     return {
         "searchFilter": f"tags.`{SWEEP_ID_TAG}` = '{sweep.sweep_id}' and tags.`{JOB_NUM_TAG}` != ''",
         "orderByKey": f"metrics.`{metrics[0]}`" if metrics else "attributes.start_time",
         "orderByAsc": bool(metrics),  # errors: the lowest first
         "selectedColumns": columns,
-        "chartsSearchFilter": "/mae" if metrics else "",
+        "chartsSearchFilter": metrics[0] if metrics else "",
     }
 
 
