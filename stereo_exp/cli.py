@@ -1,11 +1,13 @@
-"""What the Hydra entry points (train, evaluate, eda) share: a mistake in the command or the data ends a run with
-one line saying what to change, not a traceback."""
+"""What the Hydra entry points (train, evaluate, eda) share: a failed run lets its loader workers go, and a mistake
+in the command or the data ends a run with one line saying what to change, not a traceback."""
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
+import traceback
 from collections.abc import Iterator
 
 from omegaconf import DictConfig, OmegaConf
@@ -38,7 +40,17 @@ def clean_errors(cfg: DictConfig) -> Iterator[None]:
         sys.exit(f"error: {error}")
     try:
         yield
-    except user_errors() as error:
-        if not clean:
-            raise
-        sys.exit(f"error: {error}")
+    except Exception as error:
+        drop_failed_run(error)
+        if clean and isinstance(error, user_errors()):
+            sys.exit(f"error: {error}")
+        raise
+
+
+def drop_failed_run(error: BaseException) -> None:
+    """Free what the frames of ``error``'s traceback hold (the failed run's model, its DataLoader and that loader's
+    worker processes) before the process leaves: Python waits at exit for live worker processes, which leave SIGTERM
+    to the training process, so a run that failed with loader workers running never ended. The traceback's text
+    stays (its frames keep their lines, not their local variables)."""
+    traceback.clear_frames(error.__traceback__)
+    gc.collect()

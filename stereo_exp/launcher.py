@@ -46,6 +46,8 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import OmegaConf, open_dict, read_write
 
+from stereo_exp.cli import drop_failed_run
+
 if TYPE_CHECKING:
     from stereo_exp.tracking.sweep import SweepInfo, SweepRecord
 
@@ -97,6 +99,7 @@ class SweepLauncher:
             error = result._return_value
             # Into the run folder's log (Hydra's job logging is still set up) and the job's stderr.
             log.error("Job #%d failed: %s: %s", job_num, type(error).__name__, error, exc_info=error)
+            drop_failed_run(error)  # else its DataLoader's worker processes keep the job from ending
             raise error
         return result
 

@@ -135,9 +135,10 @@ def test_a_local_sweep_of_four_jobs_with_the_default_store_records_every_run_and
     tmp_path,
 ):
     # Four jobs at once (hydra/launcher=local: four processes), the default tracking (./mlflow.db), and one learning
-    # rate that makes the weights infinite after one step: that job fails, the others finish.
+    # rate that makes the weights infinite after one step: that job fails, the others finish. A loader worker per
+    # job: a failed job whose workers were still alive never ended.
     overrides = [o for o in TINY_RUN if not o.startswith("tracking=")]
-    command = [sys.executable, "-m", "stereo_exp", "-m", "hydra/launcher=local", *overrides,
+    command = [sys.executable, "-m", "stereo_exp", "-m", "hydra/launcher=local", *overrides, "loader.num_workers=1",
                "schedule.warmup_steps=0", "train.max_nonfinite_steps=1", "schedule.lr=1e-4,2e-4,4e-4,1e30"]  # fmt: skip
     done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
