@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig
 
+from stereo_exp.cli import clean_errors
 from stereo_exp.config import register_configs
 
 if TYPE_CHECKING:
@@ -38,45 +38,19 @@ def run(cfg: DictConfig) -> TrainResult:
         sys.exit(128 + stop.signum)
 
 
-def report_failure(error: BaseException, what: str = "Training") -> None:
-    """The traceback goes to the run's log file (Hydra's ``<run dir>/<job>.log``); the terminal ends with the cause,
-    also under torchrun, whose failure summary shows it."""
-    from stereo_exp.engine.distributed import record_launcher_error
-
-    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s failed", (what,), (type(error), error,
-                            error.__traceback__))  # fmt: skip
-    for handler in files:
-        handler.handle(record)
-    cause = f"{type(error).__name__}: {error}".rstrip()
-    record_launcher_error(cause)
-    where = f" (traceback in {files[0].baseFilename})" if files else ""
-    print(f"\n{what} failed{where}:\n{cause}", file=sys.stderr, flush=True)
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Compose the config, train, and return the final validation mae of the first validation set (for sweeps)."""
+    """Compose the config, train, and return the final validation mae of the first validation set (for sweeps).
+    A wrong value or missing data ends a single run with one line saying what to change (stereo_exp/cli.py)."""
     try:
-        metrics = run(cfg).metrics
+        with clean_errors(cfg):
+            metrics = run(cfg).metrics
     except KeyboardInterrupt:
         print("\nInterrupted without writing a checkpoint (a second Ctrl-C, or one before training began). Run the "
               "same command again to resume from the newest checkpoint, if any.", file=sys.stderr)  # fmt: skip
         sys.exit(130)
-    except Exception as error:
-        report_failure(error)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():
-            raise  # a multirun's launcher records the failed job; HYDRA_FULL_ERROR asks for the full trace
-        sys.exit(1)
     mae = [value for key, value in metrics.items() if key.endswith("/mae")]
     return mae[0] if mae else None
-
-
-def _in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 if __name__ == "__main__":

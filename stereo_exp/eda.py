@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from stereo_exp.cli import clean_errors
 from stereo_exp.config import register_configs
 
 log = logging.getLogger("stereo_exp.eda")
@@ -171,7 +172,8 @@ def _finite(value: Any) -> Any:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eda")
 def main(cfg: DictConfig) -> None:
-    run_eda(cfg)
+    with clean_errors(cfg):  # a wrong value or missing data: one line saying what to change
+        run_eda(cfg)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -12,10 +13,10 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from launch.mlflow_server import MlflowServer, free_port
 from stereo_exp.engine import checkpoint as ckpt
 from stereo_exp.engine.trainer import train
 from stereo_exp.tracking import MlflowTracker, TrackingConfig
+from stereo_exp.tracking.server import MlflowServer, free_port
 from stereo_exp.tracking.spool import Spool
 from stereo_exp.tracking.sync import main as sync_main
 from tests.conftest import TINY_RUN, compose_train_config, subprocess_env
@@ -164,3 +165,29 @@ def test_a_refused_record_is_reported_and_the_rest_is_sent(tmp_path, capsys):
     assert "2 refused" in report and "gone.txt of run" in report and "no longer exists" in report
     assert "line 3 (unreadable)" in report
     assert history(client, run_id, "loss") == [(1, 1.0), (2, 0.5)]
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("probe_timeout_s", [0.5, 2.0])
+def test_a_hung_server_costs_probe_timeout_s_at_start_then_the_records_wait_in_the_run_folder(
+    tmp_path, caplog, probe_timeout_s
+):
+    # A real hung server on 127.0.0.1: it accepts connections (the kernel completes them into the listen backlog)
+    # and never answers. Without the probe, the first call waited http_timeout_s x (1 + retries) plus back-off,
+    # about 40 s with the defaults, before training could start.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        uri = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        tracker = MlflowTracker(TrackingConfig(uri=uri, probe_timeout_s=probe_timeout_s), spool_dir=tmp_path)
+        tic = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="stereo_exp.tracking.mlflow_tracker"):
+            run_id = tracker.start(params={"seed": 0})
+            tracker.log_metrics({"train/loss": 1.0}, 1)  # offline: goes to the spool, no new wait
+        elapsed = time.monotonic() - tic
+    assert probe_timeout_s <= elapsed < probe_timeout_s + 1.5
+    assert run_id.startswith("offline-") and tracker.offline
+    (warning,) = [r.getMessage() for r in caplog.records if UNREACHABLE in r.getMessage()]
+    assert f"no answer to GET /health within {probe_timeout_s:g} s (tracking.probe_timeout_s)" in warning
+    assert [record["op"] for _, record in Spool(tmp_path).pending(Spool(tmp_path).read_state())] == [
+        "create_run", "params", "metrics"]  # fmt: skip

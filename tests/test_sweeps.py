@@ -1,115 +1,196 @@
-"""Sweeps: a 2x2 multirun through the SLURM launcher grouped in MLflow, the sweep's one parent run, and the
-comparison of its runs."""
+"""Sweeps: what a multirun sweeps and how its runs are named, processes that start together on a new SQLite store,
+a local sweep with the default tracking in which one job diverges, and a failed SLURM job.
+
+The README's own 2x2 SLURM sweep, its MLflow records and the UI are tested in tests/test_readme.py."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
-import threading
+import textwrap
 from typing import TYPE_CHECKING
 
 import pytest
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
-from stereo_exp.compare import main as compare_main
-from stereo_exp.tracking.sweep import SweepInfo, get_or_create_parent_run, sweep_id_of
-from tests.conftest import TINY_RUN, subprocess_env
+from stereo_exp.tracking import MlflowTracker, TrackingConfig
+from stereo_exp.tracking.sweep import (
+    SweepInfo,
+    SweepPlan,
+    plain_override,
+    read_record,
+    record_files,
+    sweep_id_of,
+)
+from tests.conftest import CONF_DIR, TINY_RUN, subprocess_env
 
 if TYPE_CHECKING:
-    from launch.mlflow_server import MlflowServer
     from tests.cluster_fixtures import SlurmCluster
 
 pytest_plugins = ["tests.cluster_fixtures"]
 
-# decay_after_steps only matters without the embedded schedule's warm-up (decay starts after it).
-SWEEP = ("schedule.warmup_steps=0", "schedule.decay_after_steps=0,3", "optim.clip_grad_norm=null,1.0")
+
+def multirun_config(task: list[str], sweeper_params: dict[str, str] | None = None):
+    """The part of a multirun config that SweepPlan reads (what Hydra writes to <sweep dir>/multirun.yaml)."""
+    return OmegaConf.create({"hydra": {"sweeper": {"params": sweeper_params or {}}, "overrides": {"task": task}}})
 
 
-def training_runs(client: MlflowClient, experiment: str) -> tuple[list, list]:
-    """(the sweep's parent runs, its job runs) of ``experiment``."""
-    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    parents = [r for r in runs if r.data.tags.get("stereo_exp.role") == "sweep"]
-    return parents, [r for r in runs if r not in parents]
+def test_the_plan_of_a_sweep_is_its_keys_of_several_values_from_the_command_line_and_the_sweeper_params():
+    plan = SweepPlan.from_config(multirun_config(
+        ["schedule.decay_after_steps=0,30000", "optim.clip_grad_norm=null,1.0", "seed=range(0,3)", "paths.data=/d",
+         "tracking.uri=http\\://127.0.0.1:5000"],
+        {"optim.clip_grad_norm": "null,1.0,2.0", "schedule.lr": "1e-4,4e-4"},
+    ))  # fmt: skip
+    # The command line replaces a swept key of the sweeper's params (clip: 2 values, not 3), as Hydra's sweeper does;
+    # values are spelled as Hydra passes them to the jobs (1e-4 -> 0.0001).
+    assert plan.values == {"optim.clip_grad_norm": ["null", "1.0"], "schedule.lr": ["0.0001", "0.0004"],
+                           "schedule.decay_after_steps": ["0", "30000"], "seed": ["0", "1", "2"]}  # fmt: skip
+    assert plan.num_jobs == 2 * 2 * 2 * 3
+    assert plan.short_keys() == {"optim.clip_grad_norm": "clip_grad_norm", "schedule.lr": "lr",
+                                 "schedule.decay_after_steps": "decay_after_steps", "seed": "seed"}  # fmt: skip
+    # A glob over config groups cannot be counted without Hydra's config loader: a sweep of unknown size.
+    assert SweepPlan.from_config(multirun_config(["experiment=glob(*)"])) == SweepPlan({"experiment": ["glob(*)"]})
+    assert SweepPlan.from_config(multirun_config(["seed=1"])) == SweepPlan({}, num_jobs=1)
+
+
+def test_a_job_is_named_by_its_swept_values_and_keeps_its_overrides_unescaped():
+    plan = SweepPlan({"schedule.decay_after_steps": ["0", "30000"], "model": ["crestereo_tiny", "raft_stereo_tiny"],
+                      "data.scale": ["1", "2"], "augmentation.scale": ["1", "2"]}, num_jobs=16)  # fmt: skip
+    overrides = ["tracking.uri=http\\://127.0.0.1\\:5000", "schedule.decay_after_steps=30000", "model=raft_stereo_tiny",
+                 "augmentation.scale=2", "+data.scale=1"]  # fmt: skip
+    job = SweepInfo("id", "/sweep", 3, "7_3", tuple(plain_override(o) for o in overrides), plan)
+    assert job.overrides[0] == "tracking.uri=http://127.0.0.1:5000"
+    # In the plan's order; a last part shared by two keys keeps the whole key.
+    assert job.run_name() == "decay_after_steps=30000 model=raft_stereo_tiny data.scale=1 augmentation.scale=2"
+    assert job.has_parent
+    assert not SweepInfo("id", "/sweep", 0, "", ("seed=1",), SweepPlan({}, num_jobs=1)).has_parent
+
+
+# One job's tracker in its own process: it waits until all four processes are ready, then starts its run at once.
+JOB = """
+import sys, time
+from pathlib import Path
+from stereo_exp.tracking import MlflowTracker, TrackingConfig
+from stereo_exp.tracking.sweep import SweepInfo, SweepPlan, sweep_id_of
+uri, sweep_dir, num = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sweep = SweepInfo(sweep_id_of(sweep_dir), sweep_dir, num, f"9_{num}", (f"seed={num}",),
+                  SweepPlan({"seed": ["0", "1", "2", "3"]}, num_jobs=4))
+tracker = MlflowTracker(TrackingConfig(uri=uri, experiment="race"), spool_dir=Path(sweep_dir) / str(num))
+ready = Path(sweep_dir).parent / f"ready-{num}"
+ready.write_text("")
+while len(list(ready.parent.glob("ready-*"))) < 4:
+    time.sleep(0.01)
+run_id = tracker.start(params={"seed": num, "eval": {"datasets": ["synthetic-val"]}}, sweep=sweep)
+tracker.log_metrics({"val/synthetic-val/mae": float(num)}, step=1)
+tracker.end()
+print(run_id)
+"""
+
+
+def test_jobs_that_start_together_on_a_new_sqlite_store_make_one_store_one_parent_and_all_their_runs(tmp_path):
+    # Without the store being set up once, four processes opening a new SQLite file at the same moment break it
+    # ("table _alembic_tmp_metrics already exists"; alembic "expected to match one row") and their runs are lost.
+    uri, sweep_dir = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "multirun"
+    logs = [open(tmp_path / f"job{num}.log", "w+") for num in range(4)]  # noqa: SIM115 (closed below)
+    command = [sys.executable, "-c", JOB, uri, str(sweep_dir)]
+    jobs = [subprocess.Popen([*command, str(num)], env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
+            for num, log in enumerate(logs)]  # fmt: skip
+    for job in jobs:
+        job.wait(timeout=300)
+    outputs = [(log.seek(0), log.read(), log.close())[1] for log in logs]
+    assert [job.returncode for job in jobs] == [0, 0, 0, 0], [output[-2000:] for output in outputs]
+    run_ids = [output.split()[-1] for output in outputs]
+
+    assert not any(run_id.startswith("offline-") for run_id in run_ids)  # none had to wait in a spool
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("race").experiment_id])
+    (parent,) = [run for run in runs if run.data.tags.get("stereo_exp.role") == "sweep"]
+    jobs = sorted((run for run in runs if run is not parent), key=lambda run: run.info.run_name)
+    assert [run.info.run_name for run in jobs] == ["seed=0", "seed=1", "seed=2", "seed=3"]
+    assert {run.data.tags["mlflow.parentRunId"] for run in jobs} == {parent.info.run_id}
+    assert all(run.info.status == "FINISHED" for run in jobs)
+    (record,) = [read_record(path) for path in record_files(sweep_dir)]
+    assert (record.parent_run_id, record.tracking_uri, record.experiment) == (parent.info.run_id, uri, "race")
+
+
+def test_a_one_job_multirun_has_no_parent_run_but_its_sweep_record(tmp_path):
+    uri, sweep_dir = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "multirun"
+    sweep = SweepInfo(sweep_id_of(sweep_dir), str(sweep_dir), 0, "", ("seed=1",), SweepPlan({}, num_jobs=1))
+    tracker = MlflowTracker(TrackingConfig(uri=uri), spool_dir=tmp_path / "run")
+    run_id = tracker.start(params={"seed": 1}, sweep=sweep)
+    tracker.end()
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("stereo_exp").experiment_id])
+    assert run.info.run_id == run_id
+    assert "mlflow.parentRunId" not in run.data.tags
+    assert run.data.tags["stereo_exp.sweep_id"] == sweep.sweep_id
+    (record,) = [read_record(path) for path in record_files(sweep_dir)]
+    assert record.parent_run_id is None  # compare --sweep still finds the store, the experiment and the id
+
+
+@pytest.mark.slow
+def test_a_local_sweep_of_four_jobs_with_the_default_store_records_every_run_and_fails_with_the_job_that_diverged(
+    tmp_path,
+):
+    # Four jobs at once (hydra/launcher=local: four processes), the default tracking (./mlflow.db), and one learning
+    # rate that makes the weights infinite after one step: that job fails, the others finish. A loader worker per
+    # job: a failed job whose workers were still alive never ended.
+    overrides = [o for o in TINY_RUN if not o.startswith("tracking=")]
+    command = [sys.executable, "-m", "stereo_exp", "-m", "hydra/launcher=local", *overrides, "loader.num_workers=1",
+               "schedule.warmup_steps=0", "train.max_nonfinite_steps=1", "schedule.lr=1e-4,2e-4,4e-4,1e30"]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("stereo_exp").experiment_id])
+    by_name = {run.info.run_name: run for run in runs}
+    statuses = {name: run.info.status for name, run in by_name.items() if not name.startswith("sweep ")}
+    assert statuses == {"lr=0.0001": "FINISHED", "lr=0.0002": "FINISHED", "lr=0.0004": "FINISHED", "lr=1e+30": "FAILED"}
+    (parent,) = [run for name, run in by_name.items() if name.startswith("sweep ")]
+    assert parent.info.status == "FAILED"  # the parent says a job failed
+
+    summary = summary_lines(done.stdout)
+    assert summary[0].endswith("3 of 4 jobs completed, 1 failed")
+    assert re.match(r"  #3 +\d+ +FAILED +FAILED +(\d+\.\d{4}|-) +lr=1e\+30$", summary[5])
+    assert summary[6].startswith("      NonFiniteLossError: 1 consecutive steps")
+    assert summary[6].endswith("/3/__main__.log)")
+    assert summary[-1].startswith("Next: python -m stereo_exp.compare --sweep multirun/")
+
+
+def summary_lines(stdout: str) -> list[str]:
+    """The submitter's summary: from its "Sweep ..." line to the end."""
+    lines = stdout.splitlines()
+    return lines[max(i for i, line in enumerate(lines) if line.startswith("Sweep ")) :]
 
 
 @pytest.mark.cluster
-@pytest.mark.network
-@pytest.mark.slow
-def test_a_two_by_two_slurm_sweep_makes_four_runs_with_their_overrides_under_one_parent(
-    slurm_cluster: SlurmCluster, shared_mlflow_server: MlflowServer, tmp_path
+def test_a_slurm_job_whose_task_fails_is_failed_in_sacct_and_listed_by_the_submitter(
+    slurm_cluster: SlurmCluster, tmp_path
 ):
-    sweep_dir = tmp_path / "multirun"
-    command = [sys.executable, "-m", "stereo_exp", "-m", *TINY_RUN, "tracking=mlflow", "tracking.experiment=sweep-2x2",
-               f"tracking.uri={shared_mlflow_server.uri}", f"hydra.sweep.dir={sweep_dir}",
-               *slurm_cluster.hydra_launcher_overrides(), *SWEEP]  # fmt: skip
+    # Hydra keeps a failed task's exception in its JobReturn; without the launcher raising it again the job exits 0
+    # and sacct says COMPLETED. A tiny Hydra app on the repository's launcher config: one point fails, one does not.
+    (tmp_path / "app.yaml").write_text(f"a: 0\nhydra:\n  searchpath:\n    - file://{CONF_DIR}\n")
+    (tmp_path / "app.py").write_text(textwrap.dedent("""
+        import hydra
+
+        @hydra.main(version_base="1.3", config_path=".", config_name="app")
+        def main(cfg):
+            if cfg.a == 2:
+                raise RuntimeError("the task failed on purpose")
+
+        if __name__ == "__main__":
+            main()
+        """))  # fmt: skip
+    command = [sys.executable, str(tmp_path / "app.py"), "-m", "hydra/launcher=slurm", "hydra.launcher.timeout_min=10",
+               f"hydra.launcher.partition={slurm_cluster.partition}", "a=1,2"]  # fmt: skip
     done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-
-    client = MlflowClient(shared_mlflow_server.uri)
-    parents, jobs = training_runs(client, "sweep-2x2")
-    assert len(parents) == 1 and len(jobs) == 4
-    (parent,) = parents
-    array_id = slurm_cluster.multirun_job_ids(sweep_dir)[0].split("_")[0]  # all four jobs are one SLURM array
-    by_num = {int(run.data.tags["stereo_exp.job_num"]): run for run in jobs}
-    # Hydra numbers the points in sweep order: decay 0 | clip null, decay 0 | clip 1.0, decay 3 | null, decay 3 | 1.0
-    points = [("0", "null"), ("0", "1.0"), ("3", "null"), ("3", "1.0")]  # (decay_after_steps, clip_grad_norm)
-    for num, (decay, clip) in enumerate(points):
-        tags, params = by_num[num].data.tags, by_num[num].data.params
-        assert tags["mlflow.parentRunId"] == parent.info.run_id
-        assert tags["stereo_exp.sweep_id"] == sweep_id_of(sweep_dir) == parent.data.tags["stereo_exp.sweep_id"]
-        assert tags["stereo_exp.job_id"] == f"{array_id}_{num}"
-        assert tags["stereo_exp.overrides"].endswith(f"schedule.decay_after_steps={decay} optim.clip_grad_norm={clip}")
-        assert params["schedule.decay_after_steps"] == decay
-        assert params["optim.clip_grad_norm"] == {"null": "None", "1.0": "1.0"}[clip]  # the resolved config's value
-        assert by_num[num].info.status == "FINISHED"
-        assert by_num[num].info.run_name == f"crestereo_tiny-embedded-embedded #{num}"
-
-    # The comparison of the sweep, straight from the server: one row and one curve per job.
-    output = tmp_path / "compare"
-    assert compare_main(["--uri", shared_mlflow_server.uri, "--experiment", "sweep-2x2", "--sweep", str(sweep_dir),
-                         "-o", str(output)]) == 0  # fmt: skip
-    table = (output / "val_synthetic-val_mae.md").read_text().splitlines()
-    rows = [line for line in table[2:] if line.startswith("|")]
-    assert len(rows) == 4
-    for num, (decay, clip) in enumerate(points):
-        history = client.get_metric_history(by_num[num].info.run_id, "val/synthetic-val/mae")
-        assert [m.step for m in history] == [0, 3, 6]
-        (row,) = [r for r in rows if f"#{num} |" in r]
-        # Only the swept overrides label a row: those every job shares (TINY_RUN, tracking ...) are left out.
-        assert row.split(" | ")[1] == f"schedule.decay_after_steps={decay} optim.clip_grad_norm={clip}"
-        assert f"| 6 | {history[-1].value:.4f} |" in row  # last step, final value
-    assert (output / "val_synthetic-val_mae.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.mark.network
-def test_concurrent_jobs_of_a_sweep_create_one_parent_run(shared_mlflow_server: MlflowServer, tmp_path):
-    client = MlflowClient(shared_mlflow_server.uri)
-    experiment_id = client.create_experiment("parent-race")
-    sweep_dir = tmp_path / "multirun"
-    sweep_dir.mkdir()
-    results: list[str] = []
-    barrier = threading.Barrier(4)
-
-    def job(num: int) -> None:
-        sweep = SweepInfo(sweep_id=sweep_id_of(sweep_dir), sweep_dir=str(sweep_dir), job_num=num, job_id=f"7_{num}",
-                          overrides=(f"seed={num}",))  # fmt: skip
-        barrier.wait()  # all four ask at the same moment
-        results.append(get_or_create_parent_run(MlflowClient(shared_mlflow_server.uri), experiment_id, sweep,
-                                                wait_s=30))  # fmt: skip
-
-    threads = [threading.Thread(target=job, args=(num,)) for num in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(results) == 4 and len(set(results)) == 1  # every job got the same parent ...
-    (parent,) = client.search_runs([experiment_id])  # ... and MLflow holds exactly one
-    assert parent.info.run_id == results[0]
-    assert parent.info.run_name == f"sweep {tmp_path.name}/multirun"
-    # A requeued job (or the sync of an offline one) finds it again through the sweep dir.
-    assert get_or_create_parent_run(client, experiment_id, SweepInfo(sweep_id_of(sweep_dir), str(sweep_dir), 0, "7_0",
-                                                                     ()), wait_s=0) == results[0]  # fmt: skip
-
-
-def test_a_single_run_is_not_part_of_a_sweep():
-    assert SweepInfo.from_hydra() is None  # no Hydra multirun around: no sweep tags, no parent run
+    assert done.returncode == 1, done.stdout + done.stderr
+    (sweep,) = (tmp_path / "multirun").glob("*/*")
+    ids = [job for job in slurm_cluster.multirun_job_ids(sweep) if "_" in job]  # the array tasks, not the array
+    assert [slurm_cluster.wait(job_id, timeout_s=60) for job_id in ids] == ["COMPLETED", "FAILED"]
+    summary = summary_lines(done.stdout)
+    assert summary[0].endswith("1 of 2 jobs completed, 1 failed")
+    assert re.match(rf"  #1 +{ids[1]} +FAILED +- +- +a=2$", summary[3])
+    assert summary[4].startswith("      RuntimeError: the task failed on purpose")

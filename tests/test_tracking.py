@@ -1,9 +1,14 @@
 """MLflow records written by the tracker, read back from a real SQLite store with MlflowClient."""
 
+import logging
+import time
+
+import pytest
 from mlflow.tracking import MlflowClient
 
 from stereo_exp.engine.distributed import DistEnv
 from stereo_exp.tracking import MlflowTracker, TrackingConfig, flatten_config
+from stereo_exp.tracking.sync import main as sync_main
 
 
 def test_flatten_config_joins_nested_keys_with_dots():
@@ -62,3 +67,48 @@ def test_backend_none_records_nothing(tmp_path):
     tracker = MlflowTracker(TrackingConfig(backend="none", uri=f"sqlite:///{tmp_path}/mlflow.db"))
     assert tracker.start(params={"seed": 0}) is None
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("broken", ["not a database", "folder is a file"])
+def test_a_store_that_cannot_be_written_keeps_the_records_in_the_run_folder_like_an_unreachable_server(
+    tmp_path, caplog, broken
+):
+    if broken == "not a database":  # a damaged SQLite file
+        (tmp_path / "mlflow.db").write_text("these bytes are no SQLite database\n" * 100)
+        uri = f"sqlite:///{tmp_path}/mlflow.db"
+    else:  # a store whose folder cannot be made
+        (tmp_path / "file").write_text("")
+        uri = f"sqlite:///{tmp_path}/file/mlflow.db"
+    tracker = MlflowTracker(TrackingConfig(uri=uri, experiment="kept"), spool_dir=tmp_path / "run")
+    tic = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="stereo_exp.tracking.mlflow_tracker"):
+        run_id = tracker.start(params={"seed": 0})
+        tracker.log_metrics({"train/loss": 1.0}, 1)
+        tracker.end()
+    assert time.monotonic() - tic < 10  # MLflow alone retries a database it cannot open for minutes
+    assert run_id.startswith("offline-")
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "is unreachable" in warning and "python -m stereo_exp.tracking.sync" in warning
+
+    # The records reach a store that works, sent by the sync.
+    good = f"sqlite:///{tmp_path}/good.db"
+    assert sync_main([str(tmp_path / "run"), "--uri", good]) == 0
+    client = MlflowClient(good)
+    (run,) = client.search_runs([client.get_experiment_by_name("kept").experiment_id])
+    assert run.data.params == {"seed": "0"} and run.info.status == "FINISHED"
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/loss")] == [(1, 1.0)]
+
+
+def test_a_run_knows_its_key_metric_and_where_to_look_at_it_and_its_experiment_opens_on_its_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tracker = MlflowTracker(TrackingConfig(uri="sqlite:///mlflow.db"))
+    run_id = tracker.start(params={"eval": {"datasets": ["synthetic-val", "motorcycle"]}})
+    client = MlflowClient("sqlite:///mlflow.db")
+    run = client.get_run(run_id)
+    assert run.data.tags["stereo_exp.key_metric"] == "val/synthetic-val/mae"  # the held-out set's, for compare
+    page = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    serve = f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db"
+    assert tracker.where() == f"{page}  (start the UI with: {serve})"
+    # An experiment of training runs: MLflow 3's UI opens it on its runs, not on the GenAI overview.
+    tags = client.get_experiment(run.info.experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"

@@ -45,7 +45,7 @@ from stereo_exp.engine.schedule import build_scheduler
 from stereo_exp.engine.state import LogWindow, StepStats, TrainState
 from stereo_exp.models.weights import load_weights
 from stereo_exp.schemas import Precision, amp_dtype
-from stereo_exp.tracking import MlflowTracker, SweepInfo
+from stereo_exp.tracking import MlflowTracker, SweepInfo, default_run_name
 
 __all__ = ["NonFiniteLossError", "Preempted", "StepStats", "TrainResult", "train", "train_step"]
 
@@ -170,7 +170,7 @@ def _run(cfg: DictConfig, dist: DistEnv, output: Path, tracker: MlflowTracker) -
             resume.claim(output, resolved, start.run_key)
         checkpointer.remove_partial_writes()
     sweep = SweepInfo.from_hydra()  # None unless this is a job of a multirun: then tagged and grouped
-    run_name = cfg.tracking.run_name or _default_run_name(sweep)
+    run_name = cfg.tracking.run_name or default_run_name(sweep)
     run_id = tracker.start(params=resolved, run_id=start.mlflow_run_id, run_name=run_name, sweep=sweep,
                            run_key=start.run_key)  # fmt: skip
     state.mlflow_run_id = run_id or start.mlflow_run_id  # kept through an attempt with tracking.backend=none
@@ -485,18 +485,6 @@ def _install_stop_signals() -> _StopSignal:
         with contextlib.suppress(ValueError):
             stop._previous[signum] = signal.signal(signum, stop.handle)
     return stop
-
-
-def _default_run_name(sweep: SweepInfo | None) -> str | None:
-    """<model>-<mix>-<schedule> of this run's choices, and " #<job num>" for a job of a multirun."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        choices = HydraConfig.get().runtime.choices
-        name = "-".join(str(choices.get(group)) for group in ("model", "mix", "schedule"))
-    except ValueError:  # no Hydra context (tests calling train(cfg) directly)
-        return None
-    return f"{name} #{sweep.job_num}" if sweep is not None else name
 
 
 def _print_summary(history: dict[str, dict[str, float]], checkpoint: Path, tracker: MlflowTracker) -> None:

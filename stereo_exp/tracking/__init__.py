@@ -3,9 +3,9 @@
 from hydra.core.config_store import ConfigStore
 
 from stereo_exp.tracking.mlflow_tracker import MlflowTracker, TrackingConfig, flatten_config
-from stereo_exp.tracking.sweep import SweepInfo
+from stereo_exp.tracking.sweep import SweepInfo, default_run_name
 
-__all__ = ["MlflowTracker", "SweepInfo", "TrackingConfig", "flatten_config", "register_configs"]
+__all__ = ["MlflowTracker", "SweepInfo", "TrackingConfig", "default_run_name", "flatten_config", "register_configs"]
 
 
 def register_configs(cs: ConfigStore) -> None:

@@ -1,11 +1,13 @@
-"""Talking to MLflow: one tracker record -> ``MlflowClient`` calls, which errors mean "unreachable", HTTP settings.
+"""Talking to MLflow: opening a store, one tracker record -> ``MlflowClient`` calls, which errors mean
+"unreachable", HTTP settings, and the addresses of the MLflow UI.
 
 The tracker describes everything it sends as a small JSON-serialisable record, so that the same record is either
 applied at once or, while MLflow cannot be reached, appended to the run's spool and applied later by
 ``stereo_exp.tracking.sync``. Records (``run`` is an MLflow run id or an offline placeholder, see ``OFFLINE_PREFIX``;
 spooled records also keep the ``uri`` they were meant for):
 
-    {"op": "create_run", "run", "experiment", "run_name", "tags", "start_time", "sweep": SweepInfo dict | null}
+    {"op": "create_run", "run", "experiment", "run_name", "tags", "start_time", "sweep": SweepInfo dict | null,
+     "metrics": [the validation metrics a sweep's UI view shows]}
     {"op": "continue_run", "run"}                      status back to RUNNING (a resumed run)
     {"op": "params", "run", "params": {key: str}}
     {"op": "tags", "run", "tags": {key: str}}
@@ -17,15 +19,19 @@ spooled records also keep the ``uri`` they were meant for):
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import re
+import sqlite3
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
-from stereo_exp.tracking.sweep import PARENT_RUN_TAG, SweepInfo, get_or_create_parent_run
+from stereo_exp.tracking.sweep import PARENT_RUN_TAG, SweepInfo, register_sweep
 
 OFFLINE_PREFIX = "offline-"  # placeholder run ids of runs created while MLflow was unreachable
 # MLflow's limits: 100 params and 1000 metrics per log_batch call.
@@ -33,6 +39,95 @@ PARAMS_PER_BATCH = 100
 METRICS_PER_BATCH = 1000
 # MLflow error codes of answers that mean "not now" (HTTP 503 and 429) rather than "not this request".
 _TRANSIENT_ERROR_CODES = ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
+# OS errors of a store that cannot be written now (a full, read-only or forbidden disk): keep the records.
+_UNWRITABLE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM)
+# The MLflow 3 UI opens experiments of this kind on their training runs, not on the GenAI traces page.
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+# Where `mlflow ui` serves by default: the address printed for a SQLite store.
+DEFAULT_UI_ADDRESS = "http://127.0.0.1:5000"
+
+
+class StoreNotFound(FileNotFoundError):
+    """A lookup (compare) found no MLflow store at the URI; nothing was created."""
+
+
+class StoreUnavailable(ConnectionError):
+    """A local store that cannot be opened or written now: a SQLite file that is locked, read-only, not a database,
+    or in a folder that cannot be created. Like an unreachable server (``is_unreachable``), the records wait."""
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///FILE`` URI (relative to the working directory), None for other URIs."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///"))
+
+
+def resolve_uri(uri: str) -> str:
+    """The URI with a relative SQLite file made absolute (``sqlite:///mlflow.db`` -> ``sqlite:////work/mlflow.db``),
+    so that it means the same store from any working directory; other URIs unchanged."""
+    path = sqlite_path(uri)
+    return uri if path is None or path.is_absolute() else f"sqlite:///{path.resolve()}"
+
+
+def open_client(uri: str, *, create: bool = True) -> Any:
+    """An ``MlflowClient`` whose store is ready to use.
+
+    Opening a SQLite store creates its tables (or migrates them) the first time. Several processes doing that at
+    once break the file ("table _alembic_tmp_metrics already exists": the jobs of a sweep starting together), so it
+    happens under a lock on the database's folder, one process at a time. ``create=False`` (a lookup: compare)
+    never creates a store: it raises ``StoreNotFound`` instead of leaving an empty database behind.
+    """
+    from mlflow import MlflowClient
+
+    path = sqlite_path(uri)
+    if path is None:
+        if not create and _local_store_missing(uri):
+            raise StoreNotFound(f"no MLflow store at {uri}")
+        return MlflowClient(tracking_uri=uri)
+    if not create:
+        if not path.is_file():
+            raise StoreNotFound(f"no MLflow store at {uri} (no file {path.resolve()})")
+        return MlflowClient(tracking_uri=uri)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreUnavailable(f"cannot create the folder of {path}: {error}") from error
+    with _folder_lock(path.parent):
+        _check_writable(path)
+        return MlflowClient(tracking_uri=uri)
+
+
+def _check_writable(path: Path, timeout_s: float = 20.0) -> None:
+    """Open the SQLite file and take its write lock once (then let go), with Python's own sqlite3: MLflow retries
+    a database it cannot open for minutes (10 attempts, exponential back-off) before it gives up."""
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=timeout_s, isolation_level=None)) as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ROLLBACK")
+    except sqlite3.Error as error:
+        raise StoreUnavailable(f"SQLite store {path}: {error}") from error
+
+
+def _local_store_missing(uri: str) -> bool:
+    """True for a file store (``file:///DIR`` or a plain path) whose folder does not exist."""
+    if uri.startswith("file:"):
+        return not Path(uri.removeprefix("file://")).is_dir()
+    return "://" not in uri and not Path(uri).is_dir()
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``folder`` while the block runs (no lock file left behind). Where the file system
+    cannot lock a folder (some NFS mounts), the block runs unlocked: sweeps open the store once before their jobs
+    start (stereo_exp/launcher.py), so the jobs find it ready."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 @contextlib.contextmanager
@@ -73,8 +168,9 @@ def describe(error: BaseException) -> str:
 def is_unreachable(error: BaseException) -> bool:
     """True when ``error`` means "MLflow cannot be reached now" (worth keeping the record and retrying later):
     a refused or timed-out connection, server errors that outlasted MLflow's own retries, "temporarily unavailable"
-    (503) or rate limited (429), a locked or unreachable database. False for requests MLflow refuses on their merits
-    (bad value, unknown run): retrying them would fail again.
+    (503) or rate limited (429), a locked, read-only or unreachable database, a full or read-only disk. False for
+    requests MLflow refuses on their merits (bad value, unknown run, a missing artifact file): retrying them would
+    fail again.
     """
     import requests
     import sqlalchemy.exc
@@ -88,9 +184,13 @@ def is_unreachable(error: BaseException) -> bool:
             return True
         if isinstance(current, requests.exceptions.RetryError | requests.exceptions.ChunkedEncodingError):
             return True
-        if isinstance(current, sqlalchemy.exc.OperationalError):  # SQLite "database is locked", DB server down
+        # SQLite "database is locked" / "attempt to write a readonly database" / "unable to open database file",
+        # a database server that is down.
+        if isinstance(current, sqlalchemy.exc.OperationalError | sqlite3.OperationalError):
             return True
         if isinstance(current, ConnectionError | TimeoutError):
+            return True
+        if isinstance(current, OSError) and current.errno in _UNWRITABLE_ERRNOS:
             return True
         if isinstance(current, MlflowException) and current.error_code in _TRANSIENT_ERROR_CODES:
             return True
@@ -110,18 +210,42 @@ def server_answers(uri: str, timeout_s: float) -> bool:
 
 
 def get_or_create_experiment(client: Any, name: str) -> str:
-    """The id of experiment ``name``, created if missing (concurrent jobs may race to create it)."""
+    """The id of experiment ``name``, created if missing (concurrent jobs may race to create it) as an experiment
+    of training runs (the MLflow 3 UI then opens it on its runs)."""
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
         return client.get_experiment_by_name(name).experiment_id  # another job created it meanwhile
+
+
+def ui_address(uri: str) -> str:
+    """The address of the MLflow UI for ``uri``: the server itself, or where ``mlflow ui`` serves a local store."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else DEFAULT_UI_ADDRESS
+
+
+def ui_hint(uri: str) -> str:
+    """How to open the UI of ``uri``: nothing to start for a server; the ``mlflow ui`` command for a local store."""
+    if uri.startswith(("http://", "https://")):
+        return ""
+    return f"start the UI with: mlflow ui --backend-store-uri {resolve_uri(uri)}"
+
+
+def experiment_url(uri: str, experiment_id: str, *, view: str | None = None) -> str:
+    """The experiment's training runs in the MLflow UI; ``view`` names a shared view (tracking/sweep.py)."""
+    url = f"{ui_address(uri)}/#/experiments/{experiment_id}/runs"
+    return f"{url}?viewStateShareKey={view}" if view else url
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI."""
+    return f"{ui_address(uri)}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def last_logged_steps(client: Any, run_id: str) -> dict[str, int]:
@@ -145,7 +269,10 @@ def apply_record(client: Any, record: Mapping[str, Any], run_ids: dict[str, str]
         if record.get("sweep"):
             sweep = SweepInfo.from_dict(record["sweep"])
             tags.update(sweep.tags())
-            tags[PARENT_RUN_TAG] = get_or_create_parent_run(client, experiment_id, sweep, wait_s=parent_wait_s)
+            registered = register_sweep(client, record["experiment"], experiment_id, sweep,
+                                        metrics=list(record.get("metrics") or []), wait_s=parent_wait_s)  # fmt: skip
+            if registered.parent_run_id is not None:
+                tags[PARENT_RUN_TAG] = registered.parent_run_id
         run = client.create_run(
             experiment_id, start_time=record.get("start_time"), tags=tags, run_name=record.get("run_name")
         )

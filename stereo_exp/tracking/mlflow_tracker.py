@@ -8,16 +8,17 @@ A resumed run continues the same MLflow run: the checkpoint stores the run id, a
 the last step logged for each metric, so the steps replayed between the checkpoint and the interruption are not
 logged twice (they reproduce the same values, see engine/trainer.py) and no step is missing.
 
-A job of a multirun (``start(sweep=SweepInfo)``) is tagged with its sweep and overrides and nested under the
-sweep's parent run (tracking/sweep.py).
+A job of a multirun (``start(sweep=SweepInfo)``) is named by its swept values, tagged with its sweep and overrides
+and nested under the sweep's parent run (tracking/sweep.py).
 
-When MLflow cannot be reached (server down, network, locked SQLite file) and the tracker has a ``spool_dir``,
-training goes on: the tracker warns once, appends what it could not send to ``<spool_dir>/mlflow_spool.jsonl``
-(tracking/spool.py) and sends it, in order, at its first successful contact afterwards; it tries again at most
-every ``offline_retry_s`` seconds, after a cheap ``GET /health``. What is still unsent when the run ends is sent by
-``python -m stereo_exp.tracking.sync RUN_DIR``. A run created while MLflow was unreachable gets a placeholder id
-(``offline-...``), which the checkpoint keeps and the sync maps to the MLflow run it creates. Without a
-``spool_dir``, a failed call raises as MLflow raised it.
+When MLflow cannot be reached or written (server down or hung, network, a locked, read-only or broken SQLite file)
+and the tracker has a ``spool_dir``, training goes on: the tracker warns once, appends what it could not send to
+``<spool_dir>/mlflow_spool.jsonl`` (tracking/spool.py) and sends it, in order, at its first successful contact
+afterwards; it tries again at most every ``offline_retry_s`` seconds, after a cheap ``GET /health`` that gives up
+after ``probe_timeout_s`` (also asked before the first contact: a hung server costs seconds, not minutes). What is
+still unsent when the run ends is sent by ``python -m stereo_exp.tracking.sync RUN_DIR``. A run created while MLflow
+was unreachable gets a placeholder id (``offline-...``), which the checkpoint keeps and the sync maps to the MLflow
+run it creates. Without a ``spool_dir``, a failed call raises as MLflow raised it.
 """
 
 from __future__ import annotations
@@ -30,11 +31,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from stereo_exp.engine.distributed import DistEnv
 from stereo_exp.tracking.mlflow_io import (
     OFFLINE_PREFIX,
     apply_record,
@@ -42,16 +42,23 @@ from stereo_exp.tracking.mlflow_io import (
     http_settings,
     is_unreachable,
     last_logged_steps,
+    open_client,
+    run_url,
     server_answers,
+    ui_hint,
 )
 from stereo_exp.tracking.spool import Spool
-from stereo_exp.tracking.sweep import SweepInfo
+from stereo_exp.tracking.sweep import SweepInfo, validation_metrics
+
+if TYPE_CHECKING:  # only annotations: importing tracking (compare, sync, the server) stays free of torch
+    from stereo_exp.engine.distributed import DistEnv
 
 log = logging.getLogger(__name__)
 
 _MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value, in characters
 TASK_TAG = "stereo_exp.task"  # "evaluate" | "eda" on the runs of those commands (compare leaves them out)
 RUN_KEY_TAG = "stereo_exp.run_key"  # start(run_key=...): finds the run again after a kill before its id was recorded
+KEY_METRIC_TAG = "stereo_exp.key_metric"  # the held-out validation metric of a training run (compare's default)
 
 
 class TrackingBackend(str, Enum):
@@ -64,7 +71,7 @@ class TrackingConfig:
     backend: TrackingBackend = TrackingBackend.mlflow  # mlflow | none (no records at all)
     uri: str = "sqlite:///mlflow.db"  # MLflow tracking URI: sqlite:///FILE (one machine) or http://HOST:PORT (server)
     experiment: str = "stereo_exp"  # MLflow experiment name; runs of one study share it
-    run_name: str | None = None  # MLflow run name; null = <model>-<mix>-<schedule> choices (+ " #<job>" in a sweep)
+    run_name: str | None = None  # MLflow run name; null: a sweep job's swept values, else experiment|model-mix-schedule
     log_checkpoint: bool = True  # upload the final checkpoint as an artifact (~22 MB for crestereo_base)
     tags: dict[str, str] = field(default_factory=dict)  # extra tags on the run, e.g. {team: vision}
     # --- an unreachable server costs seconds, not minutes; records wait in the run dir (docs/CLUSTER.md) ---
@@ -72,7 +79,7 @@ class TrackingConfig:
     http_max_retries: int = 2  # MLFLOW_HTTP_REQUEST_MAX_RETRIES (MLflow's default 7 blocks ~4 min on a dead server)
     http_backoff_factor: int = 1  # MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR: retries wait 1, 2, 4 ... s (MLflow's: 2)
     offline_retry_s: float = 60.0  # while unreachable: seconds between attempts to reach MLflow and send the spool
-    probe_timeout_s: float = 2.0  # an attempt first asks GET /health with this timeout (http URIs)
+    probe_timeout_s: float = 2.0  # http URIs: GET /health gives up after this, at start and before each retry
     parent_wait_s: float = 60.0  # sweeps: seconds a job waits for the job that creates the sweep's parent run
 
     def __post_init__(self) -> None:
@@ -118,16 +125,19 @@ class MlflowTracker:
         self.active = cfg.backend == "mlflow" and is_main
         self.run_id: str | None = None
         self._last_step: dict[str, int] = {}  # metric key -> last step already logged (resume)
-        self._client = None
+        self._opened_client = None  # opened at the first contact (opening may fail: then the tracker goes offline)
         self._spool = Spool(spool_dir) if spool_dir is not None and self.active else None
         self._run_ids: dict[str, str] = {}  # offline placeholder -> MLflow run id
         self._offline = False
         self._next_attempt = 0.0  # time.monotonic() of the next attempt to reach MLflow while offline
         self._warned = False
-        if self.active:
-            from mlflow.tracking import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=cfg.uri)
+    @property
+    def _client(self) -> Any:
+        """The ``MlflowClient``, opened at first use (``open_client``: a new SQLite store is set up once)."""
+        if self._opened_client is None:
+            self._opened_client = open_client(self.cfg.uri)
+        return self._opened_client
 
     @property
     def offline(self) -> bool:
@@ -151,6 +161,7 @@ class MlflowTracker:
         attempt killed between creating the run and recording its id), and its missing params are logged."""
         if not self.active:
             return None
+        self._probe()
         if self._spool is not None:
             self._run_ids = dict(self._spool.read_state().run_ids)
             if self._spool.has_pending():  # an earlier attempt of this run went offline: send that first
@@ -166,18 +177,23 @@ class MlflowTracker:
             return self.run_id
 
         placeholder = f"{OFFLINE_PREFIX}{uuid.uuid4().hex}"
+        metrics = validation_metrics((params or {}).get("eval", {}).get("datasets"))
+        all_tags = {**({KEY_METRIC_TAG: metrics[0]} if metrics else {}), **dict(self.cfg.tags), **dict(tags or {})}
         record = {
             "op": "create_run", "run": placeholder, "experiment": self.cfg.experiment,
-            "run_name": run_name or self.cfg.run_name,
-            "tags": {**dict(self.cfg.tags), **dict(tags or {}), **({RUN_KEY_TAG: run_key} if run_key else {})},
-            "start_time": int(time.time() * 1000), "sweep": sweep.to_dict() if sweep else None,
+            "run_name": run_name or self.cfg.run_name or (sweep.run_name() if sweep else None),
+            "tags": {**all_tags, **({RUN_KEY_TAG: run_key} if run_key else {})},
+            "start_time": int(time.time() * 1000), "sweep": sweep.to_dict() if sweep else None, "metrics": metrics,
         }  # fmt: skip
         self.run_id = self._send(record) or placeholder
         if sweep is not None:
             log.info("MLflow: run %s of sweep %s (job %d of %s)", self.run_id, sweep.sweep_id, sweep.job_num,
                      sweep.sweep_dir)  # fmt: skip
-        if params:
-            self.log_params(flatten_config(params))
+        flat = flatten_config(params or {})
+        if sweep is not None:  # a swept config group (model=a,b) is no key of the config: log it as one too
+            flat.update({key: value for key, value in sweep.swept().items() if key not in flat})
+        if flat:
+            self.log_params(flat)
         return self.run_id
 
     def _continue_run(self) -> None:
@@ -282,26 +298,41 @@ class MlflowTracker:
                      self._spool.run_dir)  # fmt: skip
 
     def run_url(self) -> str | None:
-        """Where to look at the run: the UI address for a server, else the store and run id."""
+        """The run's page in the MLflow UI (for a SQLite store, where ``mlflow ui`` serves it); while records still
+        wait in the spool, the store, the run id and the sync command."""
         if not self._ready():
             return None
-        if self._offline or self.run_id.startswith(OFFLINE_PREFIX):
-            where = self._spool.run_dir if self._spool is not None else "?"
-            return f"{self.cfg.uri} run {self.run_id} (not all sent: python -m stereo_exp.tracking.sync {where})"
-        if self.cfg.uri.startswith("http"):
+        if not (self._offline or self.run_id.startswith(OFFLINE_PREFIX)):
             try:
                 with self._http():
                     experiment_id = self._client.get_run(self.run_id).info.experiment_id
-                return f"{self.cfg.uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{self.run_id}"
+                return run_url(self.cfg.uri, experiment_id, self.run_id)
             except Exception as error:
                 if not is_unreachable(error):
                     raise
-        return f"{self.cfg.uri} run {self.run_id}"
+        where = self._spool.run_dir if self._spool is not None else "?"
+        return f"{self.cfg.uri} run {self.run_id} (not all sent: python -m stereo_exp.tracking.sync {where})"
+
+    def where(self) -> str | None:
+        """One line on where to look at the run: its page, and for a local store the command that serves the UI."""
+        url = self.run_url()
+        hint = ui_hint(self.cfg.uri)
+        return f"{url}  ({hint})" if url and hint else url
 
     # ---- sending, or spooling while MLflow is unreachable -------------------------------------------------------
 
     def _ready(self) -> bool:
         return self.active and self.run_id is not None
+
+    def _probe(self) -> None:
+        """Before the first contact with a server: does it answer ``GET /health`` within ``probe_timeout_s``? A hung
+        server would otherwise hold every call for http_timeout_s x (1 + http_max_retries) plus the back-off."""
+        if self._offline or server_answers(self.cfg.uri, self.cfg.probe_timeout_s):
+            return
+        reason = f"no answer to GET /health within {self.cfg.probe_timeout_s:g} s (tracking.probe_timeout_s)"
+        if self._spool is None:
+            raise ConnectionError(f"MLflow at {self.cfg.uri}: {reason}")
+        self._go_offline(reason)
 
     def _http(self) -> Any:
         return http_settings(timeout_s=self.cfg.http_timeout_s, max_retries=self.cfg.http_max_retries,
@@ -375,6 +406,10 @@ class MlflowTracker:
                 report = sync_spool(self._spool, self._client, parent_wait_s=self.cfg.parent_wait_s)
         except SpoolBusy:
             return False  # a manual sync is sending it right now
+        except Exception as error:  # the store still cannot be opened
+            if not is_unreachable(error):
+                raise
+            return False
         self._run_ids.update(self._spool.read_state().run_ids)
         if self.run_id is not None:
             self.run_id = self._run_ids.get(self.run_id, self.run_id)

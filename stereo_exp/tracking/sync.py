@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stereo_exp.tracking.mlflow_io import OFFLINE_PREFIX, apply_record, http_settings, is_unreachable, last_logged_steps
+from stereo_exp.tracking.mlflow_io import (
+    OFFLINE_PREFIX,
+    apply_record,
+    http_settings,
+    is_unreachable,
+    last_logged_steps,
+    open_client,
+)
 from stereo_exp.tracking.spool import SPOOL_FILE, Spool, SpoolState
 
 log = logging.getLogger(__name__)
@@ -164,8 +171,6 @@ def recorded_uri(spool: Spool) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: sync the spools below the given directories; prints one line per run directory."""
-    from mlflow import MlflowClient
-
     from stereo_exp.tracking.mlflow_tracker import TrackingConfig
 
     parser = argparse.ArgumentParser(prog="python -m stereo_exp.tracking.sync", description=__doc__.split("\n\n")[0])
@@ -189,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with http_settings(timeout_s=defaults.http_timeout_s, max_retries=defaults.http_max_retries,
                            backoff_factor=defaults.http_backoff_factor):  # fmt: skip
             try:
-                report = sync_spool(spool, MlflowClient(tracking_uri=uri), parent_wait_s=defaults.parent_wait_s)
+                report = sync_spool(spool, open_client(uri), parent_wait_s=defaults.parent_wait_s)
             except SpoolBusy as busy:
                 print(f"{spool.run_dir}: {busy}; try again later")
                 complete = False

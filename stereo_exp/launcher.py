@@ -1,0 +1,458 @@
+"""What the sweep launchers (``hydra/launcher=slurm``, ``hydra/launcher=local``) do besides submitting jobs, so that
+no sweep is lost silently.
+
+Hydra instantiates launchers only from its plugin namespace: the launcher classes are hydra-submitit-launcher's with
+these mixins, two lines in ``hydra_plugins/stereo_exp_launcher/launchers.py``. Hydra imports that module whenever it
+starts, so this one imports MLflow and the rest of stereo_exp only when a sweep is launched.
+
+In the submitting process, before any job starts:
+
+* Every job's config is checked (each schema's own checks): a wrong value stops the sweep with one line naming the
+  job and the key, before anything is submitted.
+* SLURM resources that fit the partition: ``gpus_per_node: auto`` takes the GPUs of its nodes (none on a CPU-only
+  partition), ``cpus_per_task: auto`` what one rank uses (``loader.num_workers`` + 1, at most its share of a
+  node), ``tasks_per_node`` one rank per GPU. A request the partition cannot hold stops here, with one line that
+  names the key to change, instead of sbatch's traceback.
+* The MLflow store, the experiment, the sweep's parent run and its UI view are made once
+  (``tracking.sweep.register_sweep``), so that jobs starting together never race to create them (a new SQLite file
+  broke that way: "table _alembic_tmp_metrics already exists").
+* SLURM jobs are named after what runs (``stereo_exp:<experiment or model>``); once started, each renames itself
+  ``... #<job num> <swept values>``, as sacct and squeue show it.
+
+In each job, a training that fails makes the job fail: Hydra keeps a task's exception in its ``JobReturn``, and the
+job would exit 0 (SLURM: COMPLETED), so ``__call__`` raises it again after logging it into the run folder's log.
+
+When every job has ended, the submitter attaches a table and a plot of the sweep's key metric to the parent run,
+and its last lines list every job with its state (sacct's for SLURM), its MLflow status and metric, then the sweep
+id, the MLflow experiment link and the ``compare`` command to run next. It exits with 1 if a job failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from omegaconf import OmegaConf, open_dict, read_write
+
+from stereo_exp.cli import drop_failed_run
+
+if TYPE_CHECKING:
+    from stereo_exp.tracking.sweep import SweepInfo, SweepRecord
+
+log = logging.getLogger(__name__)
+
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
+                "BOOT_FAIL", "DEADLINE")  # fmt: skip
+SACCT_WAIT_S = 30.0  # sacct records a job's end moments after its result file appears: wait this long for it
+POLL_S = 2.0  # how often the submitter looks for the result files of jobs that ended
+STATE_POLL_S = 30.0  # how often it asks sacct for all jobs at once (a job that died leaves no result file)
+
+
+class LaunchError(Exception):
+    """The sweep cannot be submitted as configured; the message names the key to change."""
+
+
+@dataclass
+class JobOutcome:
+    """How one job of the sweep ended, as the submitter sees it."""
+
+    num: int  # hydra.job.num
+    job_id: str  # SLURM's ARRAYID_INDEX, or the local process id
+    name: str  # the run name: the swept values
+    error: str | None = None  # the exception line of a failed job
+    result: JobReturn | None = None  # Hydra's record of a job that completed
+    state: str = ""  # sacct's state (SLURM), COMPLETED or FAILED (local)
+
+
+class SweepLauncher:
+    """The local launcher's additions, and what the SLURM one shares (mixed into hydra-submitit's classes, which
+    build the jobs and run them: ``BaseSubmititLauncher.__call__``)."""
+
+    _EXECUTOR: str  # submitit's executor: "local" | "slurm"
+    config_file = "conf/hydra/launcher/local.yaml"  # named in error messages
+    params: dict[str, Any]
+    config: Any
+    hydra_context: Any
+    job_names: dict[int, str]  # SLURM job name of each job number (set before the launcher is pickled for the jobs)
+
+    # ---- in the job -------------------------------------------------------------------------------------------
+
+    def __call__(
+        self, sweep_overrides: list[str], job_dir_key: str, job_num: int, job_id: str, singleton_state: dict
+    ) -> JobReturn:
+        """Run one job; raise its exception when it failed, so that the process exits non-zero."""
+        self._rename_job(job_num)
+        result = super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)  # type: ignore[misc]
+        if result.status == JobStatus.FAILED:
+            error = result._return_value
+            # Into the run folder's log (Hydra's job logging is still set up) and the job's stderr.
+            log.error("Job #%d failed: %s: %s", job_num, type(error).__name__, error, exc_info=error)
+            drop_failed_run(error)  # else its DataLoader's worker processes keep the job from ending
+            raise error
+        return result
+
+    def _rename_job(self, job_num: int) -> None:
+        """SLURM only: name this job after its point of the sweep (sacct and squeue show it). A sweep of several
+        points is a job array (its tasks are ARRAY_TASK); a one-point multirun is a plain job."""
+        name = getattr(self, "job_names", {}).get(job_num)
+        if name is None or os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+            return
+        array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+        job = f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID")
+        command = ["scontrol", "update", f"JobId={job}", f"JobName={name}"]
+        try:
+            subprocess.run(command, capture_output=True, timeout=30, check=True)
+        except (OSError, subprocess.SubprocessError) as error:  # a name is not worth failing a job for
+            log.info("Could not rename the SLURM job (%s)", error)
+
+    # ---- in the submitting process ----------------------------------------------------------------------------
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        """Check, register, submit, wait for every job, report; exit with 1 when a job failed."""
+        import submitit
+
+        from stereo_exp.tracking.sweep import SweepInfo, SweepPlan, sweep_id_of
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
+        plan = SweepPlan(values=SweepPlan.from_config(self.config).values, num_jobs=len(job_overrides))
+        sweep = SweepInfo(sweep_id_of(sweep_dir), str(sweep_dir), job_num=-1, job_id="", overrides=(), plan=plan)
+        nums = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
+        try:
+            self._check_configs(nums, job_overrides)
+            params = self._resources(dict(self.params))
+        except LaunchError as error:
+            sys.exit(f"error: {error}")
+        params["name"] = f"stereo_exp:{_label(self.config)}"
+        names = {num: _run_name(sweep, overrides) for num, overrides in zip(nums, job_overrides, strict=True)}
+        self.job_names = {num: f"{params['name']} #{num} {name}" for num, name in names.items()}
+
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:  # hydra.sweep.mode: the sweep folder's permissions, as Hydra applies them
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+        record = self._register(sweep)
+        log.info("Submitit '%s' sweep output dir : %s", self._EXECUTOR, self.config.hydra.sweep.dir)
+        arguments = []
+        for num, overrides in zip(nums, job_overrides, strict=True):
+            log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
+            arguments.append((list(overrides), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state()))
+        try:
+            jobs = self._executor(params).map_array(self, *zip(*arguments, strict=True))
+        except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as error:
+            sys.exit(f"error: {self._EXECUTOR} refused the sweep: {_last_line(str(error))} (launcher settings: "
+                     f"hydra.launcher.*, {self.config_file})")  # fmt: skip
+
+        outcomes = [JobOutcome(num, str(job.job_id), names[num]) for num, job in zip(nums, jobs, strict=True)]
+        try:
+            self._wait(jobs, outcomes)
+        except KeyboardInterrupt:
+            if self._EXECUTOR != "slurm":
+                raise  # local jobs got the interrupt too
+            array = outcomes[0].job_id.split("_")[0]
+            sys.exit(f"\nInterrupted: the jobs go on in SLURM and their runs still reach MLflow; see them with "
+                     f"squeue -j {array}, cancel them with scancel {array}")  # fmt: skip
+        self._states(outcomes)
+        self._report(sweep, record, outcomes)
+        if any(outcome.error for outcome in outcomes):
+            sys.exit(1)
+        return [outcome.result for outcome in outcomes]
+
+    def _check_configs(self, nums: list[int], job_overrides: Sequence[Sequence[str]]) -> None:
+        """Compose every job's config as its job will, and run its schemas' checks: a wrong value fails here, once,
+        not in every job after it started."""
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf.errors import OmegaConfBaseException
+
+        submitter = HydraConfig.instance().cfg
+        try:
+            for num, overrides in zip(nums, job_overrides, strict=True):
+                config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+                with read_write(config.hydra), open_dict(config.hydra):
+                    config.hydra.job.num = num
+                    output = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+                    config.hydra.runtime.output_dir = str(output.resolve())
+                HydraConfig.instance().set_config(config)  # ${hydra:...} as the job resolves it
+                task = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+                try:
+                    OmegaConf.to_object(task)
+                except OmegaConfBaseException as error:  # not a schema's check: leave it to the job
+                    log.warning("Could not check the config of job #%d here: %s", num, _last_line(str(error)))
+                except ValueError as error:
+                    raise LaunchError(f"job #{num} ({' '.join(filter_overrides(overrides))}): {error}") from None
+        finally:
+            HydraConfig.instance().cfg = submitter
+
+    def _resources(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The launcher parameters as submitit takes them (the SLURM launcher fits them to the partition)."""
+        return params
+
+    def _executor(self, params: dict[str, Any]) -> Any:
+        """A submitit executor with ``params``, built as hydra-submitit-launcher builds it."""
+        import submitit
+        from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+        init = {f"{self._EXECUTOR}_max_num_timeout": params["max_num_timeout"]} if "max_num_timeout" in params else {}
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=params["submitit_folder"], **init)
+        shared = set(OmegaConf.structured(BaseQueueConf).keys())  # the keys without an executor prefix
+        executor.update_parameters(**{
+            key if key in shared else f"{self._EXECUTOR}_{key}": value
+            for key, value in params.items() if key not in ("submitit_folder", "max_num_timeout")
+        })  # fmt: skip
+        return executor
+
+    def _register(self, sweep: SweepInfo) -> SweepRecord | None:
+        """The sweep's MLflow store, experiment, parent run and view, made once before the jobs start. An
+        unreachable or unwritable store is not fatal: the jobs keep their records in their run folders."""
+        from stereo_exp.tracking.mlflow_io import get_or_create_experiment, is_unreachable, open_client, server_answers
+        from stereo_exp.tracking.sweep import register_sweep, validation_metrics
+
+        tracking = OmegaConf.select(self.config, "tracking")
+        if tracking is None or tracking.backend != "mlflow":  # tracking=none, or an app without our tracking group
+            return None
+        try:
+            if not server_answers(tracking.uri, tracking.probe_timeout_s):
+                raise ConnectionError(f"no answer to GET /health within {tracking.probe_timeout_s:g} s")
+            with _http(tracking):
+                client = open_client(tracking.uri)
+                experiment_id = get_or_create_experiment(client, tracking.experiment)
+                metrics = validation_metrics(OmegaConf.select(self.config, "eval.datasets"))
+                return register_sweep(client, tracking.experiment, experiment_id, sweep, metrics=metrics, wait_s=0)
+        except Exception as error:
+            if not is_unreachable(error):
+                raise
+            log.warning("MLflow at %s cannot be used now (%s): each job keeps its records in its run folder and "
+                        "sends them when MLflow answers (or: python -m stereo_exp.tracking.sync %s).", tracking.uri,
+                        _last_line(str(error)), sweep.sweep_dir)  # fmt: skip
+            return None
+
+    def _wait(self, jobs: list[Any], outcomes: list[JobOutcome]) -> None:
+        """Wait for every job; say when each one ends (a sweep may run for days). A job that ends without a result
+        (cancelled, killed, out of memory) is noticed through SLURM's accounting, asked for all jobs at once every
+        ``STATE_POLL_S``: submitit alone asks less and less often, up to every 10 minutes late in a sweep."""
+        remaining = list(zip(jobs, outcomes, strict=True))
+        started, next_state_poll = time.monotonic(), 0.0
+        while remaining:
+            if self._EXECUTOR == "slurm" and time.monotonic() >= next_state_poll:
+                jobs[0].watcher.update()  # one sacct call for every job of the sweep
+                next_state_poll = time.monotonic() + STATE_POLL_S
+            for job, outcome in [(job, outcome) for job, outcome in remaining if job.done()]:
+                remaining.remove((job, outcome))
+                error = job.exception()
+                if error is None:
+                    outcome.result = job.results()[0]  # rank 0's, as hydra-submitit-launcher returns it
+                else:
+                    outcome.error = _job_error(str(error))
+                elapsed = time.strftime("%H:%M:%S", time.gmtime(time.monotonic() - started))
+                ended = f"failed: {outcome.error}" if outcome.error else "done"
+                log.info("job #%d (%s) %s ended after %s: %s", outcome.num, outcome.job_id, outcome.name, elapsed,
+                         ended)  # fmt: skip
+            if remaining:
+                time.sleep(POLL_S)
+
+    def _states(self, outcomes: list[JobOutcome]) -> None:
+        for outcome in outcomes:
+            outcome.state = "FAILED" if outcome.error else "COMPLETED"
+
+    def _report(self, sweep: SweepInfo, record: SweepRecord | None, outcomes: list[JobOutcome]) -> None:
+        """Attach the sweep's table and plot to its parent run, then print the summary (the submitter's last lines)."""
+        from stereo_exp.tracking.mlflow_io import is_unreachable, ui_hint
+
+        runs, metric, note = {}, None, ""
+        if record is not None:
+            try:
+                runs, metric, note = _summarise_in_mlflow(record, self.config.tracking, sweep, outcomes)
+            except Exception as error:
+                if not is_unreachable(error):
+                    raise
+                note = f"MLflow at {record.tracking_uri} cannot be reached now ({_last_line(str(error))})"
+        relative = os.path.relpath(sweep.sweep_dir)
+        where = sweep.sweep_dir if relative.startswith("..") else relative
+        failed = sum(1 for outcome in outcomes if outcome.error)
+        lines = ["", f"Sweep {where} (id {sweep.sweep_id}): {len(outcomes) - failed} of {len(outcomes)} jobs completed"
+                     + (f", {failed} failed" if failed else "")]  # fmt: skip
+        table = [["job", "id", "state", "mlflow", metric or "metric", "run"]]
+        for outcome in outcomes:
+            run = runs.get(outcome.num)
+            value = run.data.metrics.get(metric) if run is not None and metric else None
+            table.append([f"#{outcome.num}", outcome.job_id, outcome.state, run.info.status if run else "-",
+                          f"{value:.4f}" if value is not None else "-", outcome.name])  # fmt: skip
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        for row, outcome in zip(table, [None, *outcomes], strict=True):
+            lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+            if outcome is not None and outcome.error:
+                lines.append(f"      {outcome.error}  (log: {Path(where) / str(outcome.num) / '__main__.log'})")
+        if note:
+            lines.append(note)
+        if record is not None:
+            hint = ui_hint(record.tracking_uri)
+            lines.append(f"MLflow experiment {record.experiment}: {record.experiment_url()}"
+                         + (f"  ({hint})" if hint else ""))  # fmt: skip
+        lines.append(f"Next: python -m stereo_exp.compare --sweep {where}")
+        print("\n".join(lines), flush=True)
+
+
+class SlurmSweepLauncher(SweepLauncher):
+    """The SLURM launcher's additions: resources fitted to the partition, and sacct's states in the summary."""
+
+    config_file = "conf/hydra/launcher/slurm.yaml"
+
+    def _resources(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Fit ``gpus_per_node``, ``tasks_per_node`` and ``cpus_per_task`` (``auto`` or numbers) to the partition,
+        and say what each job asks for.
+
+        Raises:
+            LaunchError: SLURM is not installed here, the partition does not exist or cannot hold the request.
+        """
+        if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+            raise LaunchError("hydra/launcher=slurm needs SLURM's sbatch and sinfo on this machine (submit from a "
+                              "login node), or run the sweep here with hydra/launcher=local")  # fmt: skip
+        nodes = _partition_nodes(params.get("partition"))
+        partition = nodes[0][0]
+        cpus = min(node_cpus for _, node_cpus, _ in nodes)
+        gpu_counts = sorted({node_gpus for _, _, node_gpus in nodes})
+        gpus = params.get("gpus_per_node")
+        if gpus == "auto":
+            if len(gpu_counts) > 1:
+                raise LaunchError(f"the nodes of partition {partition} have {' or '.join(map(str, gpu_counts))} GPUs: "
+                                  "set hydra.launcher.gpus_per_node to the number each job uses")  # fmt: skip
+            gpus = gpu_counts[0] or None
+        elif gpus and int(gpus) > gpu_counts[-1]:
+            has = f"at most {gpu_counts[-1]} GPUs per node" if gpu_counts[-1] else "no GPUs (sinfo: no gres/gpu)"
+            raise LaunchError(f"hydra.launcher.gpus_per_node={gpus} but partition {partition} has {has}: set "
+                              "hydra.launcher.gpus_per_node=auto (or null for CPU-only jobs), or choose another "
+                              "hydra.launcher.partition")  # fmt: skip
+        tasks = params.get("tasks_per_node")
+        tasks = (gpus or 1) if tasks in ("auto", None) else int(tasks)
+        cpus_per_task = params.get("cpus_per_task")
+        if cpus_per_task == "auto":
+            workers = OmegaConf.select(self.config, "loader.num_workers", default=0) or 0
+            cpus_per_task = max(1, min(int(workers) + 1, cpus // tasks))
+        elif cpus_per_task and int(cpus_per_task) * tasks > cpus:
+            raise LaunchError(f"hydra.launcher.cpus_per_task={cpus_per_task} x tasks_per_node={tasks} is more than "
+                              f"the {cpus} CPUs of a node of partition {partition}: lower hydra.launcher.cpus_per_task "
+                              "(or set it to auto)")  # fmt: skip
+        per_node = f"{gpus} GPU(s)" if gpus else "no GPU"
+        log.info("SLURM partition %s (%d node(s) of %d CPUs, %d GPUs): each job takes %s node(s) x %d task(s), "
+                 "%d CPU(s) per task, %s per node", partition, len(nodes), cpus, gpu_counts[-1],
+                 params.get("nodes", 1), tasks, cpus_per_task, per_node)  # fmt: skip
+        return {**params, "gpus_per_node": gpus, "tasks_per_node": tasks, "cpus_per_task": cpus_per_task}
+
+    def _states(self, outcomes: list[JobOutcome]) -> None:
+        """sacct's final state of every job (it records a job's end moments after its result file appears)."""
+        ids = ",".join(outcome.job_id for outcome in outcomes)
+        deadline = time.monotonic() + SACCT_WAIT_S
+        while True:
+            command = ["sacct", "-n", "-X", "-P", "-j", ids, "-o", "JobID,State"]
+            listed = subprocess.run(command, capture_output=True, text=True, timeout=60).stdout
+            states = {job: state.split(" ")[0] for job, _, state in (line.partition("|") for line in listed.split())}
+            if all(states.get(o.job_id) in FINAL_STATES for o in outcomes) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        for outcome in outcomes:
+            outcome.state = states.get(outcome.job_id) or "?"
+
+
+# ---- helpers --------------------------------------------------------------------------------------------------
+
+
+def _http(tracking: Any) -> Any:
+    from stereo_exp.tracking.mlflow_io import http_settings
+
+    return http_settings(timeout_s=tracking.http_timeout_s, max_retries=tracking.http_max_retries,
+                         backoff_factor=tracking.http_backoff_factor)  # fmt: skip
+
+
+def _label(config: Any) -> str:
+    """What runs, for the SLURM job name: the experiment file, else the model."""
+    choices = config.hydra.runtime.choices
+    return str(choices.get("experiment") or choices.get("model") or "train")
+
+
+def _run_name(sweep: SweepInfo, overrides: Sequence[str]) -> str:
+    """One job's run name: its swept values, e.g. ``decay_after_steps=0 clip_grad_norm=1.0``."""
+    from stereo_exp.tracking.sweep import SweepInfo, plain_override
+
+    job = SweepInfo(sweep.sweep_id, sweep.sweep_dir, 0, "", tuple(plain_override(o) for o in overrides), sweep.plan)
+    return job.run_name() or " ".join(job.overrides) or "(no overrides)"
+
+
+def _partition_nodes(partition: str | None) -> list[tuple[str, int, int]]:
+    """(partition, CPUs, GPUs) of each node of ``partition`` (None: the default partition), from sinfo."""
+    listed = subprocess.run(["sinfo", "-h", "-N", "-o", "%P|%c|%G"], capture_output=True, text=True, timeout=60)
+    if listed.returncode != 0:
+        raise LaunchError(f"sinfo failed: {_last_line(listed.stderr)} (is SLURM_CONF set, is the cluster up?)")
+    rows = [line.split("|") for line in listed.stdout.splitlines() if line.count("|") == 2]
+    if partition is None:
+        chosen = [row for row in rows if row[0].endswith("*")] or rows
+    else:
+        chosen = [row for row in rows if row[0].rstrip("*") == partition]
+    if not chosen:
+        names = ", ".join(sorted({name.rstrip("*") for name, _, _ in rows})) or "none"
+        raise LaunchError(f"hydra.launcher.partition={partition}: no such SLURM partition (sinfo lists: {names})")
+    return [(name.rstrip("*"), int(cpus), _gpus(gres)) for name, cpus, gres in chosen]
+
+
+def _gpus(gres: str) -> int:
+    """GPUs in a sinfo gres field: ``gpu:8``, ``gpu:a100:4(S:0-1)``, ``(null)``."""
+    return sum(int(count) for count in re.findall(r"gpu(?::[^:,(]+)?:(\d+)", gres))
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else text
+
+
+def _job_error(text: str) -> str:
+    """The exception line of a failed job's traceback (submitit's error text holds the whole traceback)."""
+    lines = [line for line in text.splitlines() if re.match(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b.*", line)]
+    line = lines[-1] if lines else _last_line(text)
+    return re.sub(r"^(\w+\.)+(?=\w+:)", "", line)[:300]  # stereo_exp.engine.trainer.NonFiniteLossError -> NonF...
+
+
+def _summarise_in_mlflow(
+    record: SweepRecord, tracking: Any, sweep: SweepInfo, outcomes: list[JobOutcome]
+) -> tuple[dict[int, Any], str | None, str]:
+    """Read the sweep's runs; attach the ranked table and the plot of its key metric to the parent run, with the
+    table in its description; close the parent (FAILED when a job failed). Returns (runs by job number, metric,
+    a note for the summary)."""
+    from stereo_exp.tracking.comparison import compare, default_metric, markdown_table, training_runs
+    from stereo_exp.tracking.mlflow_io import open_client
+    from stereo_exp.tracking.sweep import JOB_NUM_TAG, NOTE_TAG, sweep_description
+
+    with _http(tracking):
+        client = open_client(record.tracking_uri, create=False)
+        found = training_runs(client, record.experiment_id, record.sweep_id)
+        runs = {int(run.data.tags[JOB_NUM_TAG]): run for run in found}
+        metric = default_metric(found)
+        missing = ", ".join(f"#{outcome.num}" for outcome in outcomes if outcome.num not in runs)
+        note = ""
+        if missing:
+            note = (f"MLflow has no run of job {missing}: it failed before training, or its records wait in its run "
+                    f"folder (python -m stereo_exp.tracking.sync {sweep.sweep_dir})")  # fmt: skip
+        if record.parent_run_id is None:
+            return runs, metric, note
+        table = ""
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                result = compare(client, experiment=record.experiment, sweep=record.sweep_id, metric=metric,
+                                 mode="min", output=Path(folder))  # fmt: skip
+            except ValueError:  # no run logged a metric
+                result = None
+            if result is not None:
+                table = markdown_table(result)
+                client.log_artifacts(record.parent_run_id, folder, "sweep_summary")
+        client.set_tag(record.parent_run_id, NOTE_TAG, sweep_description(sweep, table))
+        failed = any(outcome.error for outcome in outcomes)
+        client.set_terminated(record.parent_run_id, status="FAILED" if failed else "FINISHED")
+    return runs, metric, note
