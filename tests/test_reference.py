@@ -1,4 +1,5 @@
-"""The published evaluation protocol's ground-truth resize (eval.gt_resize), on the real motorcycle pair.
+"""docs/REFERENCE.md: the published evaluation protocol's ground-truth resize (eval.gt_resize) on the real motorcycle
+pair, and the table's evidence (every test and config key it names exists).
 
 torchvision's reference resizes the evaluation ground truth with ``torchvision.transforms.functional.resize``: the
 disparity map (0 at unknown pixels) bilinearly, times the width ratio, the valid mask nearest, then keeps pixels whose
@@ -8,6 +9,9 @@ torchvision 0.17 it does by default. The expectations call ``F.resize`` itself.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +20,9 @@ from torchvision.transforms import InterpolationMode
 
 from stereo_exp.data.embedded import MotorcycleStereo
 from stereo_exp.data.transforms import EvalTransform
+from tests.test_config import default_keys
+
+REFERENCE_MD = Path(__file__).parents[1] / "docs" / "REFERENCE.md"
 
 SIZE = (384, 512)  # the published tables' evaluation size
 
@@ -63,3 +70,17 @@ def test_the_modes_agree_at_native_resolution(motorcycle):
     for sample in samples[1:]:
         assert torch.equal(sample["disparity"], samples[0]["disparity"])
         assert torch.equal(sample["valid"], samples[0]["valid"])
+
+
+def test_every_test_and_key_the_reference_table_names_exists():
+    text = REFERENCE_MD.read_text()
+    cited = re.findall(r"`(?:(test_\w+)\.py::)?(test_\w+)`", text)
+    assert len(cited) >= 13  # at least one per row
+    module = None
+    for file, name in cited:
+        module = file or module  # "a.py::test_x, test_y": test_y lives in a.py too
+        source = (Path(__file__).parent / f"{module}.py").read_text()
+        assert f"def {name}(" in source, f"docs/REFERENCE.md cites {module}.py::{name}, which does not exist"
+    keys = set(default_keys())
+    for key in re.findall(r"`((?:loss|eval|augmentation|datasets|schedule|optim)\.\w+(?:\.\w+)*)", text):
+        assert key in keys, f"docs/REFERENCE.md names {key}, which is no config key"
