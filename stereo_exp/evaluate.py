@@ -70,9 +70,10 @@ def eval_config(cfg: DictConfig) -> DictConfig:
 
 def _run(cfg: DictConfig, eval_cfg: DictConfig, dist: DistEnv, tracker: MlflowTracker) -> dict[str, Any]:
     from stereo_exp.data.catalog import check_dataset_root
+    from stereo_exp.data.transforms import GtResize
     from stereo_exp.evaluation.cascade import evaluate_datasets, save_figures
     from stereo_exp.evaluation.model_source import load_model
-    from stereo_exp.evaluation.table import format_tables, results_to_json
+    from stereo_exp.evaluation.table import format_protocol, format_tables, results_to_json
     from stereo_exp.schemas import amp_dtype
     from stereo_exp.tracking.mlflow_tracker import TASK_TAG
 
@@ -103,11 +104,11 @@ def _run(cfg: DictConfig, eval_cfg: DictConfig, dist: DistEnv, tracker: MlflowTr
 
     if dist.is_main:
         size = list(eval_cfg.size) if eval_cfg.size is not None else None
-        table = format_tables(grids, size)
+        table = format_protocol(size, eval_cfg.gt_resize) + format_tables(grids, size)
         counts = {name: {"images": g.num_images, "skipped_images": g.num_skipped} for name, g in grids.items()}
         document = results_to_json(
-            grids, size, extra={"weights": loaded.source, "step": loaded.step, "model": loaded.model_cfg,
-                                "counts": counts},
+            grids, size, extra={"gt_resize": GtResize(eval_cfg.gt_resize).value, "weights": loaded.source,
+                                "step": loaded.step, "model": loaded.model_cfg, "counts": counts},
         )  # fmt: skip
         output = Path(cfg.paths.output)
         output.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from stereo_exp.evaluation.cascade import evaluate_grid, run_validation, shard_i
 from stereo_exp.evaluation.config import EvalConfig
 from stereo_exp.evaluation.metrics import CORE_METRICS, per_image_metrics
 from stereo_exp.evaluation.model_source import load_model
-from stereo_exp.evaluation.table import format_table, format_tables, results_to_json
+from stereo_exp.evaluation.table import format_protocol, format_table, format_tables, results_to_json
 from stereo_exp.models import build_model
 from stereo_exp.models.inference import predict_disparity
 from stereo_exp.tracking import MlflowTracker, TrackingConfig
@@ -76,6 +76,13 @@ def test_native_resolution_is_written_as_native_and_datasets_follow_each_other()
     assert text == (
         "Dataset: a @size: native:\n{\n\t1: {\n\t\t5: {'mae': 1.0}\n\t},\n}\n\n"
         "Dataset: b @size: native:\n{\n\t1: {\n\t\t5: {'mae': nan}\n\t},\n}\n"
+    )
+
+
+def test_the_protocol_line_names_the_ground_truth_resize():
+    assert format_protocol(None, "reference_2022") == "Ground truth: native resolution, not resized\n"
+    assert format_protocol([384, 512], "valid") == (
+        "Ground truth: resized with eval.gt_resize=valid: bilinear among valid pixels only\n"
     )
 
 
@@ -198,12 +205,15 @@ def test_evaluate_on_a_tiny_middlebury_folder_writes_the_table_json_pictures_and
     cfg = compose_evaluate(
         tmp_path, "eval=middlebury", f"paths.data={tmp_path / 'data'}", f"weights={weights}", "tracking=mlflow",
         f"tracking.uri={uri}", "eval.n_iterations=[1,2]", "eval.save_images=1", "eval.extras=[d1]",
+        "eval.gt_resize=reference_2022",
     )  # fmt: skip
     grids = evaluate(cfg)
 
     # Known answer: the per-image metrics of each scene, computed here one image at a time, then averaged.
     loaded = load_model(str(weights), cfg.model, checkpoints="", tracking_uri="")
-    dataset = build_eval_dataset("middlebury2014-train", data_root=tmp_path / "data", size=(32, 48))
+    dataset = build_eval_dataset(
+        "middlebury2014-train", data_root=tmp_path / "data", size=(32, 48), gt_resize="reference_2022"
+    )
     per_image = []
     with torch.inference_mode():
         for index in range(len(dataset)):
@@ -216,11 +226,17 @@ def test_evaluate_on_a_tiny_middlebury_folder_writes_the_table_json_pictures_and
 
     out = tmp_path / "out"
     log_text = (out / "eval.log").read_text()
-    assert log_text.startswith("Dataset: middlebury2014-train @size: [32, 48]:\n{\n\t1: {\n\t\t1: {'mae': ")
+    protocol, table = log_text.split("\n", 1)  # the first line names how the ground truth was resized
+    assert protocol == (
+        "Ground truth: resized with eval.gt_resize=reference_2022: bilinear with unknown pixels as 0, no antialias "
+        "(torchvision's reference in 2022, the protocol of the published tables)"
+    )
+    assert table.startswith("Dataset: middlebury2014-train @size: [32, 48]:\n{\n\t1: {\n\t\t1: {'mae': ")
     assert log_text.endswith("'d1': " + repr(round(grids["middlebury2014-train"][1][2]["d1"], 3)) + "}\n\t},\n}\n")
     document = json.loads((out / "eval.json").read_text())
     assert document["counts"] == {"middlebury2014-train": {"images": 2, "skipped_images": 0}}
     assert document["step"] == 3 and document["model"]["name"] == "raft_stereo_tiny"
+    assert document["gt_resize"] == "reference_2022"
     assert document["datasets"]["middlebury2014-train"]["1"]["2"] == pytest.approx(expected, rel=1e-9)
     pictures = sorted(p.relative_to(out).as_posix() for p in (out / "pictures").rglob("*.png"))
     assert pictures == ["pictures/middlebury2014-train/0000_c1_i1.png", "pictures/middlebury2014-train/0000_c1_i2.png"]

@@ -55,6 +55,10 @@ def test_the_stage_1_recipe_composes_to_the_published_hyper_parameters():
     assert (s.lr, s.min_lr, s.warmup_steps, s.decay_after_steps, s.decay) == (4e-4, 2e-5, 6000, 30000, "cosine")
     assert (cfg.optim.name, cfg.optim.clip_grad_norm, cfg.train.batch_size) == ("adam", 1.0, 2)
     assert cfg.init_from is None
+    # the reference's loss (docs/REFERENCE.md): all-pixel mean, vertical flow supervised, no max-disparity cap
+    loss = cfg.loss
+    assert (loss.normalization, loss.vertical, loss.max_disparity, loss.gamma) == ("all", True, None, 0.8)
+    assert cfg.augmentation.max_disparity is None
 
 
 def test_the_multiset_fine_tuning_starts_from_the_stage_1_weights_it_is_given(monkeypatch):
@@ -67,6 +71,7 @@ def test_the_multiset_fine_tuning_starts_from_the_stage_1_weights_it_is_given(mo
     s = cfg.schedule
     assert (s.lr, s.min_lr, s.warmup_steps, s.decay_after_steps, s.decay) == (4e-4, 2e-5, 0, 0, "cosine")
     assert (cfg.model.name, cfg.optim.clip_grad_norm, cfg.train.batch_size) == ("crestereo_base", None, 2)
+    assert (cfg.loss.normalization, cfg.loss.vertical) == ("all", True)
 
 
 def test_the_multiset_fine_tuning_without_stage_1_weights_names_what_to_set(monkeypatch, tmp_path):

@@ -76,18 +76,19 @@ def test_disparities_stay_inside_the_configured_range():
             assert sample[key].min() >= 3.0 - 1e-4 and sample[key].max() <= 20.0 + 1e-4
 
 
-def test_warping_the_right_view_by_the_disparity_reconstructs_the_left_view():
+@pytest.mark.parametrize("photo_share", [0.0, 1.0])  # procedural textures only, photos only
+def test_warping_the_right_view_by_the_disparity_reconstructs_the_left_view(photo_share):
     # occluded_valid=False: valid marks left pixels whose surface point is visible inside the right frame.
-    dataset = SyntheticStereo(SyntheticConfig(**SMALL, occluded_valid=False), split="train")
+    dataset = SyntheticStereo(SyntheticConfig(**SMALL, occluded_valid=False, photo_share=photo_share), split="train")
     for index in range(4):
         sample = dataset[index]
         left = sample["left"].astype(np.float64)
         valid = sample["valid"]
         exact = np.abs(warp_right_to_left(sample["right"], sample["disparity"]) - left).mean(-1)[valid]
         off_by_one = np.abs(warp_right_to_left(sample["right"], sample["disparity"] + 1) - left).mean(-1)[valid]
-        # Measured on these 4 pairs: median 0.35 grey levels, mean 1.4-2.2 at the true disparity (the mean comes
-        # from bilinear resampling across sharp patch edges), mean 6.5-8 one pixel off: the texture pins the
-        # disparity down to well below a pixel.
+        # Measured on these 4 pairs: median 0.1-0.5 grey levels, mean 1.0-2.2 at the true disparity (the mean comes
+        # from bilinear resampling across sharp edges), mean 3.4-9.8 one pixel off (3.5 times or more): the texture
+        # pins the disparity down to well below a pixel, photos as well as the procedural patterns.
         assert np.median(exact) < 1.0
         assert exact.mean() < 3.0
         assert off_by_one.mean() > 2.5 * exact.mean()
@@ -121,6 +122,16 @@ def test_occluded_pixels_are_valid_by_default_and_masked_on_request():
     assert 0.5 < masked["valid"].mean() < 1.0
 
 
+def test_photo_textures_come_from_the_chosen_photos():
+    # camera is a grey photo: untinted, every surface and so the whole image is grey; procedural colours are not.
+    grey = SyntheticConfig(**SMALL, photo_share=1.0, photos=["camera"], photo_tint=0.0)
+    for view in ("left", "right"):
+        image = SyntheticStereo(grey, split="train")[0][view].astype(int)
+        assert (image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all()
+    procedural = SyntheticStereo(SyntheticConfig(**SMALL), split="train")[0]["left"].astype(int)
+    assert (procedural[..., 0] != procedural[..., 1]).mean() > 0.5
+
+
 def test_bad_config_values_name_the_key():
     with pytest.raises(ValueError, match="max_slant"):
         SyntheticConfig(max_slant=1.5)
@@ -128,3 +139,7 @@ def test_bad_config_values_name_the_key():
         SyntheticConfig(disparity_range=[10.0, 5.0])
     with pytest.raises(ValueError, match="num_layers"):
         SyntheticConfig(num_layers=[3])
+    with pytest.raises(ValueError, match=r"photos must be a non-empty subset of \['astronaut'"):
+        SyntheticConfig(photos=["motorcycle"])  # the embedded validation pair is no texture
+    with pytest.raises(ValueError, match="photo_share"):
+        SyntheticConfig(photo_share=1.5)

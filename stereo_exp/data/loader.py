@@ -25,7 +25,7 @@ from stereo_exp.data.catalog import build_dataset
 from stereo_exp.data.config import AugmentationConfig, MixConfig, as_schema
 from stereo_exp.data.mix import Draw, MixSampler
 from stereo_exp.data.options import DatasetOptions
-from stereo_exp.data.transforms import EvalTransform, TrainTransform, sample_generator
+from stereo_exp.data.transforms import EvalTransform, GtResize, TrainTransform, sample_generator
 from stereo_exp.schemas import LoaderConfig
 
 log = logging.getLogger(__name__)
@@ -200,8 +200,9 @@ def build_eval_dataset(
     data_root: str | Path,
     dataset_options: DatasetOptions | DictConfig | None = None,
     size: tuple[int, int] | None = None,
+    gt_resize: GtResize | str = GtResize.valid,
 ) -> Dataset:
-    """Validation / evaluation samples of catalog ``name``: no augmentation; ``size`` (H, W) resizes (see
-    ``EvalTransform``). The root is checked first (by ``build_dataset``)."""
+    """Validation / evaluation samples of catalog ``name``: no augmentation; ``size`` (H, W) resizes, the ground
+    truth as ``gt_resize`` says (see ``EvalTransform``). The root is checked first (by ``build_dataset``)."""
     dataset = build_dataset(name, data_root=data_root, options=dataset_options)
-    return EvalDataset(dataset, EvalTransform(size))
+    return EvalDataset(dataset, EvalTransform(size, gt_resize))

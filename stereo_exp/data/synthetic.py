@@ -2,8 +2,10 @@
 
 A scene is a background plane and a few layers in front of it. Every surface is a plane of disparity
 ``d(x, y) = a + b x + c y`` (x, y in left-image pixels) bounded by a superellipse outline, and carries a texture
-``T(x, y)`` defined in left-image coordinates: sharp-edged patches of two colours plus multi-octave colour value
-noise. Both views point-sample these continuous functions, so each is an exact rendering of the same scene:
+``T(x, y)`` defined in left-image coordinates: either a photo (one of the images scikit-image ships, zoomed, rotated,
+mirrored at its borders and tinted: real edges, shading and textureless areas) or a procedural texture (sharp-edged
+patches of two colours plus multi-octave colour value noise). Both views sample these continuous functions (photos
+bilinearly), so each is a rendering of the same scene:
 
 - left pixel ``(x, y)``: among the surfaces whose outline covers it, the nearest (largest disparity) is visible;
   colour ``T(x, y)``, disparity ``d(x, y)``;
@@ -24,15 +26,20 @@ Determinism: sample ``index`` of a split depends only on (seed, split, index), t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import skimage.data
 from torch.utils.data import Dataset
 
 SPLITS = {"train": 0, "val": 1}  # split name -> random stream id (disjoint seed sequences)
 DATASET_NAMES = {"train": "synthetic", "val": "synthetic-val"}  # catalog names reported in raw samples
 SHAPE_EXPONENTS = (1.0, 2.0, 4.0)  # superellipse outlines: diamond, ellipse, rounded rectangle (cheap integer powers)
+# Photos bundled with scikit-image (no download). Not the motorcycle pair: it is the embedded default's validation.
+PHOTOS = ("astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
+          "immunohistochemistry", "moon", "page", "rocket", "text")  # fmt: skip
 _DOMAIN_MARGIN = 2.0  # px of texture beyond every point a view can sample, so bilinear lookups never clamp
 
 
@@ -55,6 +62,10 @@ class SyntheticConfig:
     patch_spacing: float = 12.0  # grid step of the field whose threshold cuts the two-colour patches, px
     patch_share: float = 0.5  # about this share of each surface takes its second colour (sharp edges inside layers)
     colour_range: list[float] = field(default_factory=lambda: [0.15, 0.85])  # min, max of each base colour channel
+    photo_share: float = 0.0  # chance that a surface carries a photo instead of the procedural texture
+    photos: list[str] = field(default_factory=lambda: list(PHOTOS))  # skimage.data images that photo textures use
+    photo_zoom: list[float] = field(default_factory=lambda: [0.5, 2.0])  # min, max scene px per photo px (log-uniform)
+    photo_tint: float = 0.3  # each colour channel of a photo is scaled by a factor in [1 - tint, 1 + tint]
     occluded_valid: bool = True  # keep occluded / out-of-frame pixels valid (dense truth); false marks them invalid
 
     def __post_init__(self) -> None:
@@ -86,10 +97,38 @@ def check_synthetic_config(cfg: SyntheticConfig) -> None:
         problems.append(f"patch_share must be in [0, 1], got {cfg.patch_share}")
     if len(cfg.colour_range) != 2 or not 0 <= cfg.colour_range[0] <= cfg.colour_range[1] <= 1:
         problems.append(f"colour_range must be [min, max] within [0, 1], got {list(cfg.colour_range)}")
+    if not 0 <= cfg.photo_share <= 1:
+        problems.append(f"photo_share must be in [0, 1], got {cfg.photo_share}")
+    unknown = [name for name in cfg.photos if name not in PHOTOS]
+    if unknown or (cfg.photo_share > 0 and not cfg.photos):
+        problems.append(f"photos must be a non-empty subset of {list(PHOTOS)}, got {list(cfg.photos)}")
+    if len(cfg.photo_zoom) != 2 or not 0 < cfg.photo_zoom[0] <= cfg.photo_zoom[1]:
+        problems.append(f"photo_zoom must be [min, max] with 0 < min <= max, got {list(cfg.photo_zoom)}")
+    if not 0 <= cfg.photo_tint < 1:
+        problems.append(f"photo_tint must be in [0, 1), got {cfg.photo_tint}")
     if cfg.train_samples < 0 or cfg.val_samples < 0:
         problems.append(f"train_samples, val_samples must be >= 0, got {cfg.train_samples}, {cfg.val_samples}")
     if problems:
         raise ValueError("invalid synthetic config (datasets.synthetic): " + "; ".join(problems))
+
+
+@dataclass
+class _Photo:
+    """A photo texture: the photo, the affine map from left-image px to photo px, and a per-channel tint."""
+
+    name: str  # skimage.data function name
+    affine: np.ndarray  # (2, 3) float64: (u, v) = affine @ (x, y, 1)
+    tint: np.ndarray  # (3, 1) float32 factors of R, G, B
+
+
+@functools.cache
+def load_photo(name: str) -> np.ndarray:
+    """``skimage.data.<name>()`` as float32 (3, H, W) RGB in [0, 1] (grey photos repeated), read once per process."""
+    image = np.asarray(getattr(skimage.data, name)())
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    image = image[..., :3].astype(np.float32) / np.float32(255.0 if image.dtype == np.uint8 else 1.0)
+    return np.ascontiguousarray(image.transpose(2, 0, 1))
 
 
 @dataclass
@@ -105,6 +144,7 @@ class _Scene:
     x0: float  # left edge of the texture domain (px); y domain starts at -_DOMAIN_MARGIN
     spacings: list[float]  # grid step of each octave, then of the patch field, px
     grid_shapes: list[tuple[int, int]]  # (gh, gw) of each octave, then of the patch field
+    photos: list[_Photo | None]  # per layer: its photo texture, or None for the procedural one
 
 
 class SyntheticStereo(Dataset):
@@ -196,6 +236,7 @@ def _draw_scene(cfg: SyntheticConfig, rng: np.random.Generator) -> _Scene:
     gh, gw = _grid_shape(cfg.patch_spacing, x_extent, y_extent)
     patch_nodes = rng.random(size=num_layers * gh * gw, dtype=np.float32) * 2 - 1
     grid_shapes.append((gh, gw))
+    photos = [_draw_photo(cfg, rng, width, height) for _ in range(num_layers)] if cfg.photo_share > 0 else []
     return _Scene(
         planes=planes,
         outlines=outlines,
@@ -207,7 +248,24 @@ def _draw_scene(cfg: SyntheticConfig, rng: np.random.Generator) -> _Scene:
         x0=x_extent[0],
         spacings=[*cfg.noise_spacings, cfg.patch_spacing],
         grid_shapes=grid_shapes,
+        photos=photos,
     )
+
+
+def _draw_photo(cfg: SyntheticConfig, rng: np.random.Generator, width: int, height: int) -> _Photo | None:
+    """A photo texture with chance ``cfg.photo_share``: a random photo, zoom, rotation and tint; the image centre
+    shows a random point of the photo."""
+    if rng.random() >= cfg.photo_share:
+        return None
+    name = cfg.photos[int(rng.integers(len(cfg.photos)))]
+    _, photo_height, photo_width = load_photo(name).shape
+    zoom = np.exp(rng.uniform(np.log(cfg.photo_zoom[0]), np.log(cfg.photo_zoom[1])))  # scene px per photo px
+    angle = rng.uniform(0, 2 * np.pi)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) / zoom
+    anchor = rng.uniform((0, 0), (photo_width - 1, photo_height - 1))
+    offset = anchor - rotation @ (width / 2, height / 2)
+    tint = rng.uniform(1 - cfg.photo_tint, 1 + cfg.photo_tint, size=(3, 1)).astype(np.float32)
+    return _Photo(name=name, affine=np.column_stack([rotation, offset]), tint=tint)
 
 
 def _grid_shape(spacing: float, x_extent: tuple[float, float], y_extent: tuple[float, float]) -> tuple[int, int]:
@@ -286,8 +344,47 @@ def _value_noise(
     return top
 
 
+def _mirror(u: np.ndarray, last: int) -> np.ndarray:
+    """Coordinates reflected into [0, last] (a photo tiled with mirrored copies: no seams)."""
+    period = 2 * last
+    u = np.mod(u, period)
+    return np.where(u > last, period - u, u)
+
+
+def _photo_texture(photo: _Photo, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Bilinear samples (3, N) float32 in [0, 1] of ``photo`` at the left-image points (x, y)."""
+    image = load_photo(photo.name)
+    _, height, width = image.shape
+    u = _mirror(photo.affine[0, 0] * x + photo.affine[0, 1] * y + photo.affine[0, 2], width - 1)
+    v = _mirror(photo.affine[1, 0] * x + photo.affine[1, 1] * y + photo.affine[1, 2], height - 1)
+    iu = np.minimum(u.astype(np.intp), width - 2)
+    iv = np.minimum(v.astype(np.intp), height - 2)
+    fu, fv = (u - iu).astype(np.float32), (v - iv).astype(np.float32)
+    flat = image.reshape(3, -1)
+    base = iv * width + iu
+    top = flat[:, base] * (1 - fu) + flat[:, base + 1] * fu
+    bottom = flat[:, base + width] * (1 - fu) + flat[:, base + width + 1] * fu
+    return np.clip((top * (1 - fv) + bottom * fv) * photo.tint, 0.0, 1.0)
+
+
 def _texture(scene: _Scene, layer: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Colour (3, N) float32 in [0, 1] of the surface points (x, y) of ``layer`` (left-image coordinates)."""
+    if not any(scene.photos):
+        return _procedural_texture(scene, layer, x, y)
+    colour = np.empty((3, layer.size), dtype=np.float32)
+    procedural = np.array([photo is None for photo in scene.photos])[layer]
+    points = np.nonzero(procedural)[0]
+    if points.size:
+        colour[:, points] = _procedural_texture(scene, layer[points], x[points], y[points])
+    for index, photo in enumerate(scene.photos):
+        points = np.nonzero(layer == index)[0] if photo is not None else ()
+        if len(points):
+            colour[:, points] = _photo_texture(photo, x[points], y[points])
+    return colour
+
+
+def _procedural_texture(scene: _Scene, layer: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Two-colour patches plus colour value noise, (3, N) float32 in [0, 1], at the points (x, y) of ``layer``."""
     xs = (x - scene.x0).astype(np.float32)
     ys = (y + _DOMAIN_MARGIN).astype(np.float32)
     spacing = scene.spacings[-1]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -427,19 +428,40 @@ class TrainTransform:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+class GtResize(str, Enum):
+    """How evaluation resizes the ground-truth disparity to ``eval.size`` (images are resized the same way in all)."""
+
+    valid = "valid"  # bilinear among valid pixels only: no value blended with an unknown pixel's
+    reference_2022 = "reference_2022"  # bilinear, unknown pixels as 0, no antialias: the published tables' protocol
+    reference_today = "reference_today"  # the same with antialias: torchvision's reference run with torchvision >= 0.17
+
+
+GT_RESIZE_DESCRIPTIONS = {
+    GtResize.valid: "bilinear among valid pixels only",
+    GtResize.reference_2022: "bilinear with unknown pixels as 0, no antialias (torchvision's reference in 2022, the "
+    "protocol of the published tables)",
+    GtResize.reference_today: "bilinear with unknown pixels as 0, antialiased (torchvision's reference run with "
+    "torchvision >= 0.17)",
+}
+
+
 class EvalTransform:
     """Evaluation transform: optional resize to ``size`` (H, W), normalisation; no augmentation, no disparity cap.
 
     The resize follows the published evaluation: images bilinear without antialias, the valid mask nearest
     (``F.interpolate`` "nearest", as torchvision's ``F.resize``), disparity multiplied by the width ratio. The
-    disparity itself is interpolated bilinearly among valid pixels only: where the reference blended in the zeros of
-    unknown pixels (a wrong value at the border of every hole), this keeps the valid neighbours' value.
+    disparity itself, by ``gt_resize``: ``valid`` (default) interpolates bilinearly among valid pixels only, so the
+    valid pixels next to a hole keep their neighbours' value. The reference (``reference_2022``, ``reference_today``)
+    interpolates the map with 0 at unknown pixels, so zeros bleed into every valid pixel next to a hole (their
+    disparity shrinks towards 0), and keeps a pixel valid where the nearest source pixel was valid and the blend is
+    above 0; since torchvision 0.17 its ``F.resize`` also antialiases (a wider blend when shrinking).
     """
 
-    def __init__(self, size: tuple[int, int] | None = None) -> None:
+    def __init__(self, size: tuple[int, int] | None = None, gt_resize: GtResize | str = GtResize.valid) -> None:
         if size is not None and (len(size) != 2 or min(size) < 1):
             raise ValueError(f"eval size must be (H, W) of positive px or None, got {size}")
         self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.gt_resize = GtResize(gt_resize)
 
     def __call__(self, raw: dict[str, Any], *, dataset: int = 0) -> dict[str, Any]:
         check_raw_sample(raw)
@@ -450,12 +472,19 @@ class EvalTransform:
         if self.size is not None and self.size != (height, width):
             images = F.interpolate(torch.stack((left, right)), size=self.size, mode="bilinear", align_corners=False)
             left, right = images.clamp_(0.0, 1.0).unbind(0)
-            stacked = torch.cat((disparity_t, valid_t.float()))[:, None]  # (2, 1, H, W): values, valid weight
-            both = F.interpolate(stacked, size=self.size, mode="bilinear", align_corners=False)
-            values, weight = both[0], both[1]
             nearest = F.interpolate(valid_t[None].float(), size=self.size, mode="nearest")[0] > 0.5
-            valid_t = nearest & (weight > 0)
-            disparity_t = torch.where(valid_t, values / weight.clamp(min=_TINY_WEIGHT), torch.zeros(()))
+            if self.gt_resize is GtResize.valid:
+                stacked = torch.cat((disparity_t, valid_t.float()))[:, None]  # (2, 1, H, W): values, valid weight
+                both = F.interpolate(stacked, size=self.size, mode="bilinear", align_corners=False)
+                values, weight = both[0], both[1]
+                valid_t = nearest & (weight > 0)
+                disparity_t = torch.where(valid_t, values / weight.clamp(min=_TINY_WEIGHT), torch.zeros(()))
+            else:  # disparity_t holds 0 at unknown pixels; finish_sample drops what the blend left at 0
+                antialias = self.gt_resize is GtResize.reference_today
+                disparity_t = F.interpolate(
+                    disparity_t[None], size=self.size, mode="bilinear", align_corners=False, antialias=antialias
+                )[0]
+                valid_t = nearest
             disparity_t = disparity_t * (self.size[1] / width)
         sample: dict[str, Any] = finish_sample(left, right, disparity_t, valid_t, max_disparity=None)
         sample["dataset"] = dataset

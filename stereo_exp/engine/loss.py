@@ -1,17 +1,39 @@
-"""Sequence loss over every recurrent prediction (RAFT / CREStereo training objective)."""
+"""Sequence loss over every recurrent prediction (RAFT / CREStereo training objective).
+
+Two normalisations (``loss.normalization``), both a gamma-weighted sum over the predictions of a mean L1 error:
+
+- ``valid`` (default): the error averaged over the valid pixels only, so every valid pixel weighs the same whatever
+  share of the crop is valid;
+- ``all``: torchvision's ``references/depth/stereo`` loss: the error, with the valid mask multiplied in,
+  averaged over every pixel and every supervised channel. A crop that is 60 % valid weighs 0.6 times as much, and a
+  pixel left out (invalid, or at or above ``loss.max_disparity``) still counts in the denominator.
+
+``loss.vertical``: CREStereo predicts a 2-D flow; torchvision's reference supervises its vertical channel towards 0
+(rectified pairs have none) and averages it with the horizontal one. Models that predict disparity only (RAFT-Stereo)
+have one channel either way, as in the reference. docs/REFERENCE.md lists every semantic next to the reference's.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+
+class LossNormalization(str, Enum):
+    valid = "valid"  # mean over valid pixels
+    all = "all"  # mean over all pixels (and channels) with the valid mask multiplied in: torchvision's reference
 
 
 @dataclass
 class LossConfig:
     gamma: float = 0.8  # weight of prediction i of N is gamma**(N-1-i): later refinements count more
     max_disparity: float | None = None  # ground truth at or above this many pixels is left out; null = keep all
+    normalization: LossNormalization = LossNormalization.valid  # valid: mean over valid px | all: all px (reference)
+    vertical: bool = False  # also supervise a 2-D flow model's vertical channel towards 0 (CREStereo; reference: on)
 
     def __post_init__(self) -> None:
         if not 0 < self.gamma <= 1:
@@ -20,24 +42,45 @@ class LossConfig:
             raise ValueError(f"loss.max_disparity must be > 0 or null; got {self.max_disparity}.")
 
 
-def sequence_loss(
-    predictions: list[Tensor], gt: Tensor, valid: Tensor, *, gamma: float, max_disparity: float | None = None
-) -> Tensor:
-    """Gamma-weighted sum over predictions of the L1 error averaged over valid pixels.
+def forward_options(model: nn.Module, cfg: LossConfig | Any) -> dict[str, bool]:
+    """Keyword arguments of the training forward pass that ``cfg`` needs: ``with_vertical=True`` when ``loss.vertical``
+    is set and the network predicts a vertical flow (CREStereo: ``forward_flow``); otherwise none."""
+    network = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return {"with_vertical": True} if cfg.vertical and hasattr(network, "forward_flow") else {}
 
-    predictions: N tensors (B, 1, H, W), disparity in px; gt: (B, 1, H, W); valid: (B, 1, H, W) bool.
-    A batch without a valid pixel gives a zero loss that still depends on the predictions (DDP needs every
-    parameter to take part in the backward pass on every rank).
+
+def sequence_loss(
+    predictions: list[Tensor],
+    gt: Tensor,
+    valid: Tensor,
+    *,
+    gamma: float,
+    max_disparity: float | None = None,
+    normalization: LossNormalization | str = LossNormalization.valid,
+) -> Tensor:
+    """Gamma-weighted sum over predictions of the masked L1 error (see the module docstring for ``normalization``).
+
+    predictions: N tensors (B, C, H, W): channel 0 disparity in px, an optional channel 1 the vertical flow (its
+    target is 0); gt: (B, 1, H, W) px; valid: (B, 1, H, W) bool. A batch without a valid pixel gives a zero loss that
+    still depends on the predictions (DDP needs every parameter to take part in the backward pass on every rank).
     """
     mask = valid & torch.isfinite(gt)
     if max_disparity is not None:
         mask = mask & (gt < max_disparity)
+    gt = torch.where(mask, gt, torch.zeros_like(gt))  # no NaN/inf from invalid pixels into the graph
     mask = mask.to(predictions[0].dtype)
-    num_valid = mask.sum().clamp_min(1.0)
-    gt = torch.where(mask.bool(), gt, torch.zeros_like(gt))  # no NaN/inf from invalid pixels into the graph
+    channels = predictions[0].shape[1]
+    if channels == 2:
+        gt = torch.cat([gt, torch.zeros_like(gt)], dim=1)  # rectified pairs: no vertical flow
+    elif channels != 1:
+        raise ValueError(f"predictions must have 1 (disparity) or 2 (with vertical flow) channels; got {channels}.")
+    if LossNormalization(normalization) is LossNormalization.valid:
+        denominator = mask.sum().clamp_min(1.0) * channels
+    else:
+        denominator = float(mask.numel() * channels)
     n = len(predictions)
     total = predictions[0].new_zeros(())
     for i, prediction in enumerate(predictions):
-        error = ((prediction - gt).abs() * mask).sum() / num_valid
+        error = ((prediction - gt).abs() * mask).sum() / denominator
         total = total + gamma ** (n - 1 - i) * error
     return total

@@ -38,7 +38,7 @@ from stereo_exp import data, evaluation, models
 from stereo_exp.engine import resume
 from stereo_exp.engine.checkpoint import Checkpointer, load_checkpoint
 from stereo_exp.engine.distributed import DistEnv
-from stereo_exp.engine.loss import sequence_loss
+from stereo_exp.engine.loss import forward_options, sequence_loss
 from stereo_exp.engine.optim import build_optimizer
 from stereo_exp.engine.preflight import check_run
 from stereo_exp.engine.schedule import build_scheduler
@@ -292,10 +292,10 @@ def train_step(
     )
 
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        predictions = model(left, right, num_iters=cfg.model.train_iters)
+        predictions = model(left, right, num_iters=cfg.model.train_iters, **forward_options(model, cfg.loss))
     # The loss is computed in fp32 from the (possibly bf16/fp16) predictions.
     loss = sequence_loss([p.float() for p in predictions], gt, valid, gamma=cfg.loss.gamma,
-                         max_disparity=cfg.loss.max_disparity)  # fmt: skip
+                         max_disparity=cfg.loss.max_disparity, normalization=cfg.loss.normalization)  # fmt: skip
 
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()

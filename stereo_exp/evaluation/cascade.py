@@ -288,7 +288,9 @@ def evaluate_datasets(
     grids: dict[str, GridResult] = {}
     figures: dict[str, Figure] = {}
     for name in eval_cfg.datasets:
-        dataset = build_eval_dataset(name, data_root=data_root, dataset_options=dataset_options, size=size)
+        dataset = build_eval_dataset(
+            name, data_root=data_root, dataset_options=dataset_options, size=size, gt_resize=eval_cfg.gt_resize
+        )
         if eval_cfg.max_samples is not None and eval_cfg.max_samples < len(dataset):
             dataset = Subset(dataset, range(eval_cfg.max_samples))  # the first N: the same ones on every run
         collector = None

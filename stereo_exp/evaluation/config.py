@@ -8,6 +8,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from stereo_exp.data.options import DatasetOptions
+from stereo_exp.data.transforms import GtResize
 from stereo_exp.evaluation.metrics import EXTRA_METRICS
 from stereo_exp.schemas import PathsConfig, Precision
 
@@ -16,6 +17,7 @@ from stereo_exp.schemas import PathsConfig, Precision
 class EvalConfig:
     datasets: list[str] = field(default_factory=lambda: ["motorcycle"])  # catalog names, evaluated one after another
     size: list[int] | None = None  # [H, W]: resize (bilinear, no antialias; disparity scaled); null = native, padded
+    gt_resize: GtResize = GtResize.valid  # valid | reference_2022 (published tables) | reference_today
     n_cascades: list[int] = field(default_factory=lambda: [1])  # 1 = full resolution; k = k levels, coarse to fine
     n_iterations: list[int] | None = None  # recurrent updates per forward pass; null = the model's eval_iters
     max_samples: int | None = None  # only the first N samples of each dataset (quick checks); null = all of them

@@ -11,7 +11,9 @@ one line per number of recurrent iterations holding the metric dict rounded to 3
     <TAB>},
     }
 
-Native-resolution evaluation (no resize) writes ``@size: native``. JSON keeps full precision.
+Native-resolution evaluation (no resize) writes ``@size: native``. JSON keeps full precision. ``evaluate`` writes one
+line before the tables naming how the ground truth was resized (``format_protocol``): the tables are only comparable
+with the published ones under ``eval.gt_resize=reference_2022`` (docs/REFERENCE.md).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from stereo_exp.data.transforms import GT_RESIZE_DESCRIPTIONS, GtResize
 
 # Nested results: {n_cascades: {n_iterations: {metric: value}}}
 Grid = Mapping[int, Mapping[int, Mapping[str, float]]]
@@ -30,6 +34,14 @@ _DECIMALS = 3  # rounding of the published tables
 def format_size(size: Sequence[int] | None) -> str:
     """``[384, 512]`` for a resize to (H, W), ``native`` for evaluation at each image's own resolution."""
     return "native" if size is None else str([int(s) for s in size])
+
+
+def format_protocol(size: Sequence[int] | None, gt_resize: str) -> str:
+    """The line above the tables: how the ground truth reached the evaluated size (ends with a newline)."""
+    if size is None:
+        return "Ground truth: native resolution, not resized\n"
+    value = GtResize(gt_resize)
+    return f"Ground truth: resized with eval.gt_resize={value.value}: {GT_RESIZE_DESCRIPTIONS[value]}\n"
 
 
 def format_table(dataset: str, size: Sequence[int] | None, grid: Grid) -> str:

@@ -427,7 +427,8 @@ class CREStereo(nn.Module):
     the 1/4 grid and rescaled by the width ratio, and the model then refines at 1/4 only. A second channel, if given,
     is the vertical flow of a previous ``forward_flow``. Without ``flow_init``: ``num_iters // 2`` updates per coarse
     level, then ``num_iters`` at 1/4; with it: ``num_iters`` updates at 1/4.
-    ``forward_flow`` returns the same predictions with their vertical channel, (B, 2, H, W).
+    ``forward_flow`` (or ``forward(..., with_vertical=True)``) returns the same predictions with their vertical
+    channel, (B, 2, H, W).
 
     Args:
         feature_encoder: shared image encoder; must expose ``output_dim`` and ``downsampling_factor``.
@@ -519,9 +520,18 @@ class CREStereo(nn.Module):
 
     # ---------------------------------------------------------------------------------------------------------------
     def forward(
-        self, left: Tensor, right: Tensor, flow_init: Tensor | None = None, num_iters: int = 10
+        self,
+        left: Tensor,
+        right: Tensor,
+        flow_init: Tensor | None = None,
+        num_iters: int = 10,
+        *,
+        with_vertical: bool = False,
     ) -> list[Tensor]:
-        return [flow[:, :1] for flow in self.forward_flow(left, right, flow_init, num_iters)]
+        # with_vertical: the (B, 2, H, W) predictions of forward_flow, through forward so that a DDP wrapper sees
+        # the call (training with loss.vertical supervises the vertical channel).
+        flows = self.forward_flow(left, right, flow_init, num_iters)
+        return flows if with_vertical else [flow[:, :1] for flow in flows]
 
     def forward_flow(
         self, left: Tensor, right: Tensor, flow_init: Tensor | None = None, num_iters: int = 10
