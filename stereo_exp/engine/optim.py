@@ -7,12 +7,22 @@ from enum import Enum
 
 import torch
 from torch import nn
+from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
 
 class OptimizerName(str, Enum):
     adamw = "adamw"
     adam = "adam"
     sgd = "sgd"
+
+
+class Implementation(str, Enum):
+    """How torch runs the update of every parameter (same formula; float rounding may differ in the last bit)."""
+
+    auto = "auto"  # fused where torch has a fused kernel for the parameters' device (cuda, cpu, ...), else for_loop
+    fused = "fused"  # one kernel for all parameters: on a GPU one launch instead of several per parameter
+    foreach = "foreach"  # one multi-tensor op per formula step (GPU); on a CPU the same as for_loop
+    for_loop = "for_loop"  # a few ops per parameter (torch's default on CPU)
 
 
 @dataclass
@@ -24,6 +34,7 @@ class OptimConfig:
     momentum: float = 0.9  # sgd momentum
     nesterov: bool = False  # sgd Nesterov momentum
     clip_grad_norm: float | None = None  # clip the global gradient norm to this value; null = no clipping
+    implementation: Implementation = Implementation.auto  # auto (fused where available) | fused | foreach | for_loop
 
     def __post_init__(self) -> None:
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
@@ -39,8 +50,24 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.opti
         if param.requires_grad:
             (no_decay if param.ndim <= 1 else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kernel = implementation_options(cfg.implementation, [*decay, *no_decay])
     if cfg.name == OptimizerName.adamw:
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, **kernel)
     if cfg.name == OptimizerName.adam:
-        return torch.optim.Adam(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps)
-    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, **kernel)
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **kernel)
+
+
+def implementation_options(implementation: Implementation | str, params: list[torch.Tensor]) -> dict[str, bool]:
+    """The ``fused`` / ``foreach`` keyword arguments of torch's optimizers for ``implementation``."""
+    implementation = Implementation(implementation)
+    if implementation == Implementation.auto:
+        devices = {param.device.type for param in params}
+        fused_devices = set(_get_fused_kernels_supported_devices())
+        fusable = all(param.is_floating_point() for param in params) and devices <= fused_devices
+        implementation = Implementation.fused if fusable else Implementation.for_loop
+    return {
+        Implementation.fused: {"fused": True},
+        Implementation.foreach: {"foreach": True},
+        Implementation.for_loop: {"foreach": False},
+    }[implementation]

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 # Keys that may differ between a checkpoint's config and the config that resumes it: they change how the run is
 # observed or executed, not what it computes.
 RESUMABLE_CHANGES = ("paths.", "tracking.", "loader.", "resume", "train.log_every", "train.max_steps",
-                     "train.num_threads", "train.device", "checkpoint.", "hydra")  # fmt: skip
+                     "train.num_threads", "train.device", "checkpoint.", "speed.", "hydra")  # fmt: skip
 
 
 class Preempted(Exception):
@@ -169,6 +169,7 @@ def _run(cfg: DictConfig, dist: DistEnv, tracker: MlflowTracker) -> TrainResult:
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=cfg.train.find_unused_parameters,
         )  # fmt: skip
+    train_model = models.prepare_for_training(train_model, cfg.speed, device)  # compile, allocator (speed section)
 
     # ---- tracking -----------------------------------------------------------------------------------------------
     sweep = SweepInfo.from_hydra()  # None unless this is a job of a multirun: then tagged and grouped
