@@ -24,7 +24,9 @@ stereo_exp uses ``build_optimizer`` (``optim.implementation``). Each worker time
 synchronised). The first ``--warmup`` steps are untimed and reported apart (compilation happens there).
 
 Figures: per side the median and spread of the step time; per stereo_exp side ``ratio`` = prototype time / its time
-within the same repeat (>1: stereo_exp faster), median and range over repeats. JSON record: outputs/benchmarks/.
+within the same repeat (>1: stereo_exp faster), median and range over repeats; with ``--no-prototype`` the first
+variant takes the prototype's place. JSON record: outputs/benchmarks/. Memory: every side holds a training step's
+activations (crestereo_base at 256x320, batch 2: ~4 GB), so a 24 GB machine runs two or three sides at a time.
 """
 
 from __future__ import annotations
@@ -83,8 +85,12 @@ def _stereo_exp_side(spec: dict[str, Any], device: Any) -> tuple[Any, Any, float
     overrides = [f"model={spec['model']}", "tracking=none", *spec["overrides"]]
     with initialize_config_dir(config_dir=str(conf), version_base=None):
         cfg = compose("config", overrides=overrides)
+    torch.manual_seed(0)
     model = models.build_model(cfg.model)
-    model.load_state_dict(torch.load(spec["weights"]), strict=True)
+    if Path(spec["weights"]).exists():  # the prototype's (or, with --no-prototype, the first side's) weights
+        model.load_state_dict(torch.load(spec["weights"]), strict=True)
+    else:
+        torch.save(model.state_dict(), spec["weights"])
     model = model.to(device)
     # An older checkout (src=DIR) may predate the speed section: it then trains the model as it is.
     prepare = getattr(models, "prepare_for_training", None)
@@ -211,7 +217,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }  # fmt: skip
             sides: list[Side] = []
             try:
-                sides.append(Side(PROTOTYPE, {**common, "side": PROTOTYPE}, _environment(None)))
+                if args.prototype:
+                    sides.append(Side(PROTOTYPE, {**common, "side": PROTOTYPE}, _environment(None)))
                 for text in args.variants:
                     label, overrides, src = _variant(text)
                     spec = {**common, "side": "stereo_exp", "overrides": overrides, "src": src}
@@ -269,7 +276,7 @@ def _table(record: dict[str, Any]) -> str:
         f"{record['device']}, {record['threads']} threads, {len(record['rows'][0]['seconds_all'])} alternating repeats"
     )
     lines = [head, f"{'precision':9}  {'side':44}  {'median s':>8}  {'min-max s':>13}  {'warm-up s':>16}  "
-             f"{'prototype/side':>14}  {'range':>11}"]  # fmt: skip
+             f"{'reference/side':>14}  {'range':>11}"]  # fmt: skip
     for row in record["rows"]:
         seconds, ratio = row["seconds"], row["ratio"]
         warmup = ",".join(f"{s:.1f}" for s in row["warmup_s"]) or "-"
@@ -289,6 +296,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iters", type=int, default=10, help="recurrent updates per forward pass")
     parser.add_argument("--precisions", default="fp32", help="comma-separated: fp32 | bf16 | fp16 (autocast)")
     parser.add_argument("--variants", nargs="+", default=["default"], help="stereo_exp sides (see above)")
+    parser.add_argument(
+        "--no-prototype",
+        dest="prototype",
+        action="store_false",
+        help="stereo_exp variants only (ratios against the first one): for levers, and where the prototype is missing",
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: one per core)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per side first (compilation happens here)")

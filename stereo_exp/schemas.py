@@ -67,7 +67,6 @@ class SpeedConfig:
 
     compile: bool | None = None  # torch.compile each recurrent update (inductor); null = on for cuda, off for cpu
     compile_mode: str | None = None  # torch.compile mode; null = reduce-overhead (CUDA graphs) on cuda, default on cpu
-    compile_dynamic: bool | None = None  # dynamic shapes when compiling; null = torch's (static until a shape changes)
     keep_freed_memory: bool | None = None  # glibc malloc keeps freed memory for reuse (no page faults); null = cpu only
 
     def __post_init__(self) -> None:

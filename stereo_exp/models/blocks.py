@@ -313,17 +313,22 @@ class ConvGRU(nn.Module):
         n = self.hidden_size
 
         def dynamic_weight(conv: nn.Conv2d) -> Tensor:  # the kernels of h's and the changing input channels
-            if static_channels == 0:
-                return conv.weight
             return torch.cat([conv.weight[:, :n], conv.weight[:, n + static_channels :]], dim=1)
 
+        if static_channels == 0:
+            # convq's weight is used as it is; passing the parameter itself around would make it an input of the
+            # update block, which module hooks (e.g. FlopCounterMode's) cannot follow under inference mode.
+            zr_weight, q_weight = torch.cat([self.convz.weight, self.convr.weight]), None
+        else:
+            zr_weight = torch.cat([dynamic_weight(self.convz), dynamic_weight(self.convr)])
+            q_weight = dynamic_weight(self.convq)
         zr, q = gates.split([2 * n, n], dim=1)
         return FastGates(
             # Contiguous once here: every update adds them to a fresh channels-last convolution output.
             zr=zr.contiguous(memory_format=torch.channels_last),
             q=q.contiguous(memory_format=torch.channels_last),
-            zr_weight=torch.cat([dynamic_weight(self.convz), dynamic_weight(self.convr)]),
-            q_weight=dynamic_weight(self.convq),
+            zr_weight=zr_weight,
+            q_weight=q_weight,
             static_channels=static_channels,
         )
 
@@ -345,7 +350,8 @@ class ConvGRU(nn.Module):
             )
         zr = torch.sigmoid(F.conv2d(torch.cat([h, x], dim=1), gates.zr_weight, padding=self.convz.padding) + gates.zr)
         z, r = zr.split(n, dim=1)
-        q_in = F.conv2d(torch.cat([r * h, x], dim=1), gates.q_weight, padding=self.convq.padding)
+        q_weight = self.convq.weight if gates.q_weight is None else gates.q_weight
+        q_in = F.conv2d(torch.cat([r * h, x], dim=1), q_weight, padding=self.convq.padding)
         q = torch.tanh(q_in + gates.q)
         return h + z * (q - h)
 
@@ -357,7 +363,7 @@ class FastGates(NamedTuple):
     zr: Tensor  # (B, 2 * hidden, H, W) z and r pre-activations of the static input channels and the biases
     q: Tensor  # (B, hidden, H, W) the same for q
     zr_weight: Tensor  # (2 * hidden, hidden + dynamic channels, kh, kw) z and r kernels of h and the changing channels
-    q_weight: Tensor  # (hidden, hidden + dynamic channels, kh, kw) q kernels of r * h and the changing channels
+    q_weight: Tensor | None  # (hidden, hidden + dynamic channels, kh, kw) q kernels; None: all of convq's (S = 0)
     static_channels: int  # input channels folded into zr and q
 
 

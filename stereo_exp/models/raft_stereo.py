@@ -391,7 +391,10 @@ class RaftStereo(nn.Module):
         hf, wf = fmap1.shape[-2:]
         # Coordinates stay in fp32 (or fp64) under autocast: bf16 cannot even count columns past 256 exactly.
         dtype = torch.promote_types(fmap1.dtype, torch.float32)
-        grid_x = coords_grid(b, hf, wf, device=fmap1.device, dtype=dtype)[:, :1]  # (B, 1, h, w) column index
+        # (B, 1, h, w) column index; contiguous like the coordinates of later iterations (one compiled graph for all)
+        grid_x = coords_grid(b, hf, wf, device=fmap1.device, dtype=dtype)[:, :1].clone(
+            memory_format=torch.contiguous_format
+        )
         coords_x = grid_x  # right-image x-coordinate of each left pixel at 1/f
         if flow_init is not None:
             prior = F.interpolate(flow_init.to(coords_x.dtype), size=(hf, wf), mode="bilinear", align_corners=True)

@@ -4,11 +4,14 @@
 wrapping it in DDP): it resolves every ``null`` of the section for the device and applies it.
 
 * ``compile``: ``torch.compile`` of the recurrent updates (``CREStereo.compile_updates``,
-  ``RaftStereo.compile_updates``; regional compilation: a few graphs serve every update). On a GPU the step is bound
-  by kernel launches and host work (issue 12: 3% of the bf16 matmul rate), which compiled code, with CUDA graphs
-  (``compile_mode`` reduce-overhead), removes; on by default there. On a CPU inductor fuses the elementwise work
-  around the convolutions, but building the graphs takes minutes on 2 cores (docs/PERFORMANCE.md has the figures),
-  more than it saves in the embedded default's 4-minute run: off by default there, worth turning on for long runs.
+  ``RaftStereo.compile_updates``; regional compilation: a few graphs serve every update). Static shapes: one graph
+  per pyramid level and search window (CREStereo: 6, RAFT-Stereo: 1), the crop being fixed for a run; inductor
+  (torch 2.14) fails on CREStereo's update with symbolic shapes, and evaluation, whose sizes vary, runs eager. On a
+  GPU the step is bound by kernel launches and host work (issue 12: 3% of the bf16 matmul rate), which compiled
+  code, with CUDA graphs (``compile_mode`` reduce-overhead), removes; on by default there. On a CPU inductor fuses
+  the elementwise work around the convolutions, but building the graphs takes minutes on 2 cores
+  (docs/PERFORMANCE.md has the figures), more than it saves in the embedded default's 4-minute run: off by default
+  there, worth turning on for long runs.
 * ``keep_freed_memory``: glibc returns every large freed block to the operating system, so each training step
   page-faults its activations back in (hundreds of MB). Raising glibc's mmap and trim thresholds (``mallopt``) keeps
   freed memory for reuse; on by default on CPU, where that is measurable (docs/PERFORMANCE.md). Process-wide, and
@@ -48,7 +51,6 @@ class ResolvedSpeed:
 
     compile: bool
     compile_mode: str
-    compile_dynamic: bool | None
     keep_freed_memory: bool
 
 
@@ -62,7 +64,6 @@ def resolve_speed(cfg: SpeedConfig | DictConfig | None, device: torch.device | s
     return ResolvedSpeed(
         compile=cuda if cfg.compile is None else cfg.compile,
         compile_mode=cfg.compile_mode or ("reduce-overhead" if cuda else "default"),
-        compile_dynamic=cfg.compile_dynamic,
         keep_freed_memory=(not cuda) if cfg.keep_freed_memory is None else cfg.keep_freed_memory,
     )
 
@@ -87,7 +88,7 @@ def prepare_for_training(
     if speed.keep_freed_memory and keep_freed_memory():
         log.info("speed.keep_freed_memory: glibc keeps freed memory for reuse (mallopt).")
     if compile_updates is not None:
-        compile_updates(mode=speed.compile_mode, dynamic=speed.compile_dynamic)
+        compile_updates(mode=speed.compile_mode, dynamic=False)
         log.info(
             "speed.compile: recurrent updates compiled (mode %s); the first steps include building the graphs.",
             speed.compile_mode,
