@@ -25,8 +25,11 @@ synchronised). The first ``--warmup`` steps are untimed and reported apart (comp
 
 Figures: per side the median and spread of the step time; per stereo_exp side ``ratio`` = prototype time / its time
 within the same repeat (>1: stereo_exp faster), median and range over repeats; with ``--no-prototype`` the first
-variant takes the prototype's place. JSON record: outputs/benchmarks/. Memory: every side holds a training step's
-activations (crestereo_base at 256x320, batch 2: ~4 GB), so a 24 GB machine runs two or three sides at a time.
+variant takes the prototype's place. The same for CPU time (``time.process_time``, all threads of the worker): on a
+machine shared with other work, wall times measure the load as much as the code, CPU times much less so, best with
+``--threads 1`` (with 2 threads OpenMP's spin-waiting at every operator's barrier counts as CPU time). JSON record:
+outputs/benchmarks/. Memory: every side holds a training step's activations (crestereo_base at 256x320, batch 2:
+~4 GB), so a 24 GB machine runs two or three sides at a time.
 """
 
 from __future__ import annotations
@@ -122,10 +125,10 @@ def worker(spec: dict[str, Any]) -> None:
     valid = torch.ones_like(gt, dtype=torch.bool)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[spec["precision"]]
 
-    def train_step() -> float:
+    def train_step() -> dict[str, float]:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             predictions = model(left, right, num_iters=spec["iters"])
         disparities = [sign * p[:, :1].float() for p in predictions]
@@ -135,14 +138,14 @@ def worker(spec: dict[str, Any]) -> None:
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        return {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start}
 
     source = sys.modules[type(model).__module__].__file__  # which checkout (or the prototype) this side runs
     print(json.dumps({"setup_s": time.perf_counter() - tic, "source": source}), file=protocol)
     for line in sys.stdin:
         if line.strip() == "quit":
             return
-        print(json.dumps({"seconds": train_step()}), file=protocol)
+        print(json.dumps(train_step()), file=protocol)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -166,6 +169,7 @@ class Side:
         self.setup_s, self.source = ready["setup_s"], ready["source"]
         self.warmup: list[float] = []
         self.seconds: list[float] = []
+        self.cpu_seconds: list[float] = []
 
     def _answer(self) -> dict[str, Any]:
         line = self.process.stdout.readline()
@@ -174,8 +178,11 @@ class Side:
         return json.loads(line)
 
     def step(self) -> float:
+        """One train step; returns its wall seconds (its CPU seconds go to ``cpu_seconds``)."""
         self.process.stdin.write("step\n")
-        return self._answer()["seconds"]
+        answer = self._answer()
+        self.cpu_seconds.append(answer["cpu_seconds"])
+        return answer["seconds"]
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -225,6 +232,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     sides.append(Side(f"stereo_exp {label}", spec, _environment(src)))
                 for side in sides:
                     side.warmup = [side.step() for _ in range(args.warmup)]
+                    side.cpu_seconds.clear()
                 for repeat in range(args.repeats):
                     order = sides if repeat % 2 == 0 else sides[::-1]
                     for side in order:
@@ -234,9 +242,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 for side in sides:
                     side.close()
-            reference = sides[0].seconds
+            reference = sides[0]
             for side in sides:
-                ratios = [a / b for a, b in zip(reference, side.seconds, strict=True)]
+                ratios = [a / b for a, b in zip(reference.seconds, side.seconds, strict=True)]
+                cpu_ratios = [a / b for a, b in zip(reference.cpu_seconds, side.cpu_seconds, strict=True)]
                 rows.append(
                     {
                         "precision": precision,
@@ -248,6 +257,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "seconds_all": side.seconds,
                         "ratio": _summary(ratios),
                         "ratios_all": ratios,
+                        "cpu_seconds": _summary(side.cpu_seconds),
+                        "cpu_seconds_all": side.cpu_seconds,
+                        "cpu_ratio": _summary(cpu_ratios),
                     }
                 )
     record = {
@@ -275,15 +287,16 @@ def _table(record: dict[str, Any]) -> str:
         f"\n{record['model']} train step, {record['crop']} batch {record['batch_size']}, {record['iters']} updates, "
         f"{record['device']}, {record['threads']} threads, {len(record['rows'][0]['seconds_all'])} alternating repeats"
     )
-    lines = [head, f"{'precision':9}  {'side':44}  {'median s':>8}  {'min-max s':>13}  {'warm-up s':>16}  "
-             f"{'reference/side':>14}  {'range':>11}"]  # fmt: skip
+    lines = [head, f"{'precision':9}  {'side':40}  {'warm-up s':>14}  {'median s':>8}  {'min-max s':>13}  "
+             f"{'ref/side':>8}  {'range':>11}  {'CPU s':>7}  {'CPU ref/side':>12}  {'range':>11}"]  # fmt: skip
     for row in record["rows"]:
-        seconds, ratio = row["seconds"], row["ratio"]
+        seconds, ratio, cpu, cpu_ratio = row["seconds"], row["ratio"], row["cpu_seconds"], row["cpu_ratio"]
         warmup = ",".join(f"{s:.1f}" for s in row["warmup_s"]) or "-"
         lines.append(
-            f"{row['precision']:9}  {row['side']:44.44}  {seconds['median']:8.3f}  "
-            f"{seconds['min']:6.2f}-{seconds['max']:<6.2f}  {warmup:>16.16}  {ratio['median']:14.2f}  "
-            f"{ratio['min']:5.2f}-{ratio['max']:<5.2f}"
+            f"{row['precision']:9}  {row['side']:40.40}  {warmup:>14.14}  {seconds['median']:8.3f}  "
+            f"{seconds['min']:6.2f}-{seconds['max']:<6.2f}  {ratio['median']:8.2f}  "
+            f"{ratio['min']:5.2f}-{ratio['max']:<5.2f}  {cpu['median']:7.2f}  {cpu_ratio['median']:12.2f}  "
+            f"{cpu_ratio['min']:5.2f}-{cpu_ratio['max']:<5.2f}"
         )
     return "\n".join(lines)
 

@@ -500,10 +500,15 @@ def convex_upsample(flow: Tensor, mask: Tensor, factor: int) -> Tensor:
     b, c, h, w = flow.shape
     if mask.shape != (b, 9 * factor * factor, h, w):
         raise ValueError(f"convex_upsample: mask shape {tuple(mask.shape)} != expected {(b, 9 * factor**2, h, w)}")
-    weights = torch.softmax(mask.reshape(b, 1, 9, factor, factor, h, w), dim=2)  # reshape: mask may be channels-last
-    neighbours = F.unfold(factor * flow, kernel_size=3, padding=1).view(b, c, 9, 1, 1, h, w)
-    up = (weights * neighbours).sum(dim=2)  # (B, C, factor, factor, h, w)
-    return up.permute(0, 1, 4, 2, 5, 3).reshape(b, c, h * factor, w * factor)
+    # Mask channel n * factor**2 + i * factor + j weighs neighbour n for the output sub-pixel (i, j). Pixel-major
+    # layout (a view of a channels-last mask): the weighted sums are one (C x 9) @ (9 x factor**2) product per pixel,
+    # about twice as fast forward and backward as broadcasting the product and summing it.
+    weights = torch.softmax(mask.permute(0, 2, 3, 1).reshape(b, h, w, 9, factor * factor), dim=3)
+    neighbours = F.unfold(factor * flow, kernel_size=3, padding=1).view(b, c, 9, h, w).permute(0, 3, 4, 1, 2)
+    with torch.autocast(flow.device.type, enabled=False):  # pixel coordinates: never in bf16 / fp16
+        dtype = torch.promote_types(neighbours.dtype, weights.dtype)
+        up = torch.matmul(neighbours.to(dtype), weights.to(dtype))  # (B, h, w, C, factor**2)
+    return up.view(b, h, w, c, factor, factor).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h * factor, w * factor)
 
 
 def upsample_flow(flow: Tensor, mask: Tensor | None, factor: int) -> Tensor:
