@@ -213,6 +213,7 @@ class Timing:
 
     seconds: list[float] = field(default_factory=list)
     ceilings: dict[str, list[float]] = field(default_factory=dict)  # dtype name -> one value per repeat
+    warmup_seconds: list[float] = field(default_factory=list)  # the untimed runs (compilation happens there)
 
     @property
     def median(self) -> float:
@@ -239,11 +240,14 @@ def time_interleaved(
     repeats: int,
     ceilings: dict[str, MatmulCeiling],
 ) -> Timing:
-    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed, each bracketed by ceiling samples."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
+    """Run ``fn`` ``warmup`` times untimed (their seconds kept apart), then ``repeats`` times timed, each bracketed
+    by ceiling samples."""
     timing = Timing(ceilings={name: [] for name in ceilings})
+    for _ in range(warmup):
+        tic = time.perf_counter()
+        fn()
+        synchronize(device)
+        timing.warmup_seconds.append(time.perf_counter() - tic)
     for _ in range(repeats):
         before = {name: sample() for name, sample in ceilings.items()}
         tic = time.perf_counter()
@@ -286,6 +290,7 @@ def timing_fields(timing: Timing, model_flops: int, executed_flops: int, precisi
         "seconds": timing.median,
         "seconds_best": timing.best,
         "seconds_all": timing.seconds,
+        "warmup_seconds": timing.warmup_seconds,
         "model_gflop": model_flops / 1e9,
         "executed_gflop": executed_flops / 1e9,
         "achieved_gflops": model_flops / timing.median / 1e9,
@@ -341,17 +346,25 @@ class MemoryProbe:
 
 
 def measure(
-    fn: Callable[[], Any], model: torch.nn.Module, spec: dict[str, Any], device: torch.device
+    fn: Callable[[], Any],
+    model: torch.nn.Module,
+    spec: dict[str, Any],
+    device: torch.device,
+    prepare: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """The measurement of a timed benchmark case: ``timing_fields`` of ``fn`` plus ``peak_mb`` / ``peak_delta_mb``.
 
     Inside one ``MemoryProbe``: two untimed runs count the model and executed FLOPs
-    (``count_model_and_executed_flops``), then ``spec["warmup"]`` untimed and ``spec["repeats"]`` timed runs are
-    bracketed by ceiling samples (``time_interleaved``); the share is taken against ``spec["precision"]``'s ceiling.
+    (``count_model_and_executed_flops``, eager), then ``prepare`` (e.g. compilation settings) runs, then
+    ``spec["warmup"]`` untimed runs (seconds reported apart: compilation happens there) and ``spec["repeats"]`` timed
+    runs bracketed by ceiling samples (``time_interleaved``); the share is taken against ``spec["precision"]``'s
+    ceiling.
     """
     memory = MemoryProbe(device)
     memory.start()
     model_flops, executed_flops = count_model_and_executed_flops(model, fn)
+    if prepare is not None:
+        prepare()
     ceilings = ceilings_for(device)
     timing = time_interleaved(fn, device=device, warmup=spec["warmup"], repeats=spec["repeats"], ceilings=ceilings)
     peak = memory.stop()
@@ -394,6 +407,8 @@ def format_table(columns: Sequence[tuple[str, str]], rows: Sequence[dict[str, An
             return "-"
         if isinstance(value, float):
             return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+        if isinstance(value, list):
+            return ",".join(cell(item) for item in value) or "-"
         return str(value)
 
     table = [[header for _, header in columns]] + [[cell(row.get(key)) for key, _ in columns] for row in rows]

@@ -3,12 +3,15 @@
     python -m benchmarks.inference                               # 384x512, 10 updates, CREStereo and RAFT-Stereo
     python -m benchmarks.inference --models crestereo_base --precisions fp32 --repeats 5
     python -m benchmarks.inference --device cuda                 # the same table on a GPU
+    python -m benchmarks.inference --models raft_stereo_realtime --precisions bf16 --compile false,true --warmup 3
 
 What runs is what ``python -m stereo_exp.predict`` and the evaluation run per image: the model in eval mode under
 ``torch.inference_mode()`` (and autocast for bf16/fp16), padding to the size multiple, ``--iters`` recurrent updates,
 one cascade level. Batch 1 (latency). The pair is seeded noise with a constant 8 px disparity: the cost does not
 depend on the content. FLOPs and timing as in ``benchmarks.train_step`` (first untimed run: plain reference path
-under ``FlopCounterMode``; second: fast paths; then ``--warmup`` and ``--repeats``).
+under ``FlopCounterMode``; second: fast paths; then ``--warmup`` and ``--repeats``). ``--compile true`` runs the
+recurrent updates compiled (``compile_updates(in_eval=True)``, mode as ``speed.compile_mode`` resolves on the
+device: CUDA graphs on a GPU); compilation happens in the warm-up runs, whose seconds are reported.
 """
 
 from __future__ import annotations
@@ -41,19 +44,23 @@ COLUMNS = (
     ("iters", "iters"),
     ("precision", "precision"),
     ("fast_paths", "fast"),
+    ("compiled", "compiled"),
     ("latency_s", "latency s"),
+    ("frames_per_s", "frames/s"),
     ("model_gflop", "GFLOP"),
     ("executed_gflop", "executed"),
     ("achieved_gflops", "GFLOP/s"),
     ("ceiling_gflops", "ceiling"),
     ("share_pct", "share %"),
     ("peak_delta_mb", "peak MiB"),
+    ("warmup_seconds", "warm-up s"),
 )
 
 
 def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     """One (model, size, iterations, precision) case; see the module docstring for what runs."""
     from stereo_exp.models import build_model, predict_disparity
+    from stereo_exp.models.speed import resolve_speed
 
     device = resolve_device(spec["device"])
     cfg = training_config(spec["model"], spec["precision"], fast_paths=spec["fast_paths"])
@@ -65,14 +72,20 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         with torch.inference_mode(), autocast(device, spec["precision"]):
             predict_disparity(model, batch["left"], batch["right"], num_iters=spec["iters"])
 
-    measured = measure(predict, model, spec, device)
+    def compile_updates() -> None:
+        if spec["compiled"]:
+            model.compile_updates(in_eval=True, mode=resolve_speed(cfg.speed, device).compile_mode)
+
+    measured = measure(predict, model, spec, device, prepare=compile_updates)
     return {
         "model": spec["model"],
         "size": "x".join(map(str, spec["size"])),
         "iters": spec["iters"],
         "precision": spec["precision"],
         "fast_paths": spec["fast_paths"],
+        "compiled": spec["compiled"],
         "latency_s": measured["seconds"],
+        "frames_per_s": 1 / measured["seconds"],
         **measured,
     }
 
@@ -84,15 +97,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=parse_size, default=[384, 512], help="HxW of the pair")
     parser.add_argument("--iters", type=int, default=10, help="recurrent updates")
     add_variant_arguments(parser)
+    parser.add_argument("--compile", default="false", help="false | true | false,true: compiled recurrent updates")
     args = parser.parse_args(argv)
     if args.case:
         run_single_case(args, run_case)
         return
     specs = [
-        {"model": model, "size": args.size, "iters": args.iters, "precision": precision, "fast_paths": fast}
+        {
+            "model": model,
+            "size": args.size,
+            "iters": args.iters,
+            "precision": precision,
+            "fast_paths": fast,
+            "compiled": compiled,
+        }
         for model in parse_list(args.models)
         for precision in parse_list(args.precisions)
         for fast in parse_list(args.fast_paths, parse_bool)
+        for compiled in parse_list(args.compile, parse_bool)
     ]
     run_benchmark(NAME, "benchmarks.inference", args, specs, COLUMNS, run_case)
 

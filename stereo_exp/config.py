@@ -15,9 +15,18 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from stereo_exp.data.options import DatasetOptions
-from stereo_exp.schemas import CheckpointConfig, LoaderConfig, PathsConfig, Precision, TrainConfig
+from stereo_exp.schemas import CheckpointConfig, LoaderConfig, PathsConfig, Precision, SpeedConfig, TrainConfig
 
-__all__ = ["CheckpointConfig", "Config", "LoaderConfig", "PathsConfig", "Precision", "TrainConfig", "register_configs"]
+__all__ = [
+    "CheckpointConfig",
+    "Config",
+    "LoaderConfig",
+    "PathsConfig",
+    "Precision",
+    "SpeedConfig",
+    "TrainConfig",
+    "register_configs",
+]
 
 
 @dataclass
@@ -36,6 +45,7 @@ class Config:
     datasets: DatasetOptions = field(default_factory=DatasetOptions)  # per-dataset reading options (docs/DATASETS.md)
     train: TrainConfig = field(default_factory=TrainConfig)  # batch, precision, logging, validation cadence
     loader: LoaderConfig = field(default_factory=LoaderConfig)  # DataLoader workers of the training data
+    speed: SpeedConfig = field(default_factory=SpeedConfig)  # compilation and allocator settings of the training step
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # how often and how many to keep
     seed: int = 0  # seeds model init, data order, augmentation and every worker
     resume: str | None = "auto"  # auto: continue the latest checkpoint in paths.output if any | PATH | null: never

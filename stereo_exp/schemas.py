@@ -1,4 +1,4 @@
-"""Top-level schema pieces that several packages reuse: paths, training, loader and checkpoint settings.
+"""Top-level schema pieces that several packages reuse: paths, training, loader, speed and checkpoint settings.
 
 A leaf module (it imports nothing from stereo_exp), so data/, evaluation/ and engine/ can use these schemas
 without import cycles; ``stereo_exp.config`` assembles them with the config groups into the whole run.
@@ -59,6 +59,22 @@ class LoaderConfig:
     pin_memory: bool = True  # page-locked host memory for faster host-to-GPU copies (ignored on CPU)
     persistent_workers: bool = True  # keep workers alive between validation passes
     prefetch_factor: int = 2  # batches each worker prepares ahead
+
+
+@dataclass
+class SpeedConfig:
+    """How the training step is executed, not what it computes (stereo_exp.models.speed; docs/PERFORMANCE.md).
+    null picks per device: what the benchmarks measured as faster there."""
+
+    compile: bool | None = None  # torch.compile each recurrent update (inductor); null = on for cuda, off for cpu
+    compile_mode: str | None = None  # torch.compile mode; null = reduce-overhead (CUDA graphs) on cuda, default on cpu
+    keep_freed_memory: bool | None = None  # glibc malloc keeps freed memory for reuse (no page faults); null = cpu only
+
+    def __post_init__(self) -> None:
+        modes = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+        if self.compile_mode not in modes:
+            names = ", ".join(map(str, modes))
+            raise ValueError(f"speed.compile_mode must be one of {names}; got {self.compile_mode!r}.")
 
 
 @dataclass

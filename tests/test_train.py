@@ -296,7 +296,7 @@ def test_steps_between_log_validation_and_checkpoint_steps_read_nothing_from_the
         return stats
 
     monkeypatch.setattr(trainer, "train_step", counted_step)
-    cfg = compose_train_config(tmp_path, "mix.dataset_steps=[8]", "optim=sgd", "optim.fused=true",
+    cfg = compose_train_config(tmp_path, "mix.dataset_steps=[8]", "optim=sgd", "optim.implementation=fused",
                                "train.log_every=4", "train.val_every=4", "checkpoint.every=4")  # fmt: skip
     train(cfg)
     assert steps_done[0] == 8

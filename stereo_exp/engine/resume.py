@@ -44,8 +44,9 @@ RUN_RECORD = "run.json"
 EXACT_CHANGES = ("paths.", "tracking.", "loader.", "resume", "train.log_every", "train.max_steps",
                  "train.allow_inexact_resume", "checkpoint.", "hydra")  # fmt: skip
 # Keys that keep the run meaningful but change the numbers: floating-point reductions depend on the thread count,
-# the precision and the device. Accepted only with train.allow_inexact_resume=true.
-INEXACT_CHANGES = ("train.num_threads", "train.precision", "train.device")
+# the precision, the device, compiled kernels and the optimizer's kernels. Accepted only with
+# train.allow_inexact_resume=true.
+INEXACT_CHANGES = ("train.num_threads", "train.precision", "train.device", "speed.", "optim.implementation")
 
 
 class RunDirectoryError(ValueError):

@@ -162,6 +162,7 @@ def _run(cfg: DictConfig, dist: DistEnv, output: Path, tracker: MlflowTracker) -
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=cfg.train.find_unused_parameters,
         )  # fmt: skip
+    train_model = models.prepare_for_training(train_model, cfg.speed, device)  # compile, allocator (speed section)
 
     # ---- the run directory and the MLflow run: the first side effects -------------------------------------------
     checkpointer = Checkpointer(output, keep_last=cfg.checkpoint.keep_last, is_main=dist.is_main)

@@ -11,6 +11,7 @@ from torch import nn
 from stereo_exp.models.config import ModelConfig, architecture_arguments
 from stereo_exp.models.inference import predict_disparity
 from stereo_exp.models.registry import get_model_builder, list_models, register_model
+from stereo_exp.models.speed import prepare_for_training
 from stereo_exp.models.weights import load_weights
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "list_models",
     "load_weights",
     "predict_disparity",
+    "prepare_for_training",
     "register_configs",
     "register_model",
 ]

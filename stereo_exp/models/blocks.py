@@ -13,7 +13,7 @@ positions (x, y), not the [-1, 1] coordinates of ``torch.nn.functional.grid_samp
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ __all__ = [
     "BottleneckBlock",
     "ConvGRU",
     "ConvexMaskPredictor",
+    "FastGates",
     "FeatureEncoder",
     "FlowHead",
     "MaskPredictor",
@@ -297,38 +298,73 @@ class ConvGRU(nn.Module):
     # Fast path (same numbers as ``forward`` up to float rounding; ``tests/test_fast_paths.py``). A convolution is
     # linear in its input channels, so the gates' pre-activations split into a part from input channels that stay
     # the same across recurrent updates (computed once, ``input_gates``) and a part from those that change
-    # (``forward_fast``), and the z and r convolutions, which read the same input, run as one convolution.
+    # (``forward_fast``), and the z and r convolutions, which read the same input, run as one convolution. Everything
+    # that does not change between updates (those static gates, split into z|r and q, and the kernels of the changing
+    # channels) is prepared once per image and level (``FastGates``): each update then only convolves, and autograd
+    # differentiates the slicing and concatenation of kernels and gates once instead of at every update.
 
     def gate_biases(self) -> Tensor:
         """The z, r, q biases as one (1, 3 * hidden_size, 1, 1) tensor, to add to precomputed gates."""
         return torch.cat([self.convz.bias, self.convr.bias, self.convq.bias]).view(1, -1, 1, 1)
 
-    def input_gates(self, static: Tensor) -> Tensor:
-        """z, r, q pre-activations (B, 3 * hidden_size, H, W) of the biases and of ``static`` (B, S, H, W), the first
-        S channels of every ``x`` this cell will read; pass them to ``forward_fast`` with the remaining channels."""
+    def fast_gates(self, gates: Tensor, static_channels: int = 0) -> FastGates:
+        """What ``forward_fast`` reads, from ``gates`` (B, 3 * hidden_size, H, W): the z, r, q pre-activations
+        (biases included) of the first ``static_channels`` input channels, the same for every update."""
+        n = self.hidden_size
+
+        def dynamic_weight(conv: nn.Conv2d) -> Tensor:  # the kernels of h's and the changing input channels
+            return torch.cat([conv.weight[:, :n], conv.weight[:, n + static_channels :]], dim=1)
+
+        if static_channels == 0:
+            # convq's weight is used as it is; passing the parameter itself around would make it an input of the
+            # update block, which module hooks (e.g. FlopCounterMode's) cannot follow under inference mode.
+            zr_weight, q_weight = torch.cat([self.convz.weight, self.convr.weight]), None
+        else:
+            zr_weight = torch.cat([dynamic_weight(self.convz), dynamic_weight(self.convr)])
+            q_weight = dynamic_weight(self.convq)
+        zr, q = gates.split([2 * n, n], dim=1)
+        return FastGates(
+            # Contiguous once here: every update adds them to a fresh channels-last convolution output.
+            zr=zr.contiguous(memory_format=torch.channels_last),
+            q=q.contiguous(memory_format=torch.channels_last),
+            zr_weight=zr_weight,
+            q_weight=q_weight,
+            static_channels=static_channels,
+        )
+
+    def input_gates(self, static: Tensor) -> FastGates:
+        """``fast_gates`` of ``static`` (B, S, H, W), the first S channels of every ``x`` this cell will read; pass
+        the result to ``forward_fast`` with the remaining channels."""
         n, s = self.hidden_size, static.shape[1]
         weight = torch.cat([conv.weight[:, n : n + s] for conv in (self.convz, self.convr, self.convq)])
-        return F.conv2d(static, weight, self.gate_biases().flatten(), padding=self.convz.padding)
+        return self.fast_gates(F.conv2d(static, weight, self.gate_biases().flatten(), padding=self.convz.padding), s)
 
-    def forward_fast(self, h: Tensor, x: Tensor, gates: Tensor) -> Tensor:
+    def forward_fast(self, h: Tensor, x: Tensor, gates: FastGates) -> Tensor:
         """``forward(h, cat([static, x]))`` for ``gates = input_gates(static)`` (S >= 0 static channels), or
-        RAFT-Stereo's ``forward(h, x, context)`` for ``gates = cat(context) + gate_biases()``.
-
-        ``gates``: (B, 3 * hidden_size, H, W) pre-activations of z, r, q, biases included.
-        """
+        RAFT-Stereo's ``forward(h, x, context)`` for ``gates = fast_gates(cat(context) + gate_biases())``."""
         n = self.hidden_size
-        static = self.convz.in_channels - n - x.shape[1]  # input channels already folded into ``gates``
-
-        def dynamic_weight(conv: nn.Conv2d) -> Tensor:  # the kernels of h's and x's channels
-            return conv.weight if static == 0 else torch.cat([conv.weight[:, :n], conv.weight[:, n + static :]], 1)
-
-        zr_weight = torch.cat([dynamic_weight(self.convz), dynamic_weight(self.convr)])
-        zr_in = F.conv2d(torch.cat([h, x], dim=1), zr_weight, padding=self.convz.padding)
-        zr = torch.sigmoid(zr_in + gates[:, : 2 * n])
+        if self.convz.in_channels != n + gates.static_channels + x.shape[1]:
+            raise ValueError(
+                f"ConvGRU.forward_fast: {gates.static_channels} static + {x.shape[1]} input channels != the cell's "
+                f"{self.convz.in_channels - n}."
+            )
+        zr = torch.sigmoid(F.conv2d(torch.cat([h, x], dim=1), gates.zr_weight, padding=self.convz.padding) + gates.zr)
         z, r = zr.split(n, dim=1)
-        q_in = F.conv2d(torch.cat([r * h, x], dim=1), dynamic_weight(self.convq), padding=self.convq.padding)
-        q = torch.tanh(q_in + gates[:, 2 * n :])
+        q_weight = self.convq.weight if gates.q_weight is None else gates.q_weight
+        q_in = F.conv2d(torch.cat([r * h, x], dim=1), q_weight, padding=self.convq.padding)
+        q = torch.tanh(q_in + gates.q)
         return h + z * (q - h)
+
+
+class FastGates(NamedTuple):
+    """One ``ConvGRU``'s inputs that stay the same across the recurrent updates of one image and level
+    (``ConvGRU.fast_gates``)."""
+
+    zr: Tensor  # (B, 2 * hidden, H, W) z and r pre-activations of the static input channels and the biases
+    q: Tensor  # (B, hidden, H, W) the same for q
+    zr_weight: Tensor  # (2 * hidden, hidden + dynamic channels, kh, kw) z and r kernels of h and the changing channels
+    q_weight: Tensor | None  # (hidden, hidden + dynamic channels, kh, kw) q kernels; None: all of convq's (S = 0)
+    static_channels: int  # input channels folded into zr and q
 
 
 class SeparableConvGRU(nn.Module):
@@ -351,11 +387,11 @@ class SeparableConvGRU(nn.Module):
     def forward(self, h: Tensor, x: Tensor) -> Tensor:
         return self.convgru2(self.convgru1(h, x), x)
 
-    def input_gates(self, static: Tensor) -> tuple[Tensor, Tensor]:
+    def input_gates(self, static: Tensor) -> tuple[FastGates, FastGates]:
         """Both cells' ``ConvGRU.input_gates`` for the leading input channels ``static``."""
         return self.convgru1.input_gates(static), self.convgru2.input_gates(static)
 
-    def forward_fast(self, h: Tensor, x: Tensor, gates: tuple[Tensor, Tensor]) -> Tensor:
+    def forward_fast(self, h: Tensor, x: Tensor, gates: tuple[FastGates, FastGates]) -> Tensor:
         """``forward(h, cat([static, x]))`` for ``gates = input_gates(static)``."""
         return self.convgru2.forward_fast(self.convgru1.forward_fast(h, x, gates[0]), x, gates[1])
 
@@ -464,10 +500,15 @@ def convex_upsample(flow: Tensor, mask: Tensor, factor: int) -> Tensor:
     b, c, h, w = flow.shape
     if mask.shape != (b, 9 * factor * factor, h, w):
         raise ValueError(f"convex_upsample: mask shape {tuple(mask.shape)} != expected {(b, 9 * factor**2, h, w)}")
-    weights = torch.softmax(mask.reshape(b, 1, 9, factor, factor, h, w), dim=2)  # reshape: mask may be channels-last
-    neighbours = F.unfold(factor * flow, kernel_size=3, padding=1).view(b, c, 9, 1, 1, h, w)
-    up = (weights * neighbours).sum(dim=2)  # (B, C, factor, factor, h, w)
-    return up.permute(0, 1, 4, 2, 5, 3).reshape(b, c, h * factor, w * factor)
+    # Mask channel n * factor**2 + i * factor + j weighs neighbour n for the output sub-pixel (i, j). Pixel-major
+    # layout (a view of a channels-last mask): the weighted sums are one (C x 9) @ (9 x factor**2) product per pixel,
+    # about twice as fast forward and backward as broadcasting the product and summing it.
+    weights = torch.softmax(mask.permute(0, 2, 3, 1).reshape(b, h, w, 9, factor * factor), dim=3)
+    neighbours = F.unfold(factor * flow, kernel_size=3, padding=1).view(b, c, 9, h, w).permute(0, 3, 4, 1, 2)
+    with torch.autocast(flow.device.type, enabled=False):  # pixel coordinates: never in bf16 / fp16
+        dtype = torch.promote_types(neighbours.dtype, weights.dtype)
+        up = torch.matmul(neighbours.to(dtype), weights.to(dtype))  # (B, h, w, C, factor**2)
+    return up.view(b, h, w, c, factor, factor).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h * factor, w * factor)
 
 
 def upsample_flow(flow: Tensor, mask: Tensor | None, factor: int) -> Tensor:

@@ -159,21 +159,80 @@ def fixed_window_correlation_fast(left: Tensor, right_warped: Tensor, *, groups:
     With channels innermost, each candidate's group sums run over contiguous memory and every shifted view of the
     padded right map is a strided view, so a candidate costs one product and one reduction (the plain version also
     pays a ``fill``, a division and a channels-first reduction per candidate: about 4x slower on a CPU). The division
-    by the group width happens once, on the stacked result. Returns a channels-last (B, groups * K, H, W) tensor in
-    the plain version's channel order.
+    by the group width happens once, on the stacked result. The backward pass is written out
+    (``_WindowCorrelation``): autograd would differentiate every candidate's shifted view on its own, filling and
+    adding a padded map of zeros per candidate. Returns a channels-last (B, groups * K, H, W) tensor in the plain
+    version's channel order.
     """
-    b, c, h, w = left.shape
-    ry, rx = window.radius
-    dy, dx = window.dilation
-    padded = F.pad(right_warped, (rx, rx, ry, ry), mode="replicate").permute(0, 2, 3, 1)  # (B, H + 2ry, W + 2rx, C)
-    left_nhwc = left.permute(0, 2, 3, 1)  # (B, H, W, C); a view when ``left`` is channels-last
-    per_candidate = [
-        (left_nhwc * padded[:, y : y + h, x : x + w]).reshape(b, h, w, groups, c // groups).sum(dim=-1)
-        for y in range(0, 2 * ry + 1, dy)
-        for x in range(0, 2 * rx + 1, dx)
-    ]  # K x (B, H, W, groups)
-    correlation = torch.stack(per_candidate, dim=-1) / (c // groups)  # (B, H, W, groups, K): channel g * K + k
-    return correlation.view(b, h, w, groups * window.num_candidates).permute(0, 3, 1, 2)
+    b, _, h, w = left.shape
+    # (B, H, W, C) views: no copy when the inputs are channels-last.
+    correlation = _WindowCorrelation.apply(left.permute(0, 2, 3, 1), right_warped.permute(0, 2, 3, 1), groups, window)
+    return correlation.view(b, h, w, groups * window.num_candidates).permute(0, 3, 1, 2)  # channel g * K + k
+
+
+def _replicate_pad_channels_last(x: Tensor, ry: int, rx: int) -> Tensor:
+    """(B, H, W, C) -> (B, H + 2 ry, W + 2 rx, C), border pixels repeated (``F.pad(mode="replicate")`` for channels
+    innermost; written out because inductor mis-strides ``replication_pad2d``'s backward on channels-last data)."""
+    b, h, w, c = x.shape
+    padded = x.new_empty(b, h + 2 * ry, w + 2 * rx, c)
+    padded[:, ry : ry + h, rx : rx + w] = x
+    padded[:, ry : ry + h, :rx] = x[:, :, :1]
+    padded[:, ry : ry + h, rx + w :] = x[:, :, -1:]
+    padded[:, :ry] = padded[:, ry : ry + 1]
+    padded[:, ry + h :] = padded[:, ry + h - 1 : ry + h]
+    return padded
+
+
+class _WindowCorrelation(torch.autograd.Function):
+    """Group correlation of ``left`` with the fixed-window candidates of ``right``, both (B, H, W, C) with channels
+    innermost -> (B, H, W, groups, K), candidates outside the map replicating the border.
+
+    Backward, with g = grad / group width: grad_left = sum over candidates of g_k * candidate k of right;
+    grad_right: every candidate's g_k * left added into one padded map, whose border is then folded back onto the
+    edge pixels it replicated. One padded map for all candidates instead of autograd's one per candidate.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, left: Tensor, right: Tensor, groups: int, window: SearchWindow) -> Tensor:
+        b, h, w, c = left.shape
+        ry, rx = window.radius
+        dy, dx = window.dilation
+        padded = _replicate_pad_channels_last(right, ry, rx)
+        product = torch.empty_like(left)  # one buffer for every candidate's product
+        per_candidate = []
+        for y in range(0, 2 * ry + 1, dy):
+            for x in range(0, 2 * rx + 1, dx):
+                torch.mul(left, padded[:, y : y + h, x : x + w], out=product)
+                per_candidate.append(product.view(b, h, w, groups, c // groups).sum(dim=-1))
+        ctx.save_for_backward(left, padded)
+        ctx.groups, ctx.window = groups, window
+        return torch.stack(per_candidate, dim=-1).div_(c // groups)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None, None]:
+        left, padded = ctx.saved_tensors
+        groups, window = ctx.groups, ctx.window
+        b, h, w, c = left.shape
+        ry, rx = window.radius
+        dy, dx = window.dilation
+        grad = grad / (c // groups)  # (B, H, W, groups, K)
+        grouped = (b, h, w, groups, c // groups)
+        grad_left = torch.zeros_like(left)
+        grad_padded = torch.zeros_like(padded)
+        k = 0
+        for y in range(0, 2 * ry + 1, dy):
+            for x in range(0, 2 * rx + 1, dx):
+                g = grad[..., k : k + 1]  # (B, H, W, groups, 1): the same for every channel of a group
+                grad_left.view(grouped).addcmul_(g, padded[:, y : y + h, x : x + w].unflatten(-1, grouped[-2:]))
+                grad_padded[:, y : y + h, x : x + w].unflatten(-1, grouped[-2:]).addcmul_(g, left.view(grouped))
+                k += 1
+        # Undo the replicate padding: columns first (the corners then sit in the edge rows), then rows.
+        grad_padded[:, :, rx] += grad_padded[:, :, :rx].sum(dim=2)
+        grad_padded[:, :, rx + w - 1] += grad_padded[:, :, rx + w :].sum(dim=2)
+        inner = grad_padded[:, :, rx : rx + w]
+        inner[:, ry] += inner[:, :ry].sum(dim=1)
+        inner[:, ry + h - 1] += inner[:, ry + h :].sum(dim=1)
+        return grad_left, inner[:, ry : ry + h], None, None
 
 
 def deformable_window_correlation(
@@ -496,6 +555,8 @@ class CREStereo(nn.Module):
         self.windows = (search_window_1d, search_window_2d)  # used by even and odd updates
         self.activation_checkpointing = activation_checkpointing
         self.fast_paths = fast_paths
+        self._compiled_refine_step: Callable[..., tuple[Tensor, Tensor, Tensor]] | None = None  # compile_updates
+        self._compile_in_eval = False
 
         # Coarse levels, coarsest first; only the coarsest one cross-attends.
         k = search_window_1d.num_candidates
@@ -637,11 +698,22 @@ class CREStereo(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One recurrent update at one level: (hidden, flow, flow convex-upsampled by ``base_factor``). ``context``
         comes from ``_context_input``."""
+        step = self._refine_step
+        if self._compiled_refine_step is not None and (self.training or self._compile_in_eval):
+            step = self._compiled_refine_step
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(
-                self._refine_step, correlation, left, right, hidden, context, flow, window, offsets, use_reentrant=False
-            )
-        return self._refine_step(correlation, left, right, hidden, context, flow, window, offsets)
+            arguments = (correlation, left, right, hidden, context, flow, window, offsets)
+            return checkpoint(step, *arguments, use_reentrant=False)
+        return step(correlation, left, right, hidden, context, flow, window, offsets)
+
+    def compile_updates(self, *, in_eval: bool = False, **options: Any) -> None:
+        """Run every recurrent update through ``torch.compile(self._refine_step, **options)`` in training mode (and
+        in eval mode with ``in_eval``): regional compilation. One update is the same code ``num_iters`` times per
+        level, so a few compiled graphs (per level and window) serve every update, where compiling the whole
+        unrolled forward pass would take many times longer to build. Same numbers up to float rounding
+        (``tests/test_speed.py``); ``stereo_exp.models.speed.prepare_for_training`` calls it (``speed.compile``)."""
+        self._compiled_refine_step = torch.compile(self._refine_step, **options)
+        self._compile_in_eval = in_eval
 
     def _refine_step(
         self,

@@ -29,6 +29,7 @@ from stereo_exp.models.blocks import (
     BaseEncoder,
     BottleneckBlock,
     ConvGRU,
+    FastGates,
     FlowHead,
     MaskPredictor,
     MotionEncoder,
@@ -253,14 +254,14 @@ class MultiLevelUpdateBlock(nn.Module):
     def forward(
         self,
         hidden: Sequence[Tensor],
-        contexts: Sequence[Sequence[Tensor]] | Sequence[Tensor],
+        contexts: Sequence[Sequence[Tensor]] | Sequence[FastGates],
         corr_features: Tensor,
         flow: Tensor,
         num_levels_updated: int | None = None,
         *,
         fast: bool = False,
     ) -> list[Tensor]:
-        """``fast=True``: ``contexts[i]`` is level i's gate tensor from ``context_gates`` and the GRUs run
+        """``fast=True``: ``contexts[i]`` is level i's ``FastGates`` from ``context_gates`` and the GRUs run
         ``ConvGRU.forward_fast`` (z and r gates in one convolution); same numbers up to float rounding."""
         n = len(self.hidden_dims)
         hidden = list(hidden)
@@ -281,11 +282,15 @@ class MultiLevelUpdateBlock(nn.Module):
                 hidden[level] = gru(hidden[level], inputs, contexts[level])
         return hidden
 
-    def context_gates(self, contexts: Sequence[Sequence[Tensor]]) -> list[Tensor]:
-        """Per level, the three context maps (z, r, q) and the GRU's biases as one (B, 3 * d, h, w) tensor: the
-        ``contexts`` of ``forward(..., fast=True)``, computed once per image instead of adding biases per update."""
+    def context_gates(self, contexts: Sequence[Sequence[Tensor]]) -> list[FastGates]:
+        """Per level, the three context maps (z, r, q) plus the GRU's biases, prepared for ``ConvGRU.forward_fast``:
+        the ``contexts`` of ``forward(..., fast=True)``, computed once per image instead of at every update."""
         n = len(self.hidden_dims)
-        return [torch.cat(list(contexts[level]), dim=1) + self.grus[n - 1 - level].gate_biases() for level in range(n)]
+        gates = []
+        for level in range(n):
+            gru = self.grus[n - 1 - level]
+            gates.append(gru.fast_gates(torch.cat(list(contexts[level]), dim=1) + gru.gate_biases()))
+        return gates
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -353,6 +358,8 @@ class RaftStereo(nn.Module):
         # Each GRU level halves the 1/f feature map, so inputs must divide by f * 2^(levels - 1).
         self.size_multiple: int = self.downsampling_factor * 2 ** (len(hidden_dims) - 1)
         self.fast_paths = fast_paths
+        self._compiled_iteration: Callable[..., tuple[list[Tensor], Tensor, Tensor]] | None = None  # compile_updates
+        self._compile_in_eval = False
         if fast_paths:
             # The recurrent part runs on channels-last tensors (oneDNN convolves them without reordering); the
             # encoders stay channels-first (their norms are faster there). Only strides change, not the state_dict.
@@ -384,25 +391,38 @@ class RaftStereo(nn.Module):
         hf, wf = fmap1.shape[-2:]
         # Coordinates stay in fp32 (or fp64) under autocast: bf16 cannot even count columns past 256 exactly.
         dtype = torch.promote_types(fmap1.dtype, torch.float32)
-        grid_x = coords_grid(b, hf, wf, device=fmap1.device, dtype=dtype)[:, :1]  # (B, 1, h, w) column index
+        # (B, 1, h, w) column index; contiguous like the coordinates of later iterations (one compiled graph for all)
+        grid_x = coords_grid(b, hf, wf, device=fmap1.device, dtype=dtype)[:, :1].clone(
+            memory_format=torch.contiguous_format
+        )
         coords_x = grid_x  # right-image x-coordinate of each left pixel at 1/f
         if flow_init is not None:
             prior = F.interpolate(flow_init.to(coords_x.dtype), size=(hf, wf), mode="bilinear", align_corners=True)
             coords_x = coords_x - prior * (wf / flow_init.shape[-1])  # disparity -> negative x-flow at 1/f
 
         use_checkpoint = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        iteration = self._iteration
+        if self._compiled_iteration is not None and (self.training or self._compile_in_eval):
+            iteration = self._compiled_iteration
         predictions = []
         for _ in range(num_iters):
             # The lookup position is not differentiated through (RAFT): gradients flow only through the updates.
             coords_x = coords_x.detach()
             if use_checkpoint:
                 hidden, coords_x, disparity = checkpoint(
-                    self._iteration, hidden, contexts, pyramid, coords_x, grid_x, use_reentrant=False
+                    iteration, hidden, contexts, pyramid, coords_x, grid_x, use_reentrant=False
                 )
             else:
-                hidden, coords_x, disparity = self._iteration(hidden, contexts, pyramid, coords_x, grid_x)
+                hidden, coords_x, disparity = iteration(hidden, contexts, pyramid, coords_x, grid_x)
             predictions.append(disparity)
         return predictions
+
+    def compile_updates(self, *, in_eval: bool = False, **options: Any) -> None:
+        """Run every recurrent iteration through ``torch.compile(self._iteration, **options)`` in training mode (and
+        in eval mode with ``in_eval``): regional compilation, one compiled graph for the ``num_iters`` identical
+        iterations (see ``CREStereo.compile_updates``; ``tests/test_speed.py``)."""
+        self._compiled_iteration = torch.compile(self._iteration, **options)
+        self._compile_in_eval = in_eval
 
     def _iteration(
         self,
