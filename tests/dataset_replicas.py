@@ -11,6 +11,7 @@ must decode for that pair (matched by ``left_path``, the raw sample's "path").
 Disparity values are chosen so that the file's encoding is exact (k/256, k/32, integers from FallingThings'
 depth, Sintel's r*4 + g/64 + b/16384, ...); a decoded value must equal the returned one bit for bit.
 Images and disparities are independent random content: the replicas test reading and bookkeeping, not geometry.
+``write_motorcycle_middlebury2014`` is the exception: a real scene (scikit-image's), in the Middlebury layout.
 
 ``write_replica(name, root)`` writes the replica of a catalog name with the writer's defaults and returns the
 samples that ``build_dataset(name, ...)`` with default ``DatasetOptions`` yields.
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import skimage.data
 from PIL import Image
 
 Size = tuple[int, int]  # (H, W) px
@@ -262,6 +264,22 @@ def write_middlebury2014(
                 )
             )
     return samples
+
+
+def write_motorcycle_middlebury2014(root: Path | str) -> ReplicaSample:
+    """scikit-image's real Motorcycle pair (500 x 741) as Middlebury2014/train/Motorcycle-perfect/: im0.png, im1.png,
+    disp0.pfm (+inf = no ground truth, as the official file), disp1.pfm all +inf (scikit-image ships no right-view
+    ground truth). The scene docs/REFERENCE.md evaluates beside torchvision's reference:
+    ``python -c "from tests.dataset_replicas import write_motorcycle_middlebury2014 as w; w('ROOT')"``.
+    """
+    left, right, disparity = (np.asarray(a) for a in skimage.data.stereo_motorcycle())
+    disparity = disparity.astype(np.float32)
+    folder = Path(root) / "Middlebury2014" / "train" / "Motorcycle-perfect"
+    write_png(folder / "im0.png", left)
+    write_png(folder / "im1.png", right)
+    write_pfm(folder / "disp0.pfm", disparity)
+    write_pfm(folder / "disp1.pfm", np.full_like(disparity, np.inf))
+    return ReplicaSample(folder / "im0.png", left, right, disparity, np.isfinite(disparity))
 
 
 def write_instereo2k(

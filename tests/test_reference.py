@@ -4,22 +4,28 @@ pair, and the table's evidence (every test and config key it names exists).
 torchvision's reference resizes the evaluation ground truth with ``torchvision.transforms.functional.resize``: the
 disparity map (0 at unknown pixels) bilinearly, times the width ratio, the valid mask nearest, then keeps pixels whose
 resized disparity is > 0. In 2022, when the published tables were made, ``F.resize`` did not antialias tensors; since
-torchvision 0.17 it does by default. The expectations call ``F.resize`` itself.
+torchvision 0.17 it does by default. The expectations call ``F.resize`` itself; on the official layout, they start
+from what torchvision's ``Middlebury2014Stereo`` reads.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import torchvision.datasets as tvd
 import torchvision.transforms.functional as TF
+from torch import Tensor
 from torchvision.transforms import InterpolationMode
 
+from stereo_exp.data import build_eval_dataset
 from stereo_exp.data.embedded import MotorcycleStereo
 from stereo_exp.data.transforms import EvalTransform
+from tests.dataset_replicas import write_motorcycle_middlebury2014
 from tests.test_config import default_keys
 
 REFERENCE_MD = Path(__file__).parents[1] / "docs" / "REFERENCE.md"
@@ -32,23 +38,46 @@ def motorcycle() -> dict:
     return MotorcycleStereo()[0]  # 500 x 741, +inf where unknown
 
 
-def _reference_ground_truth(raw: dict, antialias: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    known = np.isfinite(raw["disparity"])
-    disparity = torch.from_numpy(np.where(known, raw["disparity"], 0.0).astype(np.float32))[None]
+def _reference_ground_truth(zero_filled: np.ndarray, known: np.ndarray, antialias: bool) -> tuple[Tensor, Tensor]:
+    """(H, W) disparity with 0 at unknown pixels and its known mask, resized as the reference does."""
+    disparity = torch.from_numpy(zero_filled.astype(np.float32)).reshape(1, *known.shape)
     resized = TF.resize(disparity, list(SIZE), InterpolationMode.BILINEAR, antialias=antialias) * (SIZE[1] / 741)
     mask = TF.resize(torch.from_numpy(known)[None], list(SIZE), InterpolationMode.NEAREST)
     return resized, mask & (resized > 0)
 
 
+def _reference_image(image: Any) -> Tensor:
+    """Every mode resizes the images alike: bilinear, no antialias (the reference hard-codes it), then to [-1, 1]."""
+    resized = TF.resize(TF.to_tensor(image), list(SIZE), InterpolationMode.BILINEAR, antialias=False)
+    return (resized - 0.5) / 0.5
+
+
+def _assert_ground_truth_equal(sample: dict, disparity: Tensor, valid: Tensor) -> None:
+    assert torch.equal(sample["valid"], valid)
+    assert torch.allclose(sample["disparity"], torch.where(valid, disparity, 0.0), rtol=1e-6, atol=1e-5)
+
+
 @pytest.mark.parametrize(("gt_resize", "antialias"), [("reference_2022", False), ("reference_today", True)])
 def test_reference_gt_resize_is_torchvision_resize_of_the_zero_filled_map(motorcycle, gt_resize, antialias):
     sample = EvalTransform(SIZE, gt_resize)(motorcycle)
-    disparity, valid = _reference_ground_truth(motorcycle, antialias)
-    assert torch.equal(sample["valid"], valid)
-    assert torch.allclose(sample["disparity"], torch.where(valid, disparity, 0.0), rtol=1e-6, atol=1e-5)
-    # the images are resized the same way in every mode: bilinear, no antialias (the reference hard-codes it)
-    left = TF.resize(TF.to_tensor(motorcycle["left"]), list(SIZE), InterpolationMode.BILINEAR, antialias=False)
-    assert torch.allclose(sample["left"], (left - 0.5) / 0.5, atol=1e-6)
+    known = np.isfinite(motorcycle["disparity"])
+    _assert_ground_truth_equal(
+        sample, *_reference_ground_truth(np.where(known, motorcycle["disparity"], 0), known, antialias)
+    )
+    assert torch.allclose(sample["left"], _reference_image(motorcycle["left"]), atol=1e-6)
+
+
+def test_reference_today_on_the_official_layout_is_torchvisions_reader_then_resize(tmp_path):
+    """The path the side-by-side table of docs/REFERENCE.md takes (files, catalog, transform) against torchvision's
+    own reader of the same files, resized as the reference's evaluation does with today's torchvision."""
+    write_motorcycle_middlebury2014(tmp_path)
+    dataset = build_eval_dataset("middlebury2014-train", data_root=tmp_path, size=SIZE, gt_resize="reference_today")
+    assert len(dataset) == 1
+    sample = dataset[0]
+    left, right, disparity, known = tvd.Middlebury2014Stereo(tmp_path, split="train", calibration="perfect")[0]
+    _assert_ground_truth_equal(sample, *_reference_ground_truth(disparity, known, antialias=True))
+    assert torch.allclose(sample["left"], _reference_image(left), atol=1e-6)
+    assert torch.allclose(sample["right"], _reference_image(right), atol=1e-6)
 
 
 def test_only_the_reference_modes_bleed_unknown_zeros_into_valid_pixels(motorcycle):
