@@ -141,7 +141,7 @@ def _run(cfg: DictConfig, tracker: Any) -> dict[str, Any]:
     tracker.log_metrics(_flat_metrics(rows), step=0)
     for name in ("eda.txt", "eda.json", "eda_histograms.png"):
         tracker.log_artifact(output / name)
-    url = tracker.run_url()
+    url = tracker.where()
     if url:
         log.info("MLflow: %s", url)
     return report

@@ -130,7 +130,7 @@ def _run(cfg: DictConfig, eval_cfg: DictConfig, dist: DistEnv, tracker: MlflowTr
         tracker.log_artifact(output / "eval.json")
         for name, figure in figures.items():
             tracker.log_figure(figure, f"pictures/{name}.png")
-        url = tracker.run_url()
+        url = tracker.where()
         if url:
             log.info("MLflow: %s", url)
     return grids

@@ -31,10 +31,13 @@ def history(client: MlflowClient, run_id: str, key: str = "train/loss") -> list[
 
 
 @pytest.mark.network
-def test_a_training_run_logs_params_metrics_and_its_checkpoint_to_the_server(shared_mlflow_server, tmp_path):
+def test_a_training_run_logs_params_metrics_and_its_checkpoint_to_the_server(shared_mlflow_server, tmp_path, capsys):
     cfg = compose_train_config(tmp_path / "run", "tracking=mlflow", f"tracking.uri={shared_mlflow_server.uri}",
                                "tracking.experiment=server-run")  # fmt: skip
     result = train(cfg)
+    # The summary points at the run's page on that server; no `mlflow ui` to start for a server.
+    summary = capsys.readouterr().out
+    assert f"MLflow run: {shared_mlflow_server.uri}/#/experiments/" in summary and "mlflow ui" not in summary
 
     client = MlflowClient(shared_mlflow_server.uri)
     run = client.get_run(result.run_id)

@@ -499,4 +499,4 @@ def _print_summary(history: dict[str, dict[str, float]], checkpoint: Path, track
     print("\nValidation summary\n" + "\n".join(lines))
     print(f"Checkpoint: {checkpoint}")
     if tracker.active:
-        print(f"MLflow run: {tracker.run_url()}  (mlflow ui --backend-store-uri {tracker.cfg.uri})")
+        print(f"MLflow run: {tracker.where()}")
