@@ -227,7 +227,7 @@ def _unavailable(reason: str) -> None:
     pytest.skip(f"SLURM test cluster unavailable: {reason}")
 
 
-def _start(args: list[str], env: dict[str, str], answers: Callable[[], bool], by_hand: str) -> None:
+def start_cluster(args: list[str], env: dict[str, str], answers: Callable[[], bool], by_hand: str) -> None:
     """``launch/slurm_cluster.sh ARGS`` where the tests may start a cluster (CI, or SLURM_TESTS=start) and can
     (SLURM installed, root); skip or fail (``_unavailable``) otherwise. ``by_hand`` says how to start it oneself."""
     if not (os.environ.get("CI") or os.environ.get("SLURM_TESTS", "").lower() in ("start", "1", "yes")):
@@ -260,7 +260,7 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     conf = _cluster_conf()
     started_here = False
     if not _answers(conf):
-        _start(["start"], dict(os.environ), lambda: _answers(conf),
+        start_cluster(["start"], dict(os.environ), lambda: _answers(conf),
                f"nothing answers at SLURM_CONF={conf}; run `sudo {CLUSTER_SCRIPT} start`")  # fmt: skip
         started_here = True
 
@@ -289,7 +289,7 @@ def slurm_two_nodes() -> Iterator[SlurmCluster]:
         for tool in ("ip", "nsenter", "unshare"):
             if shutil.which(tool) is None:
                 _unavailable(f"'{tool}' is not installed (iproute2, util-linux); the two-node cluster needs it")
-        _start(["start"], env, answers, f"run `sudo {' '.join(settings)} {CLUSTER_SCRIPT} start`")
+        start_cluster(["start"], env, answers, f"run `sudo {' '.join(settings)} {CLUSTER_SCRIPT} start`")
         started_here = True
     conf = Path(TWO_NODE_CLUSTER["SLURM_CLUSTER_DIR"]) / "etc" / "slurm.conf"
     try:

@@ -3,8 +3,12 @@ configs in conf/hydra/launcher/, and the local MLflow server. Training through t
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -102,6 +106,63 @@ def test_a_requeued_job_runs_again_with_the_same_id_and_a_restart_count(slurm_cl
     # KillWait does not matter (the job exits on SIGTERM); the restart waits cred_expire + a scheduling pass.
     assert slurm_cluster.wait(job_id, timeout_s=90) == "COMPLETED"
     assert (tmp_path / "attempts.txt").read_text() == "start restart=none\nSIGTERM\nstart restart=1\n"
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_a_start_after_an_end_without_stop_cancels_the_jobs_whose_processes_are_gone(tmp_path):
+    # CI once ran on an image of a machine whose cluster folder held four jobs that were running when the image was
+    # taken. Recovered as RUNNING, they held the node for 32 minutes and failed the cluster tests; `start` now
+    # cancels them. A cluster of its own (folder, name, ports), so that the shared test cluster is not touched.
+    from tests.cluster_fixtures import CLUSTER_SCRIPT, SlurmCluster, start_cluster
+
+    folder = Path(tempfile.mkdtemp(prefix="slurm-leftover-", dir="/tmp"))  # short: MariaDB's socket path
+    folder.chmod(0o755)  # MariaDB runs as its own user
+    settings = {"SLURM_CLUSTER_DIR": str(folder), "SLURM_CLUSTER_NAME": "leftover", "SLURM_CLUSTER_PORT": "6937"}
+    conf = folder / "etc" / "slurm.conf"
+    env = {**os.environ, **settings, "SLURM_CONF": str(conf)}
+    cluster = SlurmCluster(conf=conf, partition="debug", cpus=0, started_here=True,
+                           client_prefix=("env", f"SLURM_CONF={conf}"))  # fmt: skip
+
+    def start() -> str:
+        done = subprocess.run([str(CLUSTER_SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    try:
+        start_cluster(["start"], env, lambda: True, f"run `sudo {CLUSTER_SCRIPT} start`")
+        job_id = cluster.run("sbatch", "--parsable", "--time=1-0", f"--chdir={tmp_path}", "--wrap", "sleep 300")
+        deadline = time.monotonic() + 60
+        while cluster.state(job_id) != "RUNNING":
+            assert time.monotonic() < deadline, f"job {job_id} did not start: {cluster.state(job_id)}"
+            time.sleep(0.5)
+        # Everything of this cluster ends at once, as in a machine image: its daemons, MariaDB, the job's step and
+        # processes (munged serves every cluster of the machine and stays).
+        daemons = [int((folder / "run" / f"{name}.pid").read_text()) for name in ("slurmctld", "slurmd", "slurmdbd",
+                   "mariadb")]  # fmt: skip
+        for pid in [*daemons, *_processes_with(f"SLURM_CONF={conf}")]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+        started = time.monotonic()
+        assert f"cancelling jobs left from before the last start (their processes are gone): {job_id}" in start()
+        assert cluster.state(job_id) == "CANCELLED"
+        second = cluster.sbatch("#!/bin/bash\ntrue\n", workdir=tmp_path, name="after")
+        assert cluster.wait(second, timeout_s=60) == "COMPLETED"  # the node is free at once, not after half an hour
+        assert time.monotonic() - started < 90
+    finally:
+        subprocess.run([str(CLUSTER_SCRIPT), "purge"], env=env, capture_output=True, timeout=300)
+
+
+def _processes_with(variable: str) -> list[int]:
+    """Pids of the processes whose environment holds ``variable`` (NAME=VALUE): a cluster's job steps and jobs."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and proc.name != str(os.getpid()):
+            with contextlib.suppress(OSError):
+                if variable.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(proc.name))
+    return pids
 
 
 def _all_reduce_rank_plus_one() -> dict[str, float | int]:
