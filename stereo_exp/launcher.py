@@ -424,8 +424,8 @@ def _summarise_in_mlflow(
     record: SweepRecord, tracking: Any, sweep: SweepInfo, outcomes: list[JobOutcome]
 ) -> tuple[dict[int, Any], str | None, str]:
     """Read the sweep's runs; attach the ranked table and the plot of its key metric to the parent run, with the
-    table in its description; close the parent (FAILED when a job failed). Returns (runs by job number, metric,
-    a note for the summary)."""
+    table in its description; close the runs of failed jobs still RUNNING and the parent (FAILED when a job failed).
+    Returns (runs by job number, metric, a note for the summary)."""
     from stereo_exp.tracking.comparison import compare, default_metric, markdown_table, training_runs
     from stereo_exp.tracking.mlflow_io import open_client
     from stereo_exp.tracking.sweep import JOB_NUM_TAG, NOTE_TAG, sweep_description
@@ -434,6 +434,11 @@ def _summarise_in_mlflow(
         client = open_client(record.tracking_uri, create=False)
         found = training_runs(client, record.experiment_id, record.sweep_id)
         runs = {int(run.data.tags[JOB_NUM_TAG]): run for run in found}
+        for outcome in outcomes:  # killed (SIGKILL, out of memory, a lost node): the job could not close its run
+            run = runs.get(outcome.num)
+            if outcome.error and run is not None and run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, status="FAILED")
+                runs[outcome.num] = client.get_run(run.info.run_id)
         metric = default_metric(found)
         missing = ", ".join(f"#{outcome.num}" for outcome in outcomes if outcome.num not in runs)
         note = ""
