@@ -22,6 +22,10 @@ the matching point is hidden in, or outside, the other view, as in SceneFlow's d
 
 Determinism: sample ``index`` of a split depends only on (seed, split, index), through its own
 ``numpy.random.Generator`` seeded with that triple; "train" and "val" use disjoint streams.
+
+Defaults: the embedded default run's training data. Half of the surfaces carry a photo: real texture, and what took
+the run's motorcycle mae (a real capture) from 7.3 to 5.3 px at 1500 steps. Disparities stay within 2 to 40 px; the
+embedded augmentation's scaling by up to 1.5 (conf/augmentation/embedded.yaml) carries them to the motorcycle's 60 px.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ class SyntheticConfig:
     patch_spacing: float = 12.0  # grid step of the field whose threshold cuts the two-colour patches, px
     patch_share: float = 0.5  # about this share of each surface takes its second colour (sharp edges inside layers)
     colour_range: list[float] = field(default_factory=lambda: [0.15, 0.85])  # min, max of each base colour channel
-    photo_share: float = 0.0  # chance that a surface carries a photo instead of the procedural texture
+    photo_share: float = 0.5  # chance that a surface carries a photo instead of the procedural texture
     photos: list[str] = field(default_factory=lambda: list(PHOTOS))  # skimage.data images that photo textures use
     photo_zoom: list[float] = field(default_factory=lambda: [0.5, 2.0])  # min, max scene px per photo px (log-uniform)
     photo_tint: float = 0.3  # each colour channel of a photo is scaled by a factor in [1 - tint, 1 + tint]
