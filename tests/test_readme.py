@@ -41,7 +41,7 @@ pytest_plugins = ["tests.cluster_fixtures"]
 # short by train.max_steps (the schedule still spans the mix's 3000 steps, so the README's sweep values stay valid).
 SHORT = (*[o for o in TINY_RUN if not o.startswith(("tracking=", "mix.dataset_steps="))], "train.max_steps=6")
 DATA = r"paths\.data='(/datasets|data)'"  # where the dataset errors point
-SWEEP = "python -m stereo_exp -m hydra/launcher=slurm schedule.decay_after_steps=0,750 optim.clip_grad_norm=null,1.0"
+SWEEP = "python -m stereo_exp -m hydra/launcher=slurm schedule.decay_after_steps=0,1500 optim.clip_grad_norm=null,1.0"
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,7 @@ def test_the_code_is_ruff_clean():
 
 # ---- the README's sweep, with the default tracking, and what the MLflow UI shows of it ----------------------------
 
-POINTS = [("0", "null"), ("0", "1.0"), ("750", "null"), ("750", "1.0")]  # Hydra's order of the 2x2 sweep
+POINTS = [("0", "null"), ("0", "1.0"), ("1500", "null"), ("1500", "1.0")]  # Hydra's order of the 2x2 sweep
 NAMES = [f"decay_after_steps={decay} clip_grad_norm={clip}" for decay, clip in POINTS]
 
 
@@ -253,7 +253,7 @@ def test_the_readme_sweep_starts_four_jobs_at_once_and_all_four_runs_land_in_the
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val/synthetic-val/mae")] == [0, 3, 6]
     # The parent summarises the sweep: what is swept, the ranked table and the plot of the held-out mae.
     assert parent.info.status == "FINISHED"
-    assert parent.data.params == {"schedule.decay_after_steps": "0,750", "optim.clip_grad_norm": "null,1.0"}
+    assert parent.data.params == {"schedule.decay_after_steps": "0,1500", "optim.clip_grad_norm": "null,1.0"}
     summary = sorted(a.path for a in client.list_artifacts(parent.info.run_id, "sweep_summary"))
     assert summary == [f"sweep_summary/val_synthetic-val_mae.{ext}" for ext in ("csv", "md", "png")]
     assert all(name in parent.data.tags["mlflow.note.content"] for name in NAMES)
