@@ -16,7 +16,13 @@ from hydra import compose, initialize_config_dir
 from benchmarks.common import Timing, count_flops, format_table
 from stereo_exp.config import register_configs
 from stereo_exp.models import build_model
-from stereo_exp.models.blocks import ConvGRU, SeparableConvGRU, to_channels_last
+from stereo_exp.models.blocks import (
+    ConvGRU,
+    SeparableConvGRU,
+    grid_sample_pixels,
+    sample_pixels_channels_last,
+    to_channels_last,
+)
 from stereo_exp.models.crestereo import (
     AdaptiveGroupCorrelation,
     SearchWindow,
@@ -87,7 +93,39 @@ def test_fast_correlation_layer_peaks_where_the_flow_points_at_the_match():
     fast = correlation(left, right, matched_flow, SearchWindow((1, 9)), fast=True)
     best = fast.reshape(1, 2, 9, 6, 24).argmax(dim=2)[..., 5:19]  # interior columns
     assert (best == 4).all()  # the centre candidate (dx = 0) of both groups
-    torch.testing.assert_close(fast, correlation(left, right, matched_flow, SearchWindow((1, 9))), atol=1e-6, rtol=0)
+    # 1e-5: grid_sample (plain path) round-trips the pixel coordinates through [-1, 1], which puts ~1e-7 of weight on
+    # the neighbours of whole-pixel points; the fast path's sparse sampler weighs them exactly 0.
+    torch.testing.assert_close(fast, correlation(left, right, matched_flow, SearchWindow((1, 9))), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("height", [1, 7])
+def test_sparse_bilinear_sampler_equals_grid_sample_values_and_both_gradients(height):
+    # Points inside, on the border, between the border and the zero padding, far outside, and on whole pixels.
+    image = _randn(2, 16, height, 9, seed=1).double().requires_grad_()
+    coords = torch.rand(2, 5, 6, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    coords = coords * torch.tensor([13.0, height + 4.0], dtype=torch.float64) - 2
+    coords[0, 0, :3] = torch.tensor([[0.0, 0.0], [8.0, height - 1.0], [3.0, 2.0]], dtype=torch.float64)
+    coords[0, 1, 0] = torch.tensor([40.0, -30.0], dtype=torch.float64)
+    coords.requires_grad_()
+    plain = grid_sample_pixels(image, coords)
+    fast = sample_pixels_channels_last(image, coords)
+    assert fast.shape == plain.shape == (2, 16, 5, 6) and fast.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast, plain, atol=1e-12, rtol=0)
+    grad = _randn(2, 16, 5, 6, seed=3).double()
+    for fast_grad, plain_grad in zip(
+        torch.autograd.grad(fast, (image, coords), grad), torch.autograd.grad(plain, (image, coords), grad), strict=True
+    ):
+        torch.testing.assert_close(fast_grad, plain_grad, atol=1e-12, rtol=0)
+
+
+def test_sparse_bilinear_sampler_runs_float32_under_bf16_autocast_and_ignores_non_finite_points():
+    image, coords = _randn(1, 8, 6, 6, seed=1), torch.full((1, 2, 2, 2), 2.5)
+    coords[0, 0, 0] = torch.tensor([float("nan"), float("inf")])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sampled = sample_pixels_channels_last(image.bfloat16(), coords)
+    assert sampled.dtype == torch.float32
+    assert (sampled[0, :, 0, 0] == 0).all() and sampled.isfinite().all()
+    torch.testing.assert_close(sampled[0, :, 1, 1], image.bfloat16().float()[0, :, 2:4, 2:4].mean(dim=(1, 2)))
 
 
 def test_gru_with_precomputed_static_gates_equals_the_gru_on_the_full_input():
