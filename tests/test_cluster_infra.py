@@ -68,12 +68,14 @@ def test_the_local_launcher_config_does_not_kill_runs_after_the_plugins_hour(tmp
 @pytest.mark.cluster
 def test_an_sbatch_job_runs_and_sacct_reports_it_completed(slurm_cluster: SlurmCluster, tmp_path):
     job_id = slurm_cluster.sbatch(
-        '#!/bin/bash\necho "job $SLURM_JOB_ID ran on $SLURM_JOB_NUM_NODES node: $SLURM_JOB_NODELIST" > out.txt\n',
+        '#!/bin/bash\necho "job $SLURM_JOB_ID ran on $SLURM_JOB_NUM_NODES node: $SLURM_JOB_NODELIST" > out.txt\n'
+        'echo "OMP_WAIT_POLICY=$OMP_WAIT_POLICY" >> out.txt\n',
         workdir=tmp_path,
     )
     assert slurm_cluster.wait(job_id, timeout_s=60) == "COMPLETED"
     assert slurm_cluster.exit_code(job_id) == "0:0"
-    assert (tmp_path / "out.txt").read_text() == f"job {job_id} ran on 1 node: localhost\n"
+    # Jobs share cores on the test cluster: its task prolog makes OpenMP threads sleep while they wait.
+    assert (tmp_path / "out.txt").read_text() == f"job {job_id} ran on 1 node: localhost\nOMP_WAIT_POLICY=PASSIVE\n"
 
 
 @pytest.mark.cluster

@@ -5,8 +5,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from stereo_exp.config import Config, register_configs
-from tests.conftest import CONF_DIR, subprocess_env
+from tests.conftest import CONF_DIR
 
 GROUPS = ("model", "mix", "augmentation", "schedule", "optim", "loss", "eval", "tracking", "debug")
 KEYS_FILE = Path(__file__).parent / "fixtures" / "config_keys.txt"
@@ -119,14 +117,3 @@ def test_option_files_set_only_what_differs_from_their_schema(tmp_path):
 if __name__ == "__main__":
     KEYS_FILE.write_text("\n".join(default_keys()) + "\n")
     print(f"wrote {KEYS_FILE}")
-
-
-@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_openmp_threads_sleep_while_waiting_unless_the_environment_says_otherwise(given, expected):
-    # Read once, when torch loads its OpenMP runtime: the package sets it first (stereo_exp/__init__.py).
-    env = {k: v for k, v in subprocess_env().items() if k != "OMP_WAIT_POLICY"}
-    if given is not None:
-        env["OMP_WAIT_POLICY"] = given
-    code = "import os, sys, stereo_exp.config; print('torch' in sys.modules, os.environ['OMP_WAIT_POLICY'])"
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert done.stdout.split() == ["True", expected], done.stderr  # torch loaded by the package, after the setting

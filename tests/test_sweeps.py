@@ -159,6 +159,30 @@ def test_a_local_sweep_of_four_jobs_with_the_default_store_records_every_run_and
     assert summary[-1].startswith("Next: python -m stereo_exp.compare --sweep multirun/")
 
 
+def test_the_jobs_of_a_local_sweep_let_their_openmp_threads_sleep_while_waiting(tmp_path):
+    # They share this machine's cores; spinning threads made two 2-thread trainings on 2 cores 10x slower.
+    (tmp_path / "app.yaml").write_text(f"a: 0\nhydra:\n  searchpath:\n    - file://{CONF_DIR}\n")
+    (tmp_path / "app.py").write_text(textwrap.dedent("""
+        import os
+        from pathlib import Path
+
+        import hydra
+
+        @hydra.main(version_base="1.3", config_path=".", config_name="app")
+        def main(cfg):
+            Path(f"{os.environ['ROOT']}/policy_{cfg.a}.txt").write_text(os.environ.get("OMP_WAIT_POLICY", "unset"))
+
+        if __name__ == "__main__":
+            main()
+        """))  # fmt: skip
+    env = {key: value for key, value in subprocess_env().items() if key != "OMP_WAIT_POLICY"}
+    command = [sys.executable, str(tmp_path / "app.py"), "-m", "hydra/launcher=local", "a=1,2"]
+    done = subprocess.run(command, cwd=tmp_path, env={**env, "ROOT": str(tmp_path)}, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [(tmp_path / f"policy_{a}.txt").read_text() for a in (1, 2)] == ["PASSIVE", "PASSIVE"]
+
+
 def summary_lines(stdout: str) -> list[str]:
     """The submitter's summary: from its "Sweep ..." line to the end."""
     lines = stdout.splitlines()
