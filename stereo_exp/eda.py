@@ -172,7 +172,7 @@ def _finite(value: Any) -> Any:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eda")
 def main(cfg: DictConfig) -> None:
-    with clean_errors(cfg):  # a wrong value or missing data: one line saying what to change
+    with clean_errors(cfg, what="EDA"):  # a wrong value or missing data: one line saying what to change
         run_eda(cfg)
 
 

@@ -150,7 +150,7 @@ def flat_metrics(grids: dict[str, Any]) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float | None:
     """Evaluate; returns the mae of the first dataset's first grid cell (the objective of a sweep over weights)."""
-    with clean_errors(cfg):  # a wrong value or missing data: one line saying what to change
+    with clean_errors(cfg, what="Evaluation"):  # a wrong value or missing data: one line saying what to change
         grids = evaluate(cfg)
     first = next(iter(grids.values()))
     cell = next(iter(next(iter(first.values())).values()))
