@@ -52,7 +52,7 @@ def clean_errors(cfg: DictConfig, what: str = "Training") -> Iterator[None]:
             raise
         if isinstance(error, user_errors()):
             sys.exit(f"error: {error}")
-        print(f"\n{what} failed{where}:\n{type(error).__name__}: {error}".rstrip(), file=sys.stderr, flush=True)
+        print(f"\n{what} failed{where}:\n{cause(error)}", file=sys.stderr, flush=True)
         sys.exit(1)
 
 
@@ -67,8 +67,13 @@ def report_failure(error: BaseException, what: str) -> str:
     )
     for handler in files:
         handler.handle(record)
-    record_launcher_error(f"{type(error).__name__}: {error}".rstrip())
+    record_launcher_error(cause(error))
     return f" (traceback in {files[0].baseFilename})" if files else ""
+
+
+def cause(error: BaseException) -> str:
+    """``TypeName: message``, the line that ends the terminal and torchrun's summary."""
+    return f"{type(error).__name__}: {error}".rstrip()
 
 
 def drop_failed_run(error: BaseException) -> None:

@@ -35,22 +35,11 @@ from pathlib import Path
 import pytest
 
 from launch.mlflow_server import MlflowServer
+from stereo_exp.launcher import FINAL_STATES
 from tests.conftest import REPO_ROOT
 
 CLUSTER_SCRIPT = REPO_ROOT / "launch" / "slurm_cluster.sh"
 
-# sacct states after which a job will not run again (a requeued job shows PENDING/REQUEUED, not one of these).
-FINAL_STATES = (
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-    "TIMEOUT",
-    "OUT_OF_MEMORY",
-    "NODE_FAIL",
-    "PREEMPTED",
-    "BOOT_FAIL",
-    "DEADLINE",
-)
 CLIENT_TIMEOUT_S = 30  # one sinfo/sacct/sbatch call; the daemons answer in milliseconds when they are up
 # The two-node cluster's settings: its own state folder, name (the prefix of its namespaces and host names) and
 # ports, so that it runs beside the single-node cluster and its start and stop never touch that one.
