@@ -218,10 +218,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="anchor-bench-") as scratch:
         for precision in args.precisions.split(","):
             common = {
-                "model": args.model, "crop": [int(height), int(width)], "batch_size": args.batch_size,
-                "iters": args.iters, "precision": precision, "device": device, "threads": args.threads,
+                "model": args.model,
+                "crop": [int(height), int(width)],
+                "batch_size": args.batch_size,
+                "iters": args.iters,
+                "precision": precision,
+                "device": device,
+                "threads": args.threads,
                 "weights": str(Path(scratch) / "weights.pth"),
-            }  # fmt: skip
+            }
             sides: list[Side] = []
             try:
                 if args.prototype:
@@ -237,8 +242,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     order = sides if repeat % 2 == 0 else sides[::-1]
                     for side in order:
                         side.seconds.append(side.step())
-                    print(f"{precision} repeat {repeat + 1}/{args.repeats}: "
-                          + "  ".join(f"{s.label} {s.seconds[-1]:.3f}s" for s in sides), flush=True)  # fmt: skip
+                    print(
+                        f"{precision} repeat {repeat + 1}/{args.repeats}: "
+                        + "  ".join(f"{s.label} {s.seconds[-1]:.3f}s" for s in sides),
+                        flush=True,
+                    )
             finally:
                 for side in sides:
                     side.close()
@@ -287,8 +295,11 @@ def _table(record: dict[str, Any]) -> str:
         f"\n{record['model']} train step, {record['crop']} batch {record['batch_size']}, {record['iters']} updates, "
         f"{record['device']}, {record['threads']} threads, {len(record['rows'][0]['seconds_all'])} alternating repeats"
     )
-    lines = [head, f"{'precision':9}  {'side':40}  {'warm-up s':>14}  {'median s':>8}  {'min-max s':>13}  "
-             f"{'ref/side':>8}  {'range':>11}  {'CPU s':>7}  {'CPU ref/side':>12}  {'range':>11}"]  # fmt: skip
+    lines = [
+        head,
+        f"{'precision':9}  {'side':40}  {'warm-up s':>14}  {'median s':>8}  {'min-max s':>13}  "
+        f"{'ref/side':>8}  {'range':>11}  {'CPU s':>7}  {'CPU ref/side':>12}  {'range':>11}",
+    ]
     for row in record["rows"]:
         seconds, ratio, cpu, cpu_ratio = row["seconds"], row["ratio"], row["cpu_seconds"], row["cpu_ratio"]
         warmup = ",".join(f"{s:.1f}" for s in row["warmup_s"]) or "-"

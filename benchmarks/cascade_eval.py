@@ -68,9 +68,16 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
 
     def grid() -> None:
         evaluate_grid(
-            model, dataset, n_cascades=spec["n_cascades"], n_iterations=spec["n_iterations"], batch_size=1,
-            dist=dist, device=device, amp_dtype=amp_dtype(spec["precision"]), progress=False,
-        )  # fmt: skip
+            model,
+            dataset,
+            n_cascades=spec["n_cascades"],
+            n_iterations=spec["n_iterations"],
+            batch_size=1,
+            dist=dist,
+            device=device,
+            amp_dtype=amp_dtype(spec["precision"]),
+            progress=False,
+        )
 
     measured = measure(grid, model, spec, device)
     return {

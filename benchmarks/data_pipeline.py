@@ -4,8 +4,8 @@
     python -m benchmarks.data_pipeline --workers 2,4 --samples 40
 
 A Middlebury 2014 training replica in its real on-disk format (PNG views, PFM disparities, calib.txt; written by
-``tests/dataset_replicas.py`` into a temporary folder, removed afterwards) with full-size frames (1988 x 2880, the
-size of Adirondack) feeds ``stereo_exp.data.build_train_loader`` with the published CREStereo augmentation
+``stereo_exp.testing.dataset_replicas`` into a temporary folder, removed afterwards) with full-size frames (1988 x
+2880, the size of Adirondack) feeds ``stereo_exp.data.build_train_loader`` with the published CREStereo augmentation
 (``conf/augmentation/crestereo.yaml``: random scale 0.6-1.0, 384 x 512 crop, colour and spatial augmentation), batch
 1, exactly as training reads it. Per worker count: time to the first sample (worker start-up), then samples/s over
 the following ``--samples`` samples (less those the workers had prefetched), and CPU seconds per sample (this
@@ -64,7 +64,7 @@ def _cpu_seconds() -> float:
 
 def write_replica(root: Path, frame: list[int]) -> None:
     """The Middlebury 2014 training replica (``SCENES``, perfect calibration) with ``frame``-sized views."""
-    from tests.dataset_replicas import write_middlebury2014
+    from stereo_exp.testing.dataset_replicas import write_middlebury2014
 
     write_middlebury2014(root, split="train", scenes=SCENES, calibrations=("perfect",), size=(frame[0], frame[1]))
 
@@ -87,8 +87,10 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
             MixConfig(datasets=["middlebury2014-train"], dataset_steps=[samples + 1]),
             AugmentationConfig(crop_size=list(spec["crop"])),
             LoaderConfig(num_workers=spec["workers"], persistent_workers=False),
-            data_root=root, batch_size=1, seed=0,
-        )  # fmt: skip
+            data_root=root,
+            batch_size=1,
+            seed=0,
+        )
         # Workers prepare up to workers x prefetch_factor samples ahead; they are ready when the first one arrives,
         # so the steady rate is timed from the sample after them.
         ahead = spec["workers"] * loader.prefetch_factor if spec["workers"] else 0

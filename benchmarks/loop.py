@@ -5,8 +5,8 @@
     python -m benchmarks.loop --device cpu --steps 20 --overrides model=crestereo_tiny "augmentation.crop_size=[96,128]"
 
 What runs is what a user runs: ``torchrun --standalone --nproc_per_node N -m stereo_exp experiment=crestereo_eth_mbl``
-(NCCL on GPUs, gloo on CPUs) with ``paths.data`` on replicas of the recipe's three data sets in their real formats
-and at their real frame sizes (``tests/dataset_replicas.py``: CREStereo 1080x1920 JPEG + 16-bit PNG disparities,
+(NCCL on GPUs, gloo on CPUs) with ``paths.data`` on replicas of the recipe's three data sets in their real formats and
+at their real frame sizes (``stereo_exp.testing.dataset_replicas``: CREStereo 1080x1920 JPEG + 16-bit PNG disparities,
 ETH3D 480x752 grey PNG + PFM, Middlebury 2014 "additional" 1988x2880 PNG + PFM), the recipe's augmentation, loader
 workers and speed defaults, ``--steps`` steps, MLflow into a local SQLite file. Every ``train.log_every`` steps the
 trainer records ``train/samples_per_s`` and ``train/data_wait_share`` (the share of step time spent waiting for the
@@ -39,8 +39,7 @@ FRAMES = {"crestereo": (1080, 1920), "eth3d-train": (480, 752), "middlebury2014-
 
 def write_replicas(root: Path) -> None:
     """The recipe's three data sets under ``root``, a few frames each at full size, in their real formats."""
-    sys.path.insert(0, str(REPO_ROOT))
-    from tests.dataset_replicas import write_crestereo, write_eth3d, write_middlebury2014
+    from stereo_exp.testing.dataset_replicas import write_crestereo, write_eth3d, write_middlebury2014
 
     write_crestereo(root, per_folder=2, size=FRAMES["crestereo"])
     write_eth3d(root, size=FRAMES["eth3d-train"])
@@ -66,12 +65,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         written_s = time.perf_counter() - tic
         uri = f"sqlite:///{scratch / 'mlflow.db'}"
         command = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-            "-m", "stereo_exp", f"experiment={RECIPE}", f"paths.data={scratch / 'data'}",
-            f"hydra.run.dir={scratch / 'run'}", f"train.device={args.device}", f"train.max_steps={args.steps}",
-            f"train.log_every={args.log_every}", "train.val_every=1000000", "eval.max_samples=2",
-            "eval.save_images=0", f"tracking.uri={uri}", "tracking.log_checkpoint=false", *args.overrides,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={args.nproc}",
+            "-m",
+            "stereo_exp",
+            f"experiment={RECIPE}",
+            f"paths.data={scratch / 'data'}",
+            f"hydra.run.dir={scratch / 'run'}",
+            f"train.device={args.device}",
+            f"train.max_steps={args.steps}",
+            f"train.log_every={args.log_every}",
+            "train.val_every=1000000",
+            "eval.max_samples=2",
+            "eval.save_images=0",
+            f"tracking.uri={uri}",
+            "tracking.log_checkpoint=false",
+            *args.overrides,
+        ]
         path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
         env = {**os.environ, "PYTHONPATH": path}
         print("$ " + " ".join(command), flush=True)

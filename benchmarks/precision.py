@@ -3,8 +3,8 @@
     python -m benchmarks.precision                         # CREStereo base, 40 training steps, 384x512, 10 updates
     python -m benchmarks.precision --train-steps 0         # seeded published-layout weights only
 
-Random weights give meaningless disparities, so the comparison uses a model that has learnt something: CREStereo
-base with the seeded weights of the published layout (``tests/weights_layout.py``, the weights of the prototype
+Random weights give meaningless disparities, so the comparison uses a model that has learnt something: CREStereo base
+with the seeded weights of the published layout (``stereo_exp.testing.weights_layout``, the weights of the prototype
 fixture) is first trained for ``--train-steps`` steps of ``stereo_exp.engine.trainer.train_step`` (fp32) on the
 motorcycle pair itself, downscaled to ``--train-size``. The trained model then predicts the pair at ``--size``
 (the published evaluation protocol: 384 x 512, ``--iters`` updates, one cascade) in fp32 and in bf16 autocast.
@@ -75,7 +75,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     from stereo_exp.engine.trainer import train_step
     from stereo_exp.evaluation.metrics import per_image_metrics
     from stereo_exp.models import build_model, predict_disparity
-    from tests.weights_layout import layout_state_dict
+    from stereo_exp.testing.weights_layout import layout_state_dict
 
     device = resolve_device(spec["device"])
     cfg = training_config(spec["model"], "fp32")
@@ -109,9 +109,12 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         memory.start()
         predictions[precision] = predict(precision)
         timing = time_interleaved(
-            lambda p=precision: predict(p), device=device, warmup=spec["warmup"], repeats=spec["repeats"],
+            lambda p=precision: predict(p),
+            device=device,
+            warmup=spec["warmup"],
+            repeats=spec["repeats"],
             ceilings=ceilings,
-        )  # fmt: skip
+        )
         values, _ = per_image_metrics(predictions[precision], batch["disparity"], batch["valid"])
         rows.append(
             {
@@ -157,9 +160,12 @@ def main(argv: list[str] | None = None) -> None:
         run_single_case(args, run_case)
         return
     spec = {
-        "model": args.model, "train_steps": args.train_steps, "train_size": args.train_size, "size": args.size,
+        "model": args.model,
+        "train_steps": args.train_steps,
+        "train_size": args.train_size,
+        "size": args.size,
         "iters": args.iters,
-    }  # fmt: skip
+    }
     run_benchmark(NAME, "benchmarks.precision", args, [spec], COLUMNS, run_case, rows_of=lambda result: result["rows"])
 
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from tests.weights_layout import read_layout
+from stereo_exp.testing.weights_layout import read_layout
 
 
 class Case(NamedTuple):
@@ -45,9 +45,9 @@ def oracle_state_dict(model_name: str) -> dict[str, Tensor]:
     1 + |N(0, 0.01)|, other vectors N(0, 0.01), integer buffers 0. Keys of kind ``other`` (realtime: the context
     encoder's view of the backbone it shares with the feature encoder) repeat the feature encoder's tensor.
 
-    (``tests.weights_layout.layout_state_dict`` cannot serve here: it recognises norm scales by "norm" in the key,
-    so the shortcut BatchNorm scales ``*.downsample.1.weight`` would get other values than the fixture was recorded
-    with, and it looks aliases up by suffix, which the realtime layout does not fit.)
+    (``stereo_exp.testing.weights_layout.layout_state_dict`` cannot serve here: it recognises norm scales by "norm" in
+    the key, so the shortcut BatchNorm scales ``*.downsample.1.weight`` would get other values than the fixture was
+    recorded with, and it looks aliases up by suffix, which the realtime layout does not fit.)
     """
     generator = torch.Generator().manual_seed(0)
     state_dict: dict[str, Tensor] = {}

@@ -1,4 +1,4 @@
-"""The dataset catalog on tiny replicas in the real on-disk formats (tests/dataset_replicas.py)."""
+"""The dataset catalog on tiny replicas in the real on-disk formats (stereo_exp/testing/dataset_replicas.py)."""
 
 from __future__ import annotations
 
@@ -18,13 +18,24 @@ from stereo_exp.data.catalog import (
     build_dataset,
     check_dataset_root,
     describe_dataset,
-    has_ground_truth,
-    invalid_pixel_counts,
     list_datasets,
 )
-from stereo_exp.data.options import DatasetOptions, SintelOptions
+from stereo_exp.data.options import (
+    Calibration,
+    DatasetOptions,
+    ETH3DOptions,
+    FallingThingsOptions,
+    FallingThingsVariant,
+    FlyingThingsSubset,
+    InStereo2kOptions,
+    Middlebury2014Options,
+    MiddleburySplitOptions,
+    RenderPass,
+    SceneFlowOptions,
+    SintelOptions,
+)
 from stereo_exp.data.synthetic import SyntheticConfig
-from tests.dataset_replicas import (
+from stereo_exp.testing.dataset_replicas import (
     REPLICAS,
     write_carla_highres,
     write_instereo2k,
@@ -39,20 +50,40 @@ from tests.dataset_replicas import (
 
 EMBEDDED = ("motorcycle", "synthetic", "synthetic-val")
 ON_DISK = [name for name in list_datasets() if name not in EMBEDDED]
+SUBSET = FlyingThingsSubset
 RAW_KEYS = {"left", "right", "disparity", "valid", "disparity_right", "valid_right", "dataset", "index", "path"}
 
 
-def read_all(name: str, root: Path, **options) -> dict[str, dict]:
-    dataset = build_dataset(name, data_root=root, options=options or None, require_disparity=has_ground_truth(name))
+def middlebury(**splits: MiddleburySplitOptions) -> DatasetOptions:
+    return DatasetOptions(middlebury2014=Middlebury2014Options(**splits))
+
+
+def read_all(name: str, root: Path, options: DatasetOptions | None = None) -> dict[str, dict]:
+    """Every raw sample of ``name`` by its path (test splits too: they are read with require_disparity=False)."""
+    dataset = build_dataset(name, data_root=root, options=options, require_disparity=False)
     return {sample["path"]: sample for sample in (dataset[i] for i in range(len(dataset)))}
 
 
 def test_the_catalog_names_every_dataset_of_the_published_recipes():
     recipes = {
-        "crestereo", "eth3d-train", "middlebury2014-train", "middlebury2014-other", "middlebury2014-test",
-        "instereo2k", "fallingthings", "carla-highres", "sintel", "sceneflow-monkaa", "sceneflow-driving",
-        "sceneflow-flyingthings", "kitti2012-train", "kitti2015-train", "synthetic", "synthetic-val", "motorcycle",
-    }  # fmt: skip
+        "crestereo",
+        "eth3d-train",
+        "middlebury2014-train",
+        "middlebury2014-other",
+        "middlebury2014-test",
+        "instereo2k",
+        "fallingthings",
+        "carla-highres",
+        "sintel",
+        "sceneflow-monkaa",
+        "sceneflow-driving",
+        "sceneflow-flyingthings",
+        "kitti2012-train",
+        "kitti2015-train",
+        "synthetic",
+        "synthetic-val",
+        "motorcycle",
+    }
     assert recipes <= set(list_datasets())
     assert set(REPLICAS) == set(ON_DISK)  # every on-disk name has a replica writer
 
@@ -187,7 +218,7 @@ def test_a_disparity_of_another_size_than_its_image_names_the_file(tmp_path):
         build_dataset("carla-highres", data_root=tmp_path)[0]
 
 
-def test_non_finite_disparities_are_invalid_not_errors_and_are_counted(tmp_path):
+def test_non_finite_disparities_are_invalid_not_errors(tmp_path):
     write_carla_highres(tmp_path, size=(24, 32))
     disparity = np.ones((24, 32), np.float32)
     disparity[0, :6] = [np.nan, np.inf, -np.inf, 0.0, 5.0, -3.0]  # torchvision takes |d| for CARLA
@@ -195,14 +226,7 @@ def test_non_finite_disparities_are_invalid_not_errors_and_are_counted(tmp_path)
     sample = build_dataset("carla-highres", data_root=tmp_path)[0]
     assert sample["valid"][0, :6].tolist() == [False, False, False, False, True, True]
     assert sample["disparity"][0, 5] == 3.0
-    assert invalid_pixel_counts(sample) == {"pixels": 768, "valid": 764, "nonfinite": 3, "nonpositive": 1, "masked": 0}
-
-
-def test_the_dataset_mask_is_counted_apart_from_non_finite_pixels(tmp_path):
-    write_replica("sintel", tmp_path)
-    sample = build_dataset("sintel", data_root=tmp_path)[0]
-    counts = invalid_pixel_counts(sample)
-    assert counts["nonfinite"] == 0 and counts["masked"] == 768 - counts["valid"] - counts["nonpositive"] > 0
+    assert sample["valid"].sum() == 24 * 32 - 4  # every other pixel holds 1.0
 
 
 def test_motorcycle_loads_offline_from_scikit_image_with_infinite_disparities_invalid():
@@ -229,7 +253,6 @@ def test_synthetic_names_build_the_train_and_held_out_splits_from_the_options():
 
 def test_test_splits_without_ground_truth_are_refused_unless_asked_for_prediction(tmp_path):
     write_replica("middlebury2014-test", tmp_path)
-    assert not has_ground_truth("middlebury2014-test")
     with pytest.raises(ValueError, match=r"no ground-truth disparity.*require_disparity=False"):
         build_dataset("middlebury2014-test", data_root=tmp_path)
     sample = build_dataset("middlebury2014-test", data_root=tmp_path, require_disparity=False)[0]
@@ -252,17 +275,17 @@ def test_middlebury_ambient_views_are_drawn_from_the_callers_generator(tmp_path)
 def test_instereo2k_follows_the_official_scale_of_100_unless_configured(tmp_path):
     want = write_instereo2k(tmp_path)[0]
     values = np.array(Image.open(tmp_path / "InStereo2k" / "train" / "000001" / "left_disp.png"))
-    # torchvision alone divides by 1024 (pytorch/vision#7129); the catalog corrects it, this pins the assumption.
-    np.testing.assert_array_equal(tvd.InStereo2k(tmp_path)[0][2][0], values / np.float32(1024))
     sample = read_all("instereo2k", tmp_path)[str(want.left_path)]
     np.testing.assert_array_equal(sample["disparity"], values.astype(np.float32) / np.float32(100))
-    legacy = read_all("instereo2k", tmp_path, instereo2k={"disparity_scale": 1024.0})[str(want.left_path)]
+    legacy_options = DatasetOptions(instereo2k=InStereo2kOptions(disparity_scale=1024.0))
+    legacy = read_all("instereo2k", tmp_path, legacy_options)[str(want.left_path)]
     np.testing.assert_array_equal(legacy["disparity"], values.astype(np.float32) / np.float32(1024))
 
 
 def test_eth3d_non_occluded_only_keeps_the_benchmark_noc_pixels(tmp_path):
     expected = {str(s.left_path): s for s in write_replica("eth3d-train", tmp_path)}
-    for path, sample in read_all("eth3d-train", tmp_path, eth3d={"non_occluded_only": True}).items():
+    options = DatasetOptions(eth3d=ETH3DOptions(non_occluded_only=True))
+    for path, sample in read_all("eth3d-train", tmp_path, options).items():
         mask = expected[path].extras["mask0nocc"]
         np.testing.assert_array_equal(sample["valid"], mask == 255)
         assert ((mask == 128) & expected[path].valid).any()  # occluded ground truth, valid by default
@@ -271,15 +294,19 @@ def test_eth3d_non_occluded_only_keeps_the_benchmark_noc_pixels(tmp_path):
 @pytest.mark.parametrize(
     ("name", "options", "count"),
     [
-        ("sceneflow-flyingthings", {}, 4),  # TRAIN only: 2 frames x 2 passes
-        ("sceneflow-flyingthings", {"sceneflow": {"flyingthings_subset": "test"}}, 4),
-        ("sceneflow-flyingthings", {"sceneflow": {"flyingthings_subset": "both"}}, 8),
-        ("sceneflow-flyingthings", {"sceneflow": {"pass_name": "clean"}}, 2),
-        ("sintel", {}, 2),  # final pass, 2 scenes
-        ("sintel", {"sintel": {"pass_name": "both"}}, 4),
-        ("fallingthings", {"fallingthings": {"variant": "single"}}, 1),
-        ("middlebury2014-train", {"middlebury2014": {"train": {"calibration": "both"}}}, 4),
-        ("middlebury2014-other", {"middlebury2014": {"other": {"calibration": "imperfect"}}}, 2),
+        ("sceneflow-flyingthings", DatasetOptions(), 4),  # TRAIN only: 2 frames x 2 passes
+        ("sceneflow-flyingthings", DatasetOptions(sceneflow=SceneFlowOptions(flyingthings_subset=SUBSET.test)), 4),
+        ("sceneflow-flyingthings", DatasetOptions(sceneflow=SceneFlowOptions(flyingthings_subset=SUBSET.both)), 8),
+        ("sceneflow-flyingthings", DatasetOptions(sceneflow=SceneFlowOptions(pass_name=RenderPass.clean)), 2),
+        ("sintel", DatasetOptions(), 2),  # final pass, 2 scenes
+        ("sintel", DatasetOptions(sintel=SintelOptions(pass_name=RenderPass.both)), 4),
+        ("fallingthings", DatasetOptions(fallingthings=FallingThingsOptions(FallingThingsVariant.single)), 1),
+        ("middlebury2014-train", middlebury(train=MiddleburySplitOptions(Calibration.both)), 4),
+        (
+            "middlebury2014-other",
+            middlebury(other=MiddleburySplitOptions(Calibration.imperfect, use_ambient_views=True)),
+            2,
+        ),
     ],
 )
 def test_options_choose_the_passes_variants_subsets_and_calibrations(name, options, count, tmp_path):
@@ -288,27 +315,29 @@ def test_options_choose_the_passes_variants_subsets_and_calibrations(name, optio
     write_replica("fallingthings", tmp_path)
     write_middlebury2014(tmp_path, split="train")
     write_middlebury2014(tmp_path, split="additional")
-    samples = read_all(name, tmp_path, **options)
+    samples = read_all(name, tmp_path, options)
     assert len(samples) == count
     if name == "sceneflow-flyingthings":
-        subset = options.get("sceneflow", {}).get("flyingthings_subset", "train")
+        subset = options.sceneflow.flyingthings_subset.value
         found = {part for path in samples for part in Path(path).parts if part in ("TRAIN", "TEST")}
         assert found == {"train": {"TRAIN"}, "test": {"TEST"}, "both": {"TRAIN", "TEST"}}[subset]
 
 
 def test_bad_option_values_name_the_key():
-    with pytest.raises(ValidationError, match="dirty"):  # through the config: Hydra/OmegaConf enum check
-        build_dataset("sintel", data_root="/nonexistent", options={"sintel": {"pass_name": "dirty"}})
+    schema = OmegaConf.structured(DatasetOptions)
+    with pytest.raises(ValidationError, match="dirty"):  # in the config: OmegaConf's enum check at composition
+        OmegaConf.merge(schema, {"sintel": {"pass_name": "dirty"}})
+    with pytest.raises(ValueError, match="must be > 0"):  # the schema's own check, when the config is converted
+        OmegaConf.to_object(OmegaConf.merge(schema, {"instereo2k": {"disparity_scale": 0.0}}))
+    # Options built in Python skip both; the catalog names the key.
     with pytest.raises(ValueError, match=r"datasets\.sintel\.pass_name='dirty' is not one of clean \| final \| both"):
         build_dataset("sintel", data_root="/", options=DatasetOptions(sintel=SintelOptions(pass_name="dirty")))
-    with pytest.raises(ValueError, match="must be > 0"):
-        build_dataset("instereo2k", data_root="/", options={"instereo2k": {"disparity_scale": 0.0}})
 
 
-def test_build_dataset_takes_the_datasets_node_of_the_composed_config(tmp_path):
-    write_replica("sintel", tmp_path)
-    node = OmegaConf.merge(OmegaConf.structured(DatasetOptions), {"sintel": {"pass_name": "final"}})
-    assert len(build_dataset("sintel", data_root=str(tmp_path), options=node)) == 2
+def test_build_dataset_takes_the_datasets_node_of_the_config_converted_once(tmp_path):
+    write_sintel(tmp_path)  # both passes
+    node = OmegaConf.merge(OmegaConf.structured(DatasetOptions), {"sintel": {"pass_name": "both"}})
+    assert len(build_dataset("sintel", data_root=str(tmp_path), options=OmegaConf.to_object(node))) == 4
 
 
 def test_an_unknown_name_lists_the_catalog():

@@ -21,8 +21,8 @@ from stereo_exp.models.crestereo import (
 )
 from stereo_exp.models.inference import predict_disparity
 from stereo_exp.models.weights import CREStereo_Base_Weights, parameter_count
+from stereo_exp.testing.weights_layout import layout_state_dict, read_layout
 from tests.crestereo_oracle import CASES, Case, oracle_inputs, summarise
-from tests.weights_layout import layout_state_dict, read_layout
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 FIXTURE = Path(__file__).parent / "fixtures" / "crestereo_prototype_outputs.pt"

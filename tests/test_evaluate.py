@@ -28,9 +28,9 @@ from stereo_exp.evaluation.model_source import load_model
 from stereo_exp.evaluation.table import format_protocol, format_table, format_tables, results_to_json
 from stereo_exp.models import build_model
 from stereo_exp.models.inference import predict_disparity
+from stereo_exp.testing.dataset_replicas import write_middlebury2014
 from stereo_exp.tracking import MlflowTracker, TrackingConfig
 from tests.conftest import CONF_DIR
-from tests.dataset_replicas import write_middlebury2014
 
 # ---- the published log layout ---------------------------------------------------------------------------------
 

@@ -13,8 +13,8 @@ from omegaconf.errors import InterpolationResolutionError
 from stereo_exp.config import register_configs
 from stereo_exp.engine import checkpoint as ckpt
 from stereo_exp.engine.trainer import train
+from stereo_exp.testing.dataset_replicas import write_replica
 from tests.conftest import CONF_DIR
-from tests.dataset_replicas import write_replica
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 STAGE_1 = "crestereo_eth_mbl"

@@ -32,7 +32,7 @@ from stereo_exp.models.crestereo import (
     fixed_window_correlation_fast,
 )
 from stereo_exp.models.raft_stereo import raft_stereo_base, raft_stereo_realtime, raft_stereo_tiny
-from tests.weights_layout import layout_state_dict, read_layout
+from stereo_exp.testing.weights_layout import layout_state_dict, read_layout
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 ATOL = 1e-4  # the contract: fast paths equal the plain computation to 1e-4 (px for disparities)

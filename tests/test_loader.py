@@ -13,7 +13,7 @@ from stereo_exp.data.config import AugmentationConfig, MixConfig
 from stereo_exp.data.options import DatasetOptions
 from stereo_exp.data.synthetic import SyntheticConfig
 from stereo_exp.schemas import LoaderConfig
-from tests.dataset_replicas import write_crestereo, write_eth3d
+from stereo_exp.testing.dataset_replicas import write_crestereo, write_eth3d
 
 CROP = [24, 32]
 AUGMENT = AugmentationConfig(crop_size=CROP, scale_range=[0.8, 1.2], occlusion_prob=0.5, occlusion_size=[4, 8])

@@ -26,8 +26,8 @@ from stereo_exp.models.raft_stereo import (
     raft_stereo_realtime,
     raft_stereo_tiny,
 )
+from stereo_exp.testing.weights_layout import read_layout
 from tests.raft_stereo_oracle import CASES, oracle_inputs, oracle_state_dict, summarise
-from tests.weights_layout import read_layout
 
 CONF = Path(__file__).parent.parent / "conf"
 PROTOTYPE_OUTPUTS = Path(__file__).parent / "fixtures" / "raft_stereo_prototype_outputs.pt"

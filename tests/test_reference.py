@@ -25,7 +25,7 @@ from torchvision.transforms import InterpolationMode
 from stereo_exp.data import build_eval_dataset
 from stereo_exp.data.embedded import MotorcycleStereo
 from stereo_exp.data.transforms import EvalTransform
-from tests.dataset_replicas import write_motorcycle_middlebury2014
+from stereo_exp.testing.dataset_replicas import write_motorcycle_middlebury2014
 from tests.test_config import default_keys
 
 REFERENCE_MD = Path(__file__).parents[1] / "docs" / "REFERENCE.md"

@@ -24,7 +24,7 @@ from stereo_exp.models.weights import (
     parameter_count,
     resolve_published,
 )
-from tests.weights_layout import layout_state_dict
+from stereo_exp.testing.weights_layout import layout_state_dict
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Building blocks shared by the RAFT family of stereo networks (RAFT-Stereo and CREStereo).
 
 Every block keeps the attribute names of torchvision's optical-flow RAFT and its stereo prototypes, because those
-names are the state_dict keys of the published checkpoints (``tests/fixtures/weights-layout/*.tsv``):
+names are the state_dict keys of the published checkpoints (``stereo_exp/testing/weights-layout/*.tsv``):
 ``convnormrelu1.0.weight`` is the convolution of a residual block, ``convnormrelu1.1.*`` its norm layer.
 Renaming an attribute here breaks loading of every published weight file.
 

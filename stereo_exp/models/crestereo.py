@@ -3,7 +3,7 @@
 Li et al., "Practical Stereo Matching via Cascaded Recurrent Network with Adaptive Correlation", CVPR 2022
 (https://arxiv.org/abs/2203.11483); original code megvii-research/CREStereo. The attribute names follow torchvision's
 prototype port (``torchvision/prototype/models/depth/stereo/crestereo.py``) because they are the state_dict keys of the
-published checkpoints (``tests/fixtures/weights-layout/crestereo_base.tsv``); with the same weights and inputs this
+published checkpoints (``stereo_exp/testing/weights-layout/crestereo_base.tsv``); with the same weights and inputs this
 file computes the same numbers as that port (checked to 1e-4 in ``tests/test_crestereo.py``).
 
 How one forward pass runs (shapes for an input of (B, 3, H, W); the encoder downsamples by 4):

@@ -3,7 +3,7 @@
 `RAFT-Stereo <https://arxiv.org/abs/2109.07547>`_ matches every left pixel against the pixels of the same row of the
 right image (a 1-D all-pairs correlation pyramid) and refines a disparity field with convolutional GRUs that run at
 up to three resolutions. The module layout reproduces the state_dict keys of torchvision's published checkpoints
-(``tests/fixtures/weights-layout/raft_stereo_{base,realtime}.tsv``), so those weights load with ``strict=True``.
+(``stereo_exp/testing/weights-layout/raft_stereo_{base,realtime}.tsv``), so those weights load with ``strict=True``.
 
 Read in order: RAFT-Stereo blocks (encoders, correlation, multi-level update) -> ``RaftStereo`` -> config schema ->
 private builder -> public builders. Blocks shared with CREStereo live in ``stereo_exp.models.blocks``.

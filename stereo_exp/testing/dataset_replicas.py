@@ -1,4 +1,4 @@
-"""Tiny replicas of the stereo data sets in their real on-disk formats (a helper module for tests, not a test file).
+"""Tiny replicas of the stereo data sets in their real on-disk formats (for tests and benchmarks).
 
 Each ``write_<dataset>(root, ...)`` writes, under ``root`` (what ``paths.data`` points at), the folder layout that
 torchvision's class reads, with tiny random images (24x32 by default) and ground truth encoded the way the real
@@ -270,7 +270,7 @@ def write_motorcycle_middlebury2014(root: Path | str) -> ReplicaSample:
     """scikit-image's real Motorcycle pair (500 x 741) as Middlebury2014/train/Motorcycle-perfect/: im0.png, im1.png,
     disp0.pfm (+inf = no ground truth, as the official file), disp1.pfm all +inf (scikit-image ships no right-view
     ground truth). The scene docs/REFERENCE.md evaluates beside torchvision's reference:
-    ``python -c "from tests.dataset_replicas import write_motorcycle_middlebury2014 as w; w('ROOT')"``.
+    ``python -c "from stereo_exp.testing.dataset_replicas import write_motorcycle_middlebury2014 as w; w('ROOT')"``.
     """
     left, right, disparity = (np.asarray(a) for a in skimage.data.stereo_motorcycle())
     disparity = disparity.astype(np.float32)

@@ -1,8 +1,9 @@
-"""State dicts in the exact layout of torchvision's published checkpoints, built from ``fixtures/weights-layout``.
+"""State dicts in the exact layout of torchvision's published checkpoints, built from ``weights-layout/`` (beside it).
 
 Each ``<model>.tsv`` lists every key of a published file with its shape, dtype and kind (``param``, ``buffer``, or
 ``other``: a second key for a parameter registered twice, e.g. CREStereo's top-level ``flow_head`` alias of
-``update_block.flow_head``). Tests write such state dicts to disk to exercise loading without downloading anything.
+``update_block.flow_head``). Tests and benchmarks write such state dicts to disk to exercise loading without
+downloading anything.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-LAYOUT_DIR = Path(__file__).parent / "fixtures" / "weights-layout"
+LAYOUT_DIR = Path(__file__).parent / "weights-layout"
 
 
 class LayoutEntry(NamedTuple):
@@ -24,7 +25,7 @@ class LayoutEntry(NamedTuple):
 
 
 def read_layout(model_name: str) -> list[LayoutEntry]:
-    """The rows of ``fixtures/weights-layout/<model_name>.tsv`` in file order."""
+    """The rows of ``weights-layout/<model_name>.tsv`` in file order."""
     lines = (LAYOUT_DIR / f"{model_name}.tsv").read_text().splitlines()
     entries = []
     for line in lines[1:]:  # header: key, shape, dtype, kind
