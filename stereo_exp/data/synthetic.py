@@ -42,8 +42,22 @@ SPLITS = {"train": 0, "val": 1}  # split name -> random stream id (disjoint seed
 DATASET_NAMES = {"train": "synthetic", "val": "synthetic-val"}  # catalog names reported in raw samples
 SHAPE_EXPONENTS = (1.0, 2.0, 4.0)  # superellipse outlines: diamond, ellipse, rounded rectangle (cheap integer powers)
 # Photos bundled with scikit-image (no download). Not the motorcycle pair: it is the embedded default's validation.
-PHOTOS = tuple(
-    "astronaut brick camera cell chelsea clock coffee coins grass gravel immunohistochemistry moon page rocket text".split()
+PHOTOS = (
+    "astronaut",
+    "brick",
+    "camera",
+    "cell",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "grass",
+    "gravel",
+    "immunohistochemistry",
+    "moon",
+    "page",
+    "rocket",
+    "text",
 )
 _DOMAIN_MARGIN = 2.0  # px of texture beyond every point a view can sample, so bilinear lookups never clamp
 
