@@ -28,6 +28,9 @@ COMMON_FLAGS = ("--device", "--threads")  # passed on to every benchmark by ``al
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
     if not argv or argv[0] not in (*COMMANDS, "all"):
         print(__doc__)
         raise SystemExit(f"usage: python -m benchmarks.run {{{'|'.join(COMMANDS)}|all}} [options]")
