@@ -54,14 +54,15 @@ def read_views(dataset: tvd.VisionDataset, index: int, rng: np.random.Generator 
     """Sample ``index`` of a dataset opened with ``transforms=keep_both_views``: left and right PIL images, the
     (left, right) disparities as (1, H, W) arrays or None, the (left, right) masks or None. ``rng`` draws
     Middlebury's ambient view (``Middlebury2014Stereo``); other sets have no random choice."""
-    if not isinstance(dataset, Middlebury2014Stereo):
-        left, right, disparities, masks = dataset[index]
-        return left, right, disparities, masks
-    dataset.rng = rng
+    middlebury = isinstance(dataset, Middlebury2014Stereo)
+    if middlebury:
+        dataset.rng = rng
     try:
+        # Always 4 items: with keep_both_views the masks are a tuple, never None (torchvision drops a None mask).
         left, right, disparities, masks = dataset[index]
     finally:
-        dataset.rng = None
+        if middlebury:
+            dataset.rng = None
     return left, right, disparities, masks
 
 
