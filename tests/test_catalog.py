@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torchvision.datasets as tvd
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 from PIL import Image
@@ -159,8 +158,8 @@ def test_missing_sintel_masks_are_reported_before_training(tmp_path):
 
 def test_kitti2015_keeps_the_t_frames_and_never_takes_disp_occ_1_for_the_right_view(tmp_path):
     expected = write_kitti2015(tmp_path, frames=2)
-    # torchvision alone lists t and t+1 images against t-only disparities (pytorch/vision#7128).
-    assert len(tvd.Kitti2015Stereo(tmp_path, split="train")) == 4
+    # The folders hold frames t and t+1; torchvision (0.29) lists both against t-only disparities (pytorch/vision#7128).
+    assert len(list((tmp_path / "Kitti2015" / "training" / "image_2").glob("*_11.png"))) == 2
     samples = read_all("kitti2015-train", tmp_path)
     assert len(samples) == 2
     for want in expected:
