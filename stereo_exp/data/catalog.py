@@ -767,24 +767,3 @@ def build_dataset(
         disparity_scale=opts.instereo2k.disparity_scale if name.startswith("instereo2k") else None,
         non_occluded_only=name == "eth3d-train" and opts.eth3d.non_occluded_only,
     )
-
-
-def invalid_pixel_counts(sample: RawSample) -> dict[str, int]:
-    """Pixel counts of a raw sample's left disparity: pixels, valid, nonfinite, nonpositive, masked.
-
-    ``masked``: finite and > 0 but excluded by the dataset's own mask (occlusion, out of frame, no ground truth).
-    Non-finite disparities are invalid, not errors; the EDA and the evaluation report these counts.
-    """
-    disparity, valid = sample["disparity"], sample["valid"]
-    if disparity is None:
-        return {"pixels": 0, "valid": 0, "nonfinite": 0, "nonpositive": 0, "masked": 0}
-    finite = np.isfinite(disparity)
-    with np.errstate(invalid="ignore"):
-        positive = finite & (disparity > 0)
-    return {
-        "pixels": int(disparity.size),
-        "valid": int(valid.sum()),
-        "nonfinite": int((~finite).sum()),
-        "nonpositive": int((finite & ~positive).sum()),
-        "masked": int((positive & ~valid).sum()),
-    }

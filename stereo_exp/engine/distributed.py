@@ -129,13 +129,9 @@ class DistEnv:
             torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
         return tensor
 
-    def any_rank(self, flag: bool) -> bool:
-        """True when ``flag`` is true on at least one rank (a collective: every rank must call it)."""
-        return self.any_rank_each([flag])[0]
-
     def any_rank_each(self, flags: Sequence[bool]) -> list[bool]:
-        """Element-wise ``any_rank``: flag i is true when it is true on at least one rank (one collective, on the
-        host through gloo: it never waits for the GPU)."""
+        """Flag i is true when it is true on at least one rank (one collective, on the host through gloo: it never
+        waits for the GPU)."""
         if not (self.is_distributed and torch_dist.is_initialized()):
             return list(flags)
         values = torch.tensor([1.0 if flag else 0.0 for flag in flags])
