@@ -191,8 +191,8 @@ def predict_pairs(
     vmax: float | None = None,
 ) -> list[Path]:
     """Predict each pair and write its disparity file and PNG; returns the files written."""
+    from stereo_exp.evaluation.visualize import disparity_figure, figure_to_png
     from stereo_exp.models.inference import predict_disparity
-    from stereo_exp.tracking.visualize import disparity_figure, figure_to_png
 
     written: list[Path] = []
     model = model.to(device).eval()
@@ -255,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not path.is_file():
                     raise InputError(f"Image {path} does not exist.")
 
-        from stereo_exp.engine.distributed import DistEnv
+        from stereo_exp.distributed import DistEnv
         from stereo_exp.evaluation.model_source import load_model
         from stereo_exp.schemas import amp_dtype
 

@@ -1,7 +1,7 @@
 """Multi-node DDP for real: training jobs that span both nodes of the two-node SLURM cluster
 (``launch/slurm_cluster.sh start --nodes 2``: each node a network namespace with its own address and host name),
 submitted from its head node through the project's launcher (``hydra/launcher=slurm hydra.launcher.nodes=2
-hydra.launcher.tasks_per_node=1``). The ranks meet through the rendezvous that engine/distributed.py derives from
+hydra.launcher.tasks_per_node=1``). The ranks meet through the rendezvous that stereo_exp/distributed.py derives from
 the job's node list, over the cluster's private bridge: the nodes share no other network."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from stereo_exp.engine.distributed import DistEnv
+from stereo_exp.distributed import DistEnv
 from tests.conftest import REPO_ROOT, TINY_RUN, assert_same_weights, subprocess_env
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ RUN = ("train.batch_size=1", f"mix.dataset_steps=[{STEPS}]", "train.val_every=12
        f"checkpoint.keep_last={STEPS}")  # fmt: skip
 TRACKING = ("tracking=mlflow", "tracking.experiment=multinode")
 CHECKPOINTS = [f"step_{step:07d}.pth" for step in range(2, STEPS + 1, 2)]
-# The line each rank logs once it has joined the process group (engine/distributed.py).
+# The line each rank logs once it has joined the process group (stereo_exp/distributed.py).
 JOINED = re.compile(r"DDP: rank (\d) of 2 \(local rank (\d) of (\d)\) on host (\S+) joined the gloo process group "
                     r"at (\S+):(\d+) \(([\d.]+); from slurm\)")  # fmt: skip
 

@@ -6,7 +6,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from stereo_exp.engine.distributed import DistEnv
+from stereo_exp.distributed import DistEnv
 from stereo_exp.tracking import MlflowTracker, TrackingConfig, flatten_config
 from stereo_exp.tracking.sync import main as sync_main
 

@@ -1,4 +1,4 @@
-"""Disparity pictures (tracking/visualize.py): colour ranges, invalid pixels, PNG output."""
+"""Disparity pictures (evaluation/visualize.py): colour ranges, invalid pixels, PNG output."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stereo_exp.tracking.visualize import (
+from stereo_exp.evaluation.visualize import (
     colorize_disparity,
     disparity_figure,
     disparity_range,

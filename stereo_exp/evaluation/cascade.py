@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from tqdm import tqdm
 
-from stereo_exp.engine.distributed import DistEnv
+from stereo_exp.distributed import DistEnv
 from stereo_exp.evaluation.metrics import MetricSums, reduce_metrics
-from stereo_exp.tracking.visualize import figure_to_png, picture_grid_figure
+from stereo_exp.evaluation.visualize import figure_to_png, picture_grid_figure
 
 log = logging.getLogger(__name__)
 

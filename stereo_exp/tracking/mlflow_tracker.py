@@ -47,11 +47,11 @@ from stereo_exp.tracking.mlflow_io import (
     server_answers,
     ui_hint,
 )
-from stereo_exp.tracking.spool import Spool
+from stereo_exp.tracking.spool import Spool, SpoolBusy, sync_spool
 from stereo_exp.tracking.sweep import SweepInfo, validation_metrics
 
 if TYPE_CHECKING:  # only annotations: importing tracking (compare, sync, the server) stays free of torch
-    from stereo_exp.engine.distributed import DistEnv
+    from stereo_exp.distributed import DistEnv
 
 log = logging.getLogger(__name__)
 
@@ -397,10 +397,6 @@ class MlflowTracker:
         self._next_attempt = now + self.cfg.offline_retry_s
         if not server_answers(self.cfg.uri, self.cfg.probe_timeout_s):
             return False
-        # Imported here: `python -m stereo_exp.tracking.sync` must not find its module already imported by the
-        # package (runpy warns about that).
-        from stereo_exp.tracking.sync import SpoolBusy, sync_spool
-
         try:
             with self._http():
                 report = sync_spool(self._spool, self._client, parent_wait_s=self.cfg.parent_wait_s)
