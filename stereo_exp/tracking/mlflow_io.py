@@ -269,8 +269,14 @@ def apply_record(client: Any, record: Mapping[str, Any], run_ids: dict[str, str]
         if record.get("sweep"):
             sweep = SweepInfo.from_dict(record["sweep"])
             tags.update(sweep.tags())
-            registered = register_sweep(client, record["experiment"], experiment_id, sweep,
-                                        metrics=list(record.get("metrics") or []), wait_s=parent_wait_s)  # fmt: skip
+            registered = register_sweep(
+                client,
+                record["experiment"],
+                experiment_id,
+                sweep,
+                metrics=list(record.get("metrics") or []),
+                wait_s=parent_wait_s,
+            )
             if registered.parent_run_id is not None:
                 tags[PARENT_RUN_TAG] = registered.parent_run_id
         run = client.create_run(
@@ -305,6 +311,8 @@ def apply_record(client: Any, record: Mapping[str, Any], run_ids: dict[str, str]
         if parent:
             client.set_terminated(parent, status="FINISHED", end_time=record.get("end_time"))
     else:
-        raise ValueError(f"unknown tracking record op {op!r} (expected one of: create_run, continue_run, params, "
-                         "tags, metrics, artifact, terminate)")  # fmt: skip
+        raise ValueError(
+            f"unknown tracking record op {op!r} (expected one of: create_run, continue_run, params, "
+            "tags, metrics, artifact, terminate)"
+        )
     return run_id

@@ -276,15 +276,24 @@ def register_sweep(
             time.sleep(_POLL_S)
         log.warning(
             "MLflow: no sweep record %s after %.0f s (the process holding %s may have died); looking the parent "
-            "run up by its tags.", path, wait_s, lock.name,
-        )  # fmt: skip
+            "run up by its tags.",
+            path,
+            wait_s,
+            lock.name,
+        )
     parent = None
     if sweep.has_parent:
         parent = _find_parent(client, experiment_id, sweep.sweep_id) or _create_parent(client, experiment_id, sweep)
     view = f"sweep-{sweep.sweep_id}"
     client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + view, json.dumps(_view_state(sweep, metrics)))
-    record = SweepRecord(tracking_uri=uri, experiment=experiment, experiment_id=experiment_id,
-                         sweep_id=sweep.sweep_id, parent_run_id=parent, view=view)  # fmt: skip
+    record = SweepRecord(
+        tracking_uri=uri,
+        experiment=experiment,
+        experiment_id=experiment_id,
+        sweep_id=sweep.sweep_id,
+        parent_run_id=parent,
+        view=view,
+    )
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(asdict(record), indent=1))
     os.replace(tmp, path)  # readers see the whole file or none
@@ -319,8 +328,12 @@ def _create_parent(client: Any, experiment_id: str, sweep: SweepInfo) -> str:
     """The parent run: the swept keys as params (their values, comma separated) and a description."""
     from mlflow.entities import Param
 
-    tags = {SWEEP_ID_TAG: sweep.sweep_id, SWEEP_DIR_TAG: sweep.sweep_dir, ROLE_TAG: SWEEP_ROLE,
-            NOTE_TAG: sweep_description(sweep)}  # fmt: skip
+    tags = {
+        SWEEP_ID_TAG: sweep.sweep_id,
+        SWEEP_DIR_TAG: sweep.sweep_dir,
+        ROLE_TAG: SWEEP_ROLE,
+        NOTE_TAG: sweep_description(sweep),
+    }
     run = client.create_run(experiment_id, run_name=sweep.parent_name, tags=tags)
     params = [Param(key, ",".join(values)) for key, values in sweep.plan.values.items()]
     if params:

@@ -63,8 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{spool.run_dir}: no tracking URI recorded; pass --uri")
             complete = False
             continue
-        with http_settings(timeout_s=defaults.http_timeout_s, max_retries=defaults.http_max_retries,
-                           backoff_factor=defaults.http_backoff_factor):  # fmt: skip
+        with http_settings(
+            timeout_s=defaults.http_timeout_s,
+            max_retries=defaults.http_max_retries,
+            backoff_factor=defaults.http_backoff_factor,
+        ):
             try:
                 report = sync_spool(spool, open_client(uri), parent_wait_s=defaults.parent_wait_s)
             except SpoolBusy as busy:
