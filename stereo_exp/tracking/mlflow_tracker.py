@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from stereo_exp.tracking.addresses import run_url, ui_hint
 from stereo_exp.tracking.mlflow_io import (
     OFFLINE_PREFIX,
     apply_record,
@@ -43,9 +44,7 @@ from stereo_exp.tracking.mlflow_io import (
     is_unreachable,
     last_logged_steps,
     open_client,
-    run_url,
     server_answers,
-    ui_hint,
 )
 from stereo_exp.tracking.spool import Spool, SpoolBusy, sync_spool
 from stereo_exp.tracking.sweep import SweepInfo, validation_metrics

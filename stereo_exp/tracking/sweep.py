@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stereo_exp.tracking.addresses import experiment_url, resolve_uri
+
 log = logging.getLogger(__name__)
 
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests runs under this run
@@ -228,8 +230,6 @@ class SweepRecord:
     view: str  # key of the experiment's shared UI view of this sweep (experiment_url(..., view=view))
 
     def experiment_url(self) -> str:
-        from stereo_exp.tracking.mlflow_io import experiment_url
-
         return experiment_url(self.tracking_uri, self.experiment_id, view=self.view)
 
 
@@ -257,8 +257,6 @@ def register_sweep(
         metrics: the validation metrics to show as columns, the key metric first (``validation_metrics``).
         wait_s: seconds to wait for the process that holds the lock before looking the parent up by its tags.
     """
-    from stereo_exp.tracking.mlflow_io import resolve_uri
-
     uri = resolve_uri(str(client.tracking_uri))
     sweep_dir = Path(sweep.sweep_dir)
     stem = RECORD_PREFIX + hashlib.sha256(f"{uri}|{experiment_id}".encode()).hexdigest()[:8]

@@ -52,7 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     defaults = TrackingConfig()
-    spools = find_spools(args.paths)
+    try:
+        spools = find_spools(args.paths)
+    except FileNotFoundError as error:
+        parser.error(str(error))  # the usage and the folder that is missing; exit status 2
     if not spools:
         print(f"no {SPOOL_FILE} below {', '.join(args.paths)}: nothing to send")
         return 0
