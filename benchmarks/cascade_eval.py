@@ -53,7 +53,7 @@ COLUMNS = (
 def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     """One (model, dataset, grid, precision) case; see the module docstring for what runs."""
     from stereo_exp.data import build_eval_dataset
-    from stereo_exp.engine.distributed import DistEnv
+    from stereo_exp.distributed import DistEnv
     from stereo_exp.evaluation.cascade import evaluate_grid
     from stereo_exp.models import build_model
     from stereo_exp.schemas import amp_dtype

@@ -59,7 +59,7 @@ def clean_errors(cfg: DictConfig, what: str = "Training") -> Iterator[None]:
 def report_failure(error: BaseException, what: str) -> str:
     """Write ``error``'s traceback to the run's log file (Hydra's ``<run dir>/<job>.log``) and its cause to torchrun's
     failure summary, so that the terminal can end with the cause alone. Returns `` (traceback in FILE)`` or ``""``."""
-    from stereo_exp.engine.distributed import record_launcher_error
+    from stereo_exp.distributed import record_launcher_error
 
     files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
     record = logging.getLogger("stereo_exp").makeRecord(

@@ -76,8 +76,11 @@ def resolve_target(uri: str | None, experiment: str | None, sweep: str | None) -
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line (see the module docstring); returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m stereo_exp.compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sweep", help="sweep directory (its MLflow store, experiment and id), a folder of sweeps "
-                                        "(multirun: its newest sweep) or a sweep id")  # fmt: skip
+    parser.add_argument(
+        "--sweep",
+        help="sweep directory (its MLflow store, experiment and id), a folder of sweeps "
+        "(multirun: its newest sweep) or a sweep id",
+    )
     parser.add_argument(
         "--uri",
         help=f"MLflow tracking URI (default: the sweep directory's, else $MLFLOW_TRACKING_URI, else {DEFAULT_URI})",

@@ -22,7 +22,7 @@ from stereo_exp.cli import clean_errors
 from stereo_exp.config import register_configs
 
 if TYPE_CHECKING:
-    from stereo_exp.engine.distributed import DistEnv
+    from stereo_exp.distributed import DistEnv
     from stereo_exp.tracking import MlflowTracker
 
 log = logging.getLogger("stereo_exp.evaluate")
@@ -33,7 +33,7 @@ register_configs()
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate as ``cfg`` (conf/evaluate.yaml) says; returns ``{dataset: GridResult}`` (on every rank)."""
-    from stereo_exp.engine.distributed import DistEnv
+    from stereo_exp.distributed import DistEnv
     from stereo_exp.tracking import MlflowTracker
 
     OmegaConf.to_object(cfg)  # every schema's own checks, before any work

@@ -271,7 +271,8 @@ class SweepLauncher:
 
     def _report(self, sweep: SweepInfo, record: SweepRecord | None, outcomes: list[JobOutcome]) -> None:
         """Attach the sweep's table and plot to its parent run, then print the summary (the submitter's last lines)."""
-        from stereo_exp.tracking.mlflow_io import is_unreachable, ui_hint
+        from stereo_exp.tracking.addresses import ui_hint
+        from stereo_exp.tracking.mlflow_io import is_unreachable
 
         runs, metric, note = {}, None, ""
         if record is not None:

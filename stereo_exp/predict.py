@@ -49,29 +49,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("left", help="left image, or a quoted glob pattern of left images")
     parser.add_argument("right", help="right image, or a quoted glob pattern matching as many right images")
     parser.add_argument(
-        "-o", "--output", default="predictions",
+        "-o",
+        "--output",
+        default="predictions",
         help="a .pfm or .npy file (one pair; the PNG goes beside it) or a folder (default: %(default)s/), which gets "
         "<left name>.<format> and <left name>.png per pair",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--format", choices=[s[1:] for s in DISPARITY_SUFFIXES], default="pfm",
+        "--format",
+        choices=[s[1:] for s in DISPARITY_SUFFIXES],
+        default="pfm",
         help="disparity file format when --output is a folder (default: %(default)s)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--weights", default=None,
+        "--weights",
+        default=None,
         help="published name (e.g. MEGVII_V1), a state_dict or checkpoint file, or an MLflow run (runs:/<run id>); "
         "default: the newest checkpoint under --checkpoints",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--model", default=None,
+        "--model",
+        default=None,
         help="architecture (conf/model/<name>.yaml) for published names and state_dict files; checkpoints bring "
         "their own (default: the one of conf/evaluate.yaml)",
-    )  # fmt: skip
+    )
     parser.add_argument("--checkpoints", default="outputs", help="folder searched when --weights is not given")
     parser.add_argument(
-        "--random-weights", action="store_true",
+        "--random-weights",
+        action="store_true",
         help="allow an untrained model when there are no weights (its disparities are noise: for testing the pipeline)",
-    )  # fmt: skip
+    )
     parser.add_argument("--tracking-uri", default=None, help="MLflow store of --weights runs:/<id> (default: conf)")
     parser.add_argument("--iters", type=int, default=None, help="recurrent updates (default: the model's eval_iters)")
     parser.add_argument("--cascades", type=int, default=1, help="coarse-to-fine cascade levels (default: 1)")
@@ -79,8 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype (default: %(default)s)"
     )
-    parser.add_argument("--vmax", type=float, default=None, help="upper end of the PNG colour scale in px "
-                        "(default: each prediction's own maximum)")  # fmt: skip
+    parser.add_argument(
+        "--vmax",
+        type=float,
+        default=None,
+        help="upper end of the PNG colour scale in px (default: each prediction's own maximum)",
+    )
     return parser
 
 
@@ -191,25 +202,36 @@ def predict_pairs(
     vmax: float | None = None,
 ) -> list[Path]:
     """Predict each pair and write its disparity file and PNG; returns the files written."""
+    from stereo_exp.evaluation.visualize import disparity_figure, figure_to_png
     from stereo_exp.models.inference import predict_disparity
-    from stereo_exp.tracking.visualize import disparity_figure, figure_to_png
 
     written: list[Path] = []
     model = model.to(device).eval()
     for (left_path, right_path), out in zip(pairs, outputs, strict=True):
         left, right = read_pair(left_path, right_path)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                                    enabled=amp_dtype is not None):  # fmt: skip
-            pred = predict_disparity(model, left[None].to(device), right[None].to(device), num_iters=num_iters,
-                                     n_cascades=n_cascades)  # fmt: skip
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None),
+        ):
+            pred = predict_disparity(
+                model, left[None].to(device), right[None].to(device), num_iters=num_iters, n_cascades=n_cascades
+            )
         disparity = pred[0, 0].float().cpu().numpy()  # (H, W) px, the size of the input
         write_disparity(out, disparity)
         png = out.with_suffix(".png")
         png.write_bytes(figure_to_png(disparity_figure(disparity, vmin=0.0 if vmax is not None else None, vmax=vmax)))
         written += [out, png]
         low, high = float(np.nanmin(disparity)), float(np.nanmax(disparity))
-        log.info("%s + %s -> %s (%dx%d, disparity %.1f..%.1f px)", left_path, right_path, out,
-                 disparity.shape[1], disparity.shape[0], low, high)  # fmt: skip
+        log.info(
+            "%s + %s -> %s (%dx%d, disparity %.1f..%.1f px)",
+            left_path,
+            right_path,
+            out,
+            disparity.shape[1],
+            disparity.shape[0],
+            low,
+            high,
+        )
     return written
 
 
@@ -255,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not path.is_file():
                     raise InputError(f"Image {path} does not exist.")
 
-        from stereo_exp.engine.distributed import DistEnv
+        from stereo_exp.distributed import DistEnv
         from stereo_exp.evaluation.model_source import load_model
         from stereo_exp.schemas import amp_dtype
 
@@ -267,10 +289,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise InputError(str(error)) from error
         log.info("Model: %s", loaded.source)
         predict_pairs(
-            loaded.model, pairs, outputs, num_iters=args.iters or loaded.eval_iters, n_cascades=args.cascades,
-            device=DistEnv.from_environment(args.device).device, amp_dtype=amp_dtype(args.precision),
+            loaded.model,
+            pairs,
+            outputs,
+            num_iters=args.iters or loaded.eval_iters,
+            n_cascades=args.cascades,
+            device=DistEnv.from_environment(args.device).device,
+            amp_dtype=amp_dtype(args.precision),
             vmax=args.vmax,
-        )  # fmt: skip
+        )
     except (InputError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from stereo_exp.__main__ import run  # importing it registers the config schemas
-from stereo_exp.engine.distributed import DistEnv
+from stereo_exp.distributed import DistEnv
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

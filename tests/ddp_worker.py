@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stereo_exp.engine.distributed import DistEnv
+from stereo_exp.distributed import DistEnv
 from stereo_exp.engine.trainer import train
 from tests.conftest import compose_train_config
 

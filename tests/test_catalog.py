@@ -225,7 +225,15 @@ def test_non_finite_disparities_are_invalid_not_errors(tmp_path):
     sample = build_dataset("carla-highres", data_root=tmp_path)[0]
     assert sample["valid"][0, :6].tolist() == [False, False, False, False, True, True]
     assert sample["disparity"][0, 5] == 3.0
-    assert sample["valid"].sum() == 24 * 32 - 4  # every other pixel holds 1.0
+    assert sample["valid"].sum() == 24 * 32 - 4  # nan, inf, -inf and 0
+
+
+def test_the_dataset_mask_makes_finite_positive_disparities_invalid(tmp_path):
+    write_replica("sintel", tmp_path)
+    sample = build_dataset("sintel", data_root=tmp_path)[0]
+    disparity, valid = sample["disparity"], sample["valid"]
+    assert np.isfinite(disparity).all()
+    assert (valid == (disparity > 0) & valid).all() and ((disparity > 0) & ~valid).any()
 
 
 def test_motorcycle_loads_offline_from_scikit_image_with_infinite_disparities_invalid():

@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from stereo_exp.config import register_configs
 from stereo_exp.data import build_eval_dataset
+from stereo_exp.distributed import DistEnv
 from stereo_exp.engine.checkpoint import save_checkpoint
-from stereo_exp.engine.distributed import DistEnv
 from stereo_exp.evaluate import evaluate
 from stereo_exp.evaluation.cascade import evaluate_grid, run_validation, shard_indices
 from stereo_exp.evaluation.config import EvalConfig

@@ -6,11 +6,15 @@ The values are chosen to be exact in binary floating point, so thresholds (< 3, 
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
+import socket
+from typing import Any
 
 import pytest
 import torch
 
-from stereo_exp.engine.distributed import DistEnv
+from stereo_exp.distributed import DistEnv
 from stereo_exp.evaluation.metrics import CORE_METRICS, MetricSums, per_image_metrics, reduce_metrics
 
 
@@ -100,11 +104,36 @@ def test_batch_size_does_not_change_the_sums():
     assert together.images == one_by_one.images == 4
 
 
-def test_reduce_on_a_single_process_keeps_the_sums():
+def _reduce_on_rank(rank: int, port: int, results: Any) -> None:
+    """One of two gloo processes: add this rank's images, reduce, report what every rank then holds."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist = DistEnv(rank=rank, world_size=2, backend="gloo", source="test")
+    dist.init_process_group()
     sums = MetricSums.empty()
-    sums.add(_image([11.0]), _image([10.0]), _image([10.0]) > 0)
-    reduced = reduce_metrics(sums, DistEnv())
-    assert torch.equal(reduced.totals, sums.totals) and reduced.images == 1
+    if rank == 0:  # one image: d = 1
+        sums.add(_image([11.0]), _image([10.0]), _image([10.0]) > 0)
+    else:  # an image without ground truth, and one with d = 3 and 0 (its mae: 1.5)
+        gt = torch.tensor([[[[0.0, 0.0]]], [[[10.0, 20.0]]]])
+        sums.add(torch.tensor([[[[5.0, 5.0]]], [[[13.0, 20.0]]]]), gt, gt > 0)
+    reduced = reduce_metrics(sums, dist)
+    results.put((rank, reduced.images, reduced.skipped, reduced.means()["mae"]))
+    dist.destroy()
+
+
+def test_two_ranks_reduce_to_the_average_over_every_image_of_both():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = multiprocessing.get_context("fork")  # the ranks inherit the imports: no second start-up
+    results = context.Queue()
+    ranks = [context.Process(target=_reduce_on_rank, args=(rank, port, results)) for rank in range(2)]
+    for process in ranks:
+        process.start()
+    reported = sorted(results.get(timeout=120) for _ in ranks)
+    for process in ranks:
+        process.join(timeout=30)
+    # Per image over both ranks: (1 + 1.5) / 2; pooling the pixels would give (1 + 3 + 0) / 3.
+    assert reported == [(0, 2, 1, 1.25), (1, 2, 1, 1.25)]
 
 
 def test_mismatched_shapes_are_an_error_naming_both_shapes():

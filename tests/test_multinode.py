@@ -1,7 +1,7 @@
 """Multi-node DDP for real: training jobs that span both nodes of the two-node SLURM cluster
 (``launch/slurm_cluster.sh start --nodes 2``: each node a network namespace with its own address and host name),
 submitted from its head node through the project's launcher (``hydra/launcher=slurm hydra.launcher.nodes=2
-hydra.launcher.tasks_per_node=1``). The ranks meet through the rendezvous that engine/distributed.py derives from
+hydra.launcher.tasks_per_node=1``). The ranks meet through the rendezvous that stereo_exp/distributed.py derives from
 the job's node list, over the cluster's private bridge: the nodes share no other network."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from stereo_exp.engine.distributed import DistEnv
+from stereo_exp.distributed import DistEnv
 from tests.conftest import REPO_ROOT, TINY_RUN, assert_same_weights, subprocess_env
 
 if TYPE_CHECKING:
@@ -29,20 +29,34 @@ pytest_plugins = ["tests.cluster_fixtures"]
 APP = REPO_ROOT / "tests" / "cluster_train_app.py"  # python -m stereo_exp + every rank saves its weights
 # One sample per rank and step (a global batch of 2), long enough for a requeue to land mid-run.
 STEPS = 24
-RUN = ("train.batch_size=1", f"mix.dataset_steps=[{STEPS}]", "train.val_every=12", "checkpoint.every=2",
-       f"checkpoint.keep_last={STEPS}")  # fmt: skip
+RUN = (
+    "train.batch_size=1",
+    f"mix.dataset_steps=[{STEPS}]",
+    "train.val_every=12",
+    "checkpoint.every=2",
+    f"checkpoint.keep_last={STEPS}",
+)
 TRACKING = ("tracking=mlflow", "tracking.experiment=multinode")
 CHECKPOINTS = [f"step_{step:07d}.pth" for step in range(2, STEPS + 1, 2)]
-# The line each rank logs once it has joined the process group (engine/distributed.py).
-JOINED = re.compile(r"DDP: rank (\d) of 2 \(local rank (\d) of (\d)\) on host (\S+) joined the gloo process group "
-                    r"at (\S+):(\d+) \(([\d.]+); from slurm\)")  # fmt: skip
+# The line each rank logs once it has joined the process group (stereo_exp/distributed.py).
+JOINED = re.compile(
+    r"DDP: rank (\d) of 2 \(local rank (\d) of (\d)\) on host (\S+) joined the gloo process group "
+    r"at (\S+):(\d+) \(([\d.]+); from slurm\)"
+)
 
 
 def test_a_task_counts_the_tasks_of_its_own_node_when_nodes_run_different_numbers(monkeypatch):
     # SLURM writes uneven per-node counts as "2(x2),1": 2 tasks on each of the first two nodes, 1 on the third.
-    for name, value in {"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "5", "SLURM_PROCID": "4",
-                        "SLURM_LOCALID": "0", "SLURM_NODEID": "2", "SLURM_STEP_TASKS_PER_NODE": "2(x2),1",
-                        "SLURM_STEP_NODELIST": "gpu[07-09]"}.items():  # fmt: skip
+    for name, value in {
+        "SLURM_JOB_ID": "7",
+        "SLURM_STEP_ID": "0",
+        "SLURM_NTASKS": "5",
+        "SLURM_PROCID": "4",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "2",
+        "SLURM_STEP_TASKS_PER_NODE": "2(x2),1",
+        "SLURM_STEP_NODELIST": "gpu[07-09]",
+    }.items():
         monkeypatch.setenv(name, value)
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_NTASKS_PER_NODE"):
         monkeypatch.delenv(name, raising=False)
@@ -56,12 +70,23 @@ def test_a_task_counts_the_tasks_of_its_own_node_when_nodes_run_different_number
 def multirun(cluster: SlurmCluster, sweep_dir: Path, store: Path, *overrides: str) -> subprocess.Popen:
     """``python tests/cluster_train_app.py -m ...`` on the head node: a multirun whose every job spans 2 nodes with
     one task each, logging to the SQLite file ``store`` (the file system is shared by all nodes)."""
-    command = [*cluster.client_prefix, sys.executable, str(APP), "-m", *TINY_RUN, *RUN, *TRACKING,
-               f"tracking.uri=sqlite:///{store}", f"hydra.sweep.dir={sweep_dir}",
-               *cluster.hydra_launcher_overrides(nodes=2, tasks_per_node=1), *overrides]  # fmt: skip
+    command = [
+        *cluster.client_prefix,
+        sys.executable,
+        str(APP),
+        "-m",
+        *TINY_RUN,
+        *RUN,
+        *TRACKING,
+        f"tracking.uri=sqlite:///{store}",
+        f"hydra.sweep.dir={sweep_dir}",
+        *cluster.hydra_launcher_overrides(nodes=2, tasks_per_node=1),
+        *overrides,
+    ]
     sweep_dir.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(command, cwd=sweep_dir.parent, env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    return subprocess.Popen(
+        command, cwd=sweep_dir.parent, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def finish(process: subprocess.Popen, timeout_s: float = 300) -> None:
@@ -141,8 +166,16 @@ def reference(slurm_two_nodes: SlurmCluster, store: Path, tmp_path_factory: pyte
         time.sleep(0.2)
 
     torchrun = tmp_path_factory.mktemp("torchrun")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(REPO_ROOT / "tests" / "ddp_worker.py"), str(torchrun), *RUN]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(REPO_ROOT / "tests" / "ddp_worker.py"),
+        str(torchrun),
+        *RUN,
+    ]
     done = subprocess.run(command, cwd=torchrun, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
 
@@ -162,8 +195,11 @@ def test_a_job_on_two_nodes_trains_one_ddp_run_with_the_weights_of_torchrun_on_o
     # One job, running on both nodes at once; sacct: the allocation and its srun step on both, the batch on the first.
     assert reference.squeue.split()[2:] == ["R", "2", both], reference.squeue
     steps = slurm_two_nodes.run("sacct", "-n", "-P", "-j", job_id, "-o", "JobID,NNodes,NodeList,State").splitlines()
-    assert steps == [f"{job_id}|2|{both}|COMPLETED", f"{job_id}.batch|1|{first}|COMPLETED",
-                     f"{job_id}.0|2|{both}|COMPLETED"]  # fmt: skip
+    assert steps == [
+        f"{job_id}|2|{both}|COMPLETED",
+        f"{job_id}.batch|1|{first}|COMPLETED",
+        f"{job_id}.0|2|{both}|COMPLETED",
+    ]
 
     # Each task ran on its own host and met the other at the first node's address, port 20000 + job id.
     rank0_log, rank1_log = task_logs(sweep_dir, job_id)

@@ -15,8 +15,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from stereo_exp.distributed import DistEnv
 from stereo_exp.engine import checkpoint as ckpt
-from stereo_exp.engine.distributed import DistEnv
 from stereo_exp.models import build_model
 from tests.conftest import REPO_ROOT, TINY_RUN, assert_same_weights, compose_train_config, subprocess_env
 

@@ -6,7 +6,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from stereo_exp.engine.distributed import DistEnv
+from stereo_exp.distributed import DistEnv
 from stereo_exp.tracking import MlflowTracker, TrackingConfig, flatten_config
 from stereo_exp.tracking.sync import main as sync_main
 
@@ -112,3 +112,10 @@ def test_a_run_knows_its_key_metric_and_where_to_look_at_it_and_its_experiment_o
     # An experiment of training runs: MLflow 3's UI opens it on its runs, not on the GenAI overview.
     tags = client.get_experiment(run.info.experiment_id).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_the_sync_of_a_folder_that_does_not_exist_names_it_without_a_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sync_main([str(tmp_path / "missing")])
+    assert exit_info.value.code == 2
+    assert f"{tmp_path / 'missing'} is not a directory" in capsys.readouterr().err

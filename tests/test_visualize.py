@@ -1,4 +1,4 @@
-"""Disparity pictures (tracking/visualize.py): colour ranges, invalid pixels, PNG output."""
+"""Disparity pictures (evaluation/visualize.py): colour ranges, invalid pixels, PNG output."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from stereo_exp.tracking.visualize import (
+from stereo_exp.evaluation.visualize import (
     colorize_disparity,
     disparity_figure,
     disparity_range,
     error_map,
     figure_to_png,
     image_to_uint8,
-    picture_grid,
+    picture_grid_figure,
 )
 
 
@@ -72,15 +72,15 @@ def test_the_picture_grid_is_a_png_of_five_panels_for_an_odd_sized_sample():
     left, right = torch.rand(3, h, w) * 2 - 1, torch.rand(3, h, w) * 2 - 1
     gt = torch.rand(1, h, w) * 20 + 1
     valid = torch.rand(1, h, w) > 0.2
-    png = picture_grid(left, right, gt, gt + 1.0, valid, title="synthetic-val #0")
+    png = figure_to_png(picture_grid_figure(left, right, gt, gt + 1.0, valid, title="synthetic-val #0"))
     width, height = _png_size(png)
     assert width > 4 * height  # five panels side by side
 
 
 def test_the_picture_grid_rejects_inputs_of_different_sizes():
+    image, disparity, valid = torch.zeros(3, 4, 5), torch.ones(1, 4, 5), torch.ones(1, 4, 5, dtype=torch.bool)
     with pytest.raises(ValueError, match="differ in size"):
-        picture_grid(torch.zeros(3, 4, 5), torch.zeros(3, 4, 5), torch.ones(1, 4, 5), torch.ones(1, 4, 6),
-                     torch.ones(1, 4, 5, dtype=torch.bool))  # fmt: skip
+        picture_grid_figure(image, image, disparity, torch.ones(1, 4, 6), valid)
 
 
 def test_the_disparity_figure_has_a_colour_bar_beside_the_image():

@@ -26,11 +26,10 @@ from stereo_exp.data.config import AugmentationConfig, MixConfig, as_schema
 from stereo_exp.data.mix import Draw, MixSampler
 from stereo_exp.data.options import DatasetOptions
 from stereo_exp.data.transforms import EvalTransform, GtResize, TrainTransform, sample_generator
+from stereo_exp.random_streams import Stream, numpy_generator, seed_words
 from stereo_exp.schemas import LoaderConfig
 
 log = logging.getLogger(__name__)
-
-CATALOG_STREAM = 5  # seed-sequence stream id of the catalog's random choices (augmentation: 1, mix: 2-4)
 
 
 def load_raw(dataset: Dataset, index: int, seed: int, sample_number: int) -> dict[str, Any]:
@@ -38,7 +37,7 @@ def load_raw(dataset: Dataset, index: int, seed: int, sample_number: int) -> dic
     load = getattr(dataset, "load", None)
     if load is None:
         return dataset[index]
-    return load(index, rng=np.random.default_rng([seed, CATALOG_STREAM, sample_number]))
+    return load(index, rng=numpy_generator(seed, Stream.CATALOG, sample_number))
 
 
 class MixDataset(Dataset):
@@ -87,10 +86,10 @@ def seed_worker(worker_id: int, *, seed: int, rank: int) -> None:
     # is gone.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    state = np.random.SeedSequence([seed, rank, worker_id]).generate_state(2, dtype=np.uint32)
-    random.seed(int(state[0]))
-    np.random.seed(int(state[1]))
-    torch.manual_seed(int(state[0]) << 32 | int(state[1]))
+    first, second = seed_words(seed, Stream.LOADER_WORKER, rank, worker_id)
+    random.seed(first)
+    np.random.seed(second)
+    torch.manual_seed(first << 32 | second)
     # One intra-op thread per worker: the workers already run in parallel, more threads would oversubscribe the CPU.
     torch.set_num_threads(1)
 

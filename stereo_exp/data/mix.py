@@ -26,9 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ORDER_STREAM = 2  # seed-sequence stream ids: the mix order never shares random numbers with augmentations (1)
-SHUFFLE_STREAM = 3
-PHASE_STREAM = 4
+from stereo_exp.random_streams import Stream, numpy_generator, seed_sequence
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,7 @@ class MixSampler:
         self.total_steps = sum(self.steps)
         self.total_samples = self.total_steps * self.global_batch_size  # N
         self.draws = [s * self.global_batch_size for s in self.steps]  # n_i
-        phases = np.random.SeedSequence([self.seed, PHASE_STREAM]).generate_state(len(self.steps), dtype=np.uint64)
+        phases = seed_sequence(self.seed, Stream.MIX_PHASE).generate_state(len(self.steps), dtype=np.uint64)
         self.phases = [int(p) % self.total_samples for p in phases]  # o_i
         # Exact integer sort keys: time x lcm(n) = (k N + o_i) x (lcm / n_i).
         active = [n for n in self.draws if n > 0]
@@ -112,7 +110,7 @@ class MixSampler:
             # Keep the two most recent passes per dataset: a batch may straddle a pass boundary.
             for old in [old for old in self._permutations if old[0] == dataset and old[1] < epoch - 1]:
                 del self._permutations[old]
-            permutation = np.random.default_rng([self.seed, ORDER_STREAM, dataset, epoch]).permutation(length)
+            permutation = numpy_generator(self.seed, Stream.MIX_ORDER, dataset, epoch).permutation(length)
             self._permutations[key] = permutation
         return int(permutation[position])
 
@@ -122,7 +120,7 @@ class MixSampler:
             raise IndexError(f"step {step} outside the mix's steps 0..{self.total_steps - 1}")
         size = self.global_batch_size
         ordered = self._ordered(step * size, size)
-        order = np.random.default_rng([self.seed, SHUFFLE_STREAM, step]).permutation(size)
+        order = numpy_generator(self.seed, Stream.MIX_SHUFFLE, step).permutation(size)
         return [
             Draw(dataset=i, index=self.dataset_index(i, k), number=step * size + position)
             for position, (i, k) in enumerate(ordered[j] for j in order)

@@ -44,19 +44,18 @@ import torchvision.transforms.functional as TF
 from torch import Tensor
 
 from stereo_exp.data.config import AugmentationConfig, check_augmentation_config
+from stereo_exp.random_streams import Stream, torch_seed
 
 # Contract: images reach the models normalised to [-1, 1] = (x - 0.5) / 0.5 for x in [0, 1].
 IMAGE_MEAN = 0.5
 IMAGE_STD = 0.5
-AUGMENT_STREAM = 1  # seed-sequence stream id of augmentations (the mix order uses another; see mix.py)
 _ALL_VALID = 1.0 - 1e-4  # bilinear weight of valid neighbours above which every blended source pixel was valid
 _TINY_WEIGHT = 1e-6  # guards a division where the weight of valid neighbours is positive but tiny
 
 
 def sample_generator(seed: int, sample_number: int) -> torch.Generator:
     """The generator of one sample's augmentation: a pure function of (seed, global sample number)."""
-    state = np.random.SeedSequence([seed, AUGMENT_STREAM, sample_number]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    return torch.Generator().manual_seed(torch_seed(seed, Stream.AUGMENTATION, sample_number))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from stereo_exp.distributed import DistEnv
 from stereo_exp.engine import checkpoint as ckpt
-from stereo_exp.engine.distributed import DistEnv
 
 
 @dataclass

@@ -35,9 +35,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from stereo_exp import data, evaluation, models
+from stereo_exp.distributed import DistEnv
 from stereo_exp.engine import resume
 from stereo_exp.engine.checkpoint import Checkpointer, load_checkpoint
-from stereo_exp.engine.distributed import DistEnv
 from stereo_exp.engine.loss import forward_options, sequence_loss
 from stereo_exp.engine.optim import build_optimizer
 from stereo_exp.engine.preflight import check_run

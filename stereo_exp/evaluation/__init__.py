@@ -1,4 +1,5 @@
-"""Evaluation: metrics, the cascade grid (also training validation), and the published table layout."""
+"""Evaluation: metrics, the cascade grid (also training validation), the published table layout and disparity
+pictures."""
 
 from hydra.core.config_store import ConfigStore
 

@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from tqdm import tqdm
 
-from stereo_exp.engine.distributed import DistEnv
+from stereo_exp.distributed import DistEnv
 from stereo_exp.evaluation.metrics import MetricSums, reduce_metrics
-from stereo_exp.tracking.visualize import figure_to_png, picture_grid_figure
+from stereo_exp.evaluation.visualize import figure_to_png, picture_grid_figure
 
 log = logging.getLogger(__name__)
 
@@ -176,13 +176,18 @@ def evaluate_grid(
         if result.num_skipped:
             log.warning(
                 "%s: %d of %d images have no valid ground-truth pixel and are left out of the averages.",
-                desc, result.num_skipped, result.num_skipped + result.num_images,
-            )  # fmt: skip
+                desc,
+                result.num_skipped,
+                result.num_skipped + result.num_images,
+            )
         for (n_casc, n_iters), count in result.nonfinite.items():
             log.warning(
                 "%s: %d images have non-finite predictions at n_cascades=%d, n_iterations=%d (metrics are NaN).",
-                desc, count, n_casc, n_iters,
-            )  # fmt: skip
+                desc,
+                count,
+                n_casc,
+                n_iters,
+            )
     return result
 
 
@@ -212,10 +217,15 @@ class PictureCollector:
             return
         name = f"{self.dataset_name}/{index:04d}_c{n_cascades}_i{n_iterations}"
         self.figures[name] = picture_grid_figure(
-            sample["left"], sample["right"], sample["disparity"], pred, sample["valid"],
-            max_error=self.max_error, colormap=self.colormap,
+            sample["left"],
+            sample["right"],
+            sample["disparity"],
+            pred,
+            sample["valid"],
+            max_error=self.max_error,
+            colormap=self.colormap,
             title=f"{self.dataset_name} #{index}: {n_cascades} cascade(s), {n_iterations} iterations",
-        )  # fmt: skip
+        )
 
     def gather(self, dist: DistEnv) -> dict[str, Figure]:
         """Every rank's figures, sorted by name, on rank 0 (empty elsewhere). A collective when distributed."""
@@ -296,14 +306,27 @@ def evaluate_datasets(
         collector = None
         if eval_cfg.save_images > 0:
             collector = PictureCollector(
-                name, eval_cfg.save_images, cells=picture_cells, max_error=eval_cfg.max_error_px,
+                name,
+                eval_cfg.save_images,
+                cells=picture_cells,
+                max_error=eval_cfg.max_error_px,
                 colormap=eval_cfg.colormap,
-            )  # fmt: skip
+            )
         grids[name] = evaluate_grid(
-            model, dataset, n_cascades=list(eval_cfg.n_cascades), n_iterations=iterations,
-            batch_size=eval_cfg.batch_size, dist=dist, device=device, amp_dtype=amp_dtype, progress=progress,
-            image_callback=collector, extras=list(eval_cfg.extras), num_workers=eval_cfg.num_workers, desc=name,
-        )  # fmt: skip
+            model,
+            dataset,
+            n_cascades=list(eval_cfg.n_cascades),
+            n_iterations=iterations,
+            batch_size=eval_cfg.batch_size,
+            dist=dist,
+            device=device,
+            amp_dtype=amp_dtype,
+            progress=progress,
+            image_callback=collector,
+            extras=list(eval_cfg.extras),
+            num_workers=eval_cfg.num_workers,
+            desc=name,
+        )
         if collector is not None:
             figures.update(collector.gather(dist))
     return grids, figures
@@ -324,9 +347,17 @@ def run_validation(
     """Validation during training: ``evaluate_datasets`` flattened for MLflow (see ``ValidationResult``)."""
     first_cell = (int(eval_cfg.n_cascades[0]), int(_grid_iterations(eval_cfg, num_iters)[0]))
     grids, figures = evaluate_datasets(
-        model, eval_cfg, data_root=data_root, dataset_options=dataset_options, num_iters=num_iters, dist=dist,
-        device=device, amp_dtype=amp_dtype, progress=progress, picture_cells=[first_cell],
-    )  # fmt: skip
+        model,
+        eval_cfg,
+        data_root=data_root,
+        dataset_options=dataset_options,
+        num_iters=num_iters,
+        dist=dist,
+        device=device,
+        amp_dtype=amp_dtype,
+        progress=progress,
+        picture_cells=[first_cell],
+    )
     metrics: dict[str, float] = {}
     counts: dict[str, int] = {}
     for name, grid in grids.items():

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from stereo_exp.engine.distributed import DistEnv
+from stereo_exp.distributed import DistEnv
 
 CORE_METRICS: tuple[str, ...] = ("mae", "rmse", "1px", "3px", "5px", "relepe", "fl-all")
 EXTRA_METRICS: tuple[str, ...] = ("bad-2.0", "d1")

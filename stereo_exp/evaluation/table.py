@@ -69,7 +69,7 @@ def results_to_json(
     """``{"size": [H, W] | null, "datasets": {name: {"<cascades>": {"<iters>": {metric: value}}}}, **extra}``.
 
     JSON object keys are strings, so cascade and iteration counts become ``"1"``, ``"10"``; non-finite values become
-    ``null`` (JSON has no NaN) and ``results_from_json`` turns them back into NaN.
+    ``null`` (JSON has no NaN).
     """
     doc: dict[str, Any] = {"size": None if size is None else [int(s) for s in size]}
     doc["datasets"] = {
@@ -81,21 +81,6 @@ def results_to_json(
     }
     doc.update(extra or {})
     return json.dumps(doc, indent=2)
-
-
-def results_from_json(text: str) -> dict[str, dict[int, dict[int, dict[str, float]]]]:
-    """Inverse of ``results_to_json`` for the ``datasets`` part (integer keys, NaN for null)."""
-    doc = json.loads(text)
-    return {
-        name: {
-            int(c): {
-                int(i): {m: float("nan") if v is None else float(v) for m, v in metrics.items()}
-                for i, metrics in by_iters.items()
-            }
-            for c, by_iters in grid.items()
-        }
-        for name, grid in doc["datasets"].items()
-    }
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -1,4 +1,4 @@
-"""Experiment tracking (MLflow, rank 0 only), sweep grouping, the offline spool and disparity pictures."""
+"""Experiment tracking (MLflow, rank 0 only), sweep grouping and the offline spool."""
 
 from hydra.core.config_store import ConfigStore
 

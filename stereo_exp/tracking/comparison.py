@@ -73,8 +73,9 @@ def default_metric(runs: list[Any]) -> str | None:
     return sorted(keys, key=lambda k: (-keys[k], k))[0] if keys else None
 
 
-def load_curves(client: Any, experiment: str, sweep: str | None, metric: str | None) -> tuple[str, list[RunCurve],
-                                                                                              list[str]]:  # fmt: skip
+def load_curves(
+    client: Any, experiment: str, sweep: str | None, metric: str | None
+) -> tuple[str, list[RunCurve], list[str]]:
     """The runs of ``experiment`` (only those of ``sweep`` if given) and their history of ``metric``.
 
     Returns (metric, curves, runs without the metric); ``metric`` None picks ``default_metric``.
@@ -101,9 +102,16 @@ def load_curves(client: Any, experiment: str, sweep: str | None, metric: str | N
         history = sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: (m.step, m.timestamp))
         by_step = {m.step: m.value for m in history}  # the latest record of a step wins
         overrides = run.data.tags.get(OVERRIDES_TAG, "").split()
-        curves.append(RunCurve(run_id=run.info.run_id, name=run.info.run_name or run.info.run_id,
-                               status=run.info.status, overrides=overrides, steps=sorted(by_step),
-                               values=[by_step[s] for s in sorted(by_step)]))  # fmt: skip
+        curves.append(
+            RunCurve(
+                run_id=run.info.run_id,
+                name=run.info.run_name or run.info.run_id,
+                status=run.info.status,
+                overrides=overrides,
+                steps=sorted(by_step),
+                values=[by_step[s] for s in sorted(by_step)],
+            )
+        )
     if not curves:
         raise ValueError(f"none of the {len(runs)} runs logged {metric!r}")
     return metric, curves, without
@@ -121,9 +129,15 @@ def compare(
     curves.sort(key=lambda c: (sign * c.final() if math.isfinite(c.final()) else math.inf, c.label))
     output.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", metric)
-    result = Comparison(metric=metric, mode=mode, curves=curves, without_metric=without,
-                        plot=output / f"{stem}.png", table_md=output / f"{stem}.md",
-                        table_csv=output / f"{stem}.csv")  # fmt: skip
+    result = Comparison(
+        metric=metric,
+        mode=mode,
+        curves=curves,
+        without_metric=without,
+        plot=output / f"{stem}.png",
+        table_md=output / f"{stem}.md",
+        table_csv=output / f"{stem}.csv",
+    )
     _plot(result, title=f"{metric} ({experiment}{', sweep ' + sweep if sweep else ''})")
     result.table_md.write_text(markdown_table(result))
     _write_csv(result)
@@ -139,8 +153,10 @@ def markdown_table(result: Comparison) -> str:
     for curve in result.curves:
         best, best_step = curve.best(result.mode)
         overrides = curve.label if curve.overrides else "-"
-        lines.append(f"| {curve.name} | {overrides} | {curve.status} | {curve.steps[-1]} | {curve.final():.4f} | "
-                     f"{best:.4f} | {best_step} |")  # fmt: skip
+        lines.append(
+            f"| {curve.name} | {overrides} | {curve.status} | {curve.steps[-1]} | {curve.final():.4f} | "
+            f"{best:.4f} | {best_step} |"
+        )
     if result.without_metric:
         lines.append("")
         lines.append(f"{len(result.without_metric)} runs without {result.metric}: {', '.join(result.without_metric)}")
@@ -195,5 +211,15 @@ def _write_csv(result: Comparison) -> None:
         writer.writerow(["run_id", "run", "overrides", "status", "last_step", "final", "best", "best_step"])
         for curve in result.curves:
             best, best_step = curve.best(result.mode)
-            writer.writerow([curve.run_id, curve.name, " ".join(curve.overrides), curve.status, curve.steps[-1],
-                             repr(curve.final()), repr(best), best_step])  # fmt: skip
+            writer.writerow(
+                [
+                    curve.run_id,
+                    curve.name,
+                    " ".join(curve.overrides),
+                    curve.status,
+                    curve.steps[-1],
+                    repr(curve.final()),
+                    repr(best),
+                    best_step,
+                ]
+            )

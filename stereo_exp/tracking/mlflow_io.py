@@ -1,5 +1,5 @@
 """Talking to MLflow: opening a store, one tracker record -> ``MlflowClient`` calls, which errors mean
-"unreachable", HTTP settings, and the addresses of the MLflow UI.
+"unreachable", HTTP settings (the addresses of stores and of the UI: addresses.py).
 
 The tracker describes everything it sends as a small JSON-serialisable record, so that the same record is either
 applied at once or, while MLflow cannot be reached, appended to the run's spool and applied later by
@@ -31,6 +31,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from stereo_exp.tracking.addresses import sqlite_path
 from stereo_exp.tracking.sweep import PARENT_RUN_TAG, SweepInfo, register_sweep
 
 OFFLINE_PREFIX = "offline-"  # placeholder run ids of runs created while MLflow was unreachable
@@ -43,8 +44,6 @@ _TRANSIENT_ERROR_CODES = ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
 _UNWRITABLE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM)
 # The MLflow 3 UI opens experiments of this kind on their training runs, not on the GenAI traces page.
 EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
-# Where `mlflow ui` serves by default: the address printed for a SQLite store.
-DEFAULT_UI_ADDRESS = "http://127.0.0.1:5000"
 
 
 class StoreNotFound(FileNotFoundError):
@@ -54,20 +53,6 @@ class StoreNotFound(FileNotFoundError):
 class StoreUnavailable(ConnectionError):
     """A local store that cannot be opened or written now: a SQLite file that is locked, read-only, not a database,
     or in a folder that cannot be created. Like an unreachable server (``is_unreachable``), the records wait."""
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///FILE`` URI (relative to the working directory), None for other URIs."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri.removeprefix("sqlite:///"))
-
-
-def resolve_uri(uri: str) -> str:
-    """The URI with a relative SQLite file made absolute (``sqlite:///mlflow.db`` -> ``sqlite:////work/mlflow.db``),
-    so that it means the same store from any working directory; other URIs unchanged."""
-    path = sqlite_path(uri)
-    return uri if path is None or path.is_absolute() else f"sqlite:///{path.resolve()}"
 
 
 def open_client(uri: str, *, create: bool = True) -> Any:
@@ -225,29 +210,6 @@ def get_or_create_experiment(client: Any, name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id  # another job created it meanwhile
 
 
-def ui_address(uri: str) -> str:
-    """The address of the MLflow UI for ``uri``: the server itself, or where ``mlflow ui`` serves a local store."""
-    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else DEFAULT_UI_ADDRESS
-
-
-def ui_hint(uri: str) -> str:
-    """How to open the UI of ``uri``: nothing to start for a server; the ``mlflow ui`` command for a local store."""
-    if uri.startswith(("http://", "https://")):
-        return ""
-    return f"start the UI with: mlflow ui --backend-store-uri {resolve_uri(uri)}"
-
-
-def experiment_url(uri: str, experiment_id: str, *, view: str | None = None) -> str:
-    """The experiment's training runs in the MLflow UI; ``view`` names a shared view (tracking/sweep.py)."""
-    url = f"{ui_address(uri)}/#/experiments/{experiment_id}/runs"
-    return f"{url}?viewStateShareKey={view}" if view else url
-
-
-def run_url(uri: str, experiment_id: str, run_id: str) -> str:
-    """The run's page in the MLflow UI."""
-    return f"{ui_address(uri)}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
 def last_logged_steps(client: Any, run_id: str) -> dict[str, int]:
     """``{metric key: last step}`` of what MLflow already holds for ``run_id`` (a resumed run replays steps)."""
     return {
@@ -269,8 +231,14 @@ def apply_record(client: Any, record: Mapping[str, Any], run_ids: dict[str, str]
         if record.get("sweep"):
             sweep = SweepInfo.from_dict(record["sweep"])
             tags.update(sweep.tags())
-            registered = register_sweep(client, record["experiment"], experiment_id, sweep,
-                                        metrics=list(record.get("metrics") or []), wait_s=parent_wait_s)  # fmt: skip
+            registered = register_sweep(
+                client,
+                record["experiment"],
+                experiment_id,
+                sweep,
+                metrics=list(record.get("metrics") or []),
+                wait_s=parent_wait_s,
+            )
             if registered.parent_run_id is not None:
                 tags[PARENT_RUN_TAG] = registered.parent_run_id
         run = client.create_run(
@@ -305,6 +273,8 @@ def apply_record(client: Any, record: Mapping[str, Any], run_ids: dict[str, str]
         if parent:
             client.set_terminated(parent, status="FINISHED", end_time=record.get("end_time"))
     else:
-        raise ValueError(f"unknown tracking record op {op!r} (expected one of: create_run, continue_run, params, "
-                         "tags, metrics, artifact, terminate)")  # fmt: skip
+        raise ValueError(
+            f"unknown tracking record op {op!r} (expected one of: create_run, continue_run, params, "
+            "tags, metrics, artifact, terminate)"
+        )
     return run_id

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from stereo_exp.tracking.addresses import run_url, ui_hint
 from stereo_exp.tracking.mlflow_io import (
     OFFLINE_PREFIX,
     apply_record,
@@ -43,15 +44,13 @@ from stereo_exp.tracking.mlflow_io import (
     is_unreachable,
     last_logged_steps,
     open_client,
-    run_url,
     server_answers,
-    ui_hint,
 )
-from stereo_exp.tracking.spool import Spool
+from stereo_exp.tracking.spool import Spool, SpoolBusy, sync_spool
 from stereo_exp.tracking.sweep import SweepInfo, validation_metrics
 
 if TYPE_CHECKING:  # only annotations: importing tracking (compare, sync, the server) stays free of torch
-    from stereo_exp.engine.distributed import DistEnv
+    from stereo_exp.distributed import DistEnv
 
 log = logging.getLogger(__name__)
 
@@ -180,15 +179,20 @@ class MlflowTracker:
         metrics = validation_metrics((params or {}).get("eval", {}).get("datasets"))
         all_tags = {**({KEY_METRIC_TAG: metrics[0]} if metrics else {}), **dict(self.cfg.tags), **dict(tags or {})}
         record = {
-            "op": "create_run", "run": placeholder, "experiment": self.cfg.experiment,
+            "op": "create_run",
+            "run": placeholder,
+            "experiment": self.cfg.experiment,
             "run_name": run_name or self.cfg.run_name or (sweep.run_name() if sweep else None),
             "tags": {**all_tags, **({RUN_KEY_TAG: run_key} if run_key else {})},
-            "start_time": int(time.time() * 1000), "sweep": sweep.to_dict() if sweep else None, "metrics": metrics,
-        }  # fmt: skip
+            "start_time": int(time.time() * 1000),
+            "sweep": sweep.to_dict() if sweep else None,
+            "metrics": metrics,
+        }
         self.run_id = self._send(record) or placeholder
         if sweep is not None:
-            log.info("MLflow: run %s of sweep %s (job %d of %s)", self.run_id, sweep.sweep_id, sweep.job_num,
-                     sweep.sweep_dir)  # fmt: skip
+            log.info(
+                "MLflow: run %s of sweep %s (job %d of %s)", self.run_id, sweep.sweep_id, sweep.job_num, sweep.sweep_dir
+            )
         flat = flatten_config(params or {})
         if sweep is not None:  # a swept config group (model=a,b) is no key of the config: log it as one too
             flat.update({key: value for key, value in sweep.swept().items() if key not in flat})
@@ -254,8 +258,13 @@ class MlflowTracker:
         new = {key: float(value) for key, value in metrics.items() if step > self._last_step.get(key, -1)}
         if not new:
             return
-        record = {"op": "metrics", "run": self.run_id, "step": step, "timestamp": int(time.time() * 1000),
-                  "metrics": new}  # fmt: skip
+        record = {
+            "op": "metrics",
+            "run": self.run_id,
+            "step": step,
+            "timestamp": int(time.time() * 1000),
+            "metrics": new,
+        }
         self._send(record)
         for key in new:
             self._last_step[key] = step
@@ -268,8 +277,9 @@ class MlflowTracker:
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         """Store a matplotlib figure as a PNG artifact, e.g. ``val/step_000100/motorcycle.png``."""
         if self._ready():
-            self._log_in_memory(artifact_file, lambda: self._client.log_figure(self.run_id, figure, artifact_file),
-                                figure.savefig)  # fmt: skip
+            self._log_in_memory(
+                artifact_file, lambda: self._client.log_figure(self.run_id, figure, artifact_file), figure.savefig
+            )
 
     def log_dict(self, dictionary: Mapping[str, Any], artifact_file: str) -> None:
         """Store a dict as a JSON or YAML artifact (by the file's extension)."""
@@ -293,9 +303,12 @@ class MlflowTracker:
             self._attempt(force=True)
         self._send({"op": "terminate", "run": self.run_id, "status": status, "end_time": int(time.time() * 1000)})
         if self._offline and self._spool is not None:
-            log.info("MLflow: %s records of run %s are not sent yet; send them with: python -m "
-                     "stereo_exp.tracking.sync %s", len(self._spool.pending(self._spool.read_state())), self.run_id,
-                     self._spool.run_dir)  # fmt: skip
+            log.info(
+                "MLflow: %s records of run %s are not sent yet; send them with: python -m stereo_exp.tracking.sync %s",
+                len(self._spool.pending(self._spool.read_state())),
+                self.run_id,
+                self._spool.run_dir,
+            )
 
     def run_url(self) -> str | None:
         """The run's page in the MLflow UI (for a SQLite store, where ``mlflow ui`` serves it); while records still
@@ -335,8 +348,11 @@ class MlflowTracker:
         self._go_offline(reason)
 
     def _http(self) -> Any:
-        return http_settings(timeout_s=self.cfg.http_timeout_s, max_retries=self.cfg.http_max_retries,
-                             backoff_factor=self.cfg.http_backoff_factor)  # fmt: skip
+        return http_settings(
+            timeout_s=self.cfg.http_timeout_s,
+            max_retries=self.cfg.http_max_retries,
+            backoff_factor=self.cfg.http_backoff_factor,
+        )
 
     def _send(self, record: dict[str, Any]) -> str | None:
         """Apply ``record`` now; returns its run id, or None when it went to the spool."""
@@ -361,8 +377,14 @@ class MlflowTracker:
         path = self._spool.file_for(f"{self.run_id}/{artifact_file}")
         write(path)
         parent = str(Path(artifact_file).parent)
-        self._keep({"op": "artifact", "run": self.run_id, "path": str(path),
-                    "artifact_path": None if parent == "." else parent})  # fmt: skip
+        self._keep(
+            {
+                "op": "artifact",
+                "run": self.run_id,
+                "path": str(path),
+                "artifact_path": None if parent == "." else parent,
+            }
+        )
 
     def _keep(self, record: dict[str, Any]) -> None:
         """Append ``record`` to the spool with the tracking URI it was meant for (the sync's default target)."""
@@ -385,8 +407,12 @@ class MlflowTracker:
             log.warning(
                 "MLflow at %s is unreachable (%s). Training goes on; records are kept in %s and sent when MLflow "
                 "answers again (tried every %.0f s), or later with: python -m stereo_exp.tracking.sync %s",
-                self.cfg.uri, reason, self._spool.path, self.cfg.offline_retry_s, self._spool.run_dir,
-            )  # fmt: skip
+                self.cfg.uri,
+                reason,
+                self._spool.path,
+                self.cfg.offline_retry_s,
+                self._spool.run_dir,
+            )
 
     def _attempt(self, force: bool = False) -> bool:
         """While offline: if it is time (or ``force``), reach MLflow and send the spool; True once back online."""
@@ -397,10 +423,6 @@ class MlflowTracker:
         self._next_attempt = now + self.cfg.offline_retry_s
         if not server_answers(self.cfg.uri, self.cfg.probe_timeout_s):
             return False
-        # Imported here: `python -m stereo_exp.tracking.sync` must not find its module already imported by the
-        # package (runpy warns about that).
-        from stereo_exp.tracking.sync import SpoolBusy, sync_spool
-
         try:
             with self._http():
                 report = sync_spool(self._spool, self._client, parent_wait_s=self.cfg.parent_wait_s)

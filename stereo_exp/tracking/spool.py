@@ -10,7 +10,8 @@ Files in the run directory (``paths.output``):
 Only the run's rank-0 process appends; a sync (the tracker itself when MLflow answers again, or
 ``python -m stereo_exp.tracking.sync``) reads the lines after the last one handled. A line is complete once its
 newline is written (one ``write`` call); a line cut short by a crash is isolated by the next append, then reported
-as unreadable by the sync, never sent half.
+as unreadable by the sync, never sent half. ``sync_spool`` sends the pending lines in order; sync.py is its command
+line.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from stereo_exp.tracking.mlflow_io import OFFLINE_PREFIX, apply_record, is_unreachable, last_logged_steps
 
 SPOOL_FILE = "mlflow_spool.jsonl"
 STATE_FILE = "mlflow_spool.json"
@@ -117,3 +120,119 @@ class Spool:
                 yield True
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class SpoolBusy(RuntimeError):
+    """Another process is syncing this spool right now."""
+
+
+@dataclass
+class SyncReport:
+    """What one sync of one spool did."""
+
+    run_dir: Path
+    sent: int = 0  # records sent to MLflow
+    duplicates: int = 0  # metric values skipped: MLflow already held their step
+    refused: list[str] = field(default_factory=list)  # records MLflow refused (or unreadable lines), with the reason
+    run_ids: dict[str, str] = field(default_factory=dict)  # offline placeholders created in MLflow by this sync
+    remaining: int = 0  # records left in the spool (MLflow became unreachable during the sync)
+    unreachable: BaseException | None = None  # why the sync stopped early
+
+    @property
+    def complete(self) -> bool:
+        return self.remaining == 0 and not self.refused
+
+    def summary(self) -> str:
+        parts = [f"{self.sent} records sent", f"{self.duplicates} metric values already in MLflow"]
+        if self.run_ids:
+            parts.append("runs created: " + ", ".join(f"{k} -> {v}" for k, v in self.run_ids.items()))
+        if self.refused:
+            parts.append(f"{len(self.refused)} refused: " + "; ".join(self.refused))
+        if self.remaining:
+            parts.append(f"{self.remaining} left (MLflow unreachable: {self.unreachable})")
+        return f"{self.run_dir}: " + ", ".join(parts)
+
+
+def sync_spool(spool: Spool, client: Any, *, parent_wait_s: float = 60.0) -> SyncReport:
+    """Send the pending records of ``spool`` with ``client`` (an ``MlflowClient``), in order.
+
+    Records MLflow refuses are reported and skipped (they would be refused again); when MLflow becomes
+    unreachable the sync stops and the report says how many records are left for the next one.
+
+    Raises:
+        SpoolBusy: another process holds the spool's sync lock.
+    """
+    report = SyncReport(run_dir=spool.run_dir)
+    with spool.locked() as acquired:
+        if not acquired:
+            raise SpoolBusy(f"another process is syncing {spool.path}")
+        state = spool.read_state()
+        pending = spool.pending(state)
+        last_steps = _LastSteps(client)
+        for position, (index, record) in enumerate(pending):
+            try:
+                sent, duplicates = _send(client, record, state.run_ids, last_steps, report, parent_wait_s)
+            except Exception as error:
+                if is_unreachable(error):
+                    report.remaining = len(pending) - position
+                    report.unreachable = error
+                    break
+                op = record["op"] if record else "unreadable"
+                report.refused.append(f"line {index + 1} ({op}): {type(error).__name__}: {error}")
+                state.refused.append(report.refused[-1])
+            else:
+                report.sent, report.duplicates = report.sent + sent, report.duplicates + duplicates
+                state.sent, state.duplicates = state.sent + sent, state.duplicates + duplicates
+            state.done = index + 1
+            spool.write_state(state)  # after every record: a sync cut short goes on from here next time
+    return report
+
+
+def _send(
+    client: Any,
+    record: dict[str, Any] | None,
+    run_ids: dict[str, str],
+    last_steps: _LastSteps,
+    report: SyncReport,
+    parent_wait_s: float,
+) -> tuple[int, int]:
+    """Apply one spooled record; returns (records sent, metric values skipped as already in MLflow)."""
+    if record is None:
+        raise ValueError("not a complete JSON record (the writing process died mid-line?)")
+    duplicates = 0
+    if record["op"] == "metrics":
+        record, duplicates = last_steps.keep_new(record, run_ids)
+        if record is None:
+            return 0, duplicates
+    run_id = apply_record(client, record, run_ids, parent_wait_s=parent_wait_s)
+    if record["op"] == "create_run":
+        report.run_ids[record["run"]] = run_id
+        last_steps.new_run(run_id)
+    return 1, duplicates
+
+
+class _LastSteps:
+    """The last step MLflow holds for each metric of each run, read once per run, updated as records are sent."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.steps: dict[str, dict[str, int]] = {}
+
+    def new_run(self, run_id: str) -> None:
+        self.steps[run_id] = {}
+
+    def keep_new(self, record: dict[str, Any], run_ids: dict[str, str]) -> tuple[dict[str, Any] | None, int]:
+        """The record without the metrics whose step MLflow already holds (None when nothing is left), and how
+        many were left out."""
+        run_id = run_ids.get(record["run"], record["run"])
+        if run_id.startswith(OFFLINE_PREFIX):
+            return record, 0  # apply_record reports the missing create_run
+        known = self.steps.get(run_id)
+        if known is None:
+            known = self.steps[run_id] = last_logged_steps(self.client, run_id)
+        step = int(record["step"])
+        metrics = {k: v for k, v in record["metrics"].items() if step > known.get(k, -1)}
+        for key in metrics:
+            known[key] = step
+        skipped = len(record["metrics"]) - len(metrics)
+        return ({**record, "metrics": metrics} if metrics else None), skipped

@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stereo_exp.tracking.addresses import experiment_url, resolve_uri
+
 log = logging.getLogger(__name__)
 
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests runs under this run
@@ -228,8 +230,6 @@ class SweepRecord:
     view: str  # key of the experiment's shared UI view of this sweep (experiment_url(..., view=view))
 
     def experiment_url(self) -> str:
-        from stereo_exp.tracking.mlflow_io import experiment_url
-
         return experiment_url(self.tracking_uri, self.experiment_id, view=self.view)
 
 
@@ -257,8 +257,6 @@ def register_sweep(
         metrics: the validation metrics to show as columns, the key metric first (``validation_metrics``).
         wait_s: seconds to wait for the process that holds the lock before looking the parent up by its tags.
     """
-    from stereo_exp.tracking.mlflow_io import resolve_uri
-
     uri = resolve_uri(str(client.tracking_uri))
     sweep_dir = Path(sweep.sweep_dir)
     stem = RECORD_PREFIX + hashlib.sha256(f"{uri}|{experiment_id}".encode()).hexdigest()[:8]
@@ -276,15 +274,24 @@ def register_sweep(
             time.sleep(_POLL_S)
         log.warning(
             "MLflow: no sweep record %s after %.0f s (the process holding %s may have died); looking the parent "
-            "run up by its tags.", path, wait_s, lock.name,
-        )  # fmt: skip
+            "run up by its tags.",
+            path,
+            wait_s,
+            lock.name,
+        )
     parent = None
     if sweep.has_parent:
         parent = _find_parent(client, experiment_id, sweep.sweep_id) or _create_parent(client, experiment_id, sweep)
     view = f"sweep-{sweep.sweep_id}"
     client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + view, json.dumps(_view_state(sweep, metrics)))
-    record = SweepRecord(tracking_uri=uri, experiment=experiment, experiment_id=experiment_id,
-                         sweep_id=sweep.sweep_id, parent_run_id=parent, view=view)  # fmt: skip
+    record = SweepRecord(
+        tracking_uri=uri,
+        experiment=experiment,
+        experiment_id=experiment_id,
+        sweep_id=sweep.sweep_id,
+        parent_run_id=parent,
+        view=view,
+    )
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(asdict(record), indent=1))
     os.replace(tmp, path)  # readers see the whole file or none
@@ -319,8 +326,12 @@ def _create_parent(client: Any, experiment_id: str, sweep: SweepInfo) -> str:
     """The parent run: the swept keys as params (their values, comma separated) and a description."""
     from mlflow.entities import Param
 
-    tags = {SWEEP_ID_TAG: sweep.sweep_id, SWEEP_DIR_TAG: sweep.sweep_dir, ROLE_TAG: SWEEP_ROLE,
-            NOTE_TAG: sweep_description(sweep)}  # fmt: skip
+    tags = {
+        SWEEP_ID_TAG: sweep.sweep_id,
+        SWEEP_DIR_TAG: sweep.sweep_dir,
+        ROLE_TAG: SWEEP_ROLE,
+        NOTE_TAG: sweep_description(sweep),
+    }
     run = client.create_run(experiment_id, run_name=sweep.parent_name, tags=tags)
     params = [Param(key, ",".join(values)) for key, values in sweep.plan.values.items()]
     if params:

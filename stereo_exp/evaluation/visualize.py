@@ -161,23 +161,6 @@ def picture_grid_figure(
     return fig
 
 
-def picture_grid(
-    left: Tensor,
-    right: Tensor,
-    gt: Tensor,
-    pred: Tensor,
-    valid: Tensor,
-    *,
-    max_error: float = 3.0,
-    colormap: str = DEFAULT_COLORMAP,
-    title: str | None = None,
-) -> bytes:
-    """``picture_grid_figure`` rendered to PNG bytes."""
-    return figure_to_png(
-        picture_grid_figure(left, right, gt, pred, valid, max_error=max_error, colormap=colormap, title=title)
-    )
-
-
 def disparity_figure(
     disparity: Tensor | np.ndarray,
     *,

@@ -113,9 +113,17 @@ class DistEnv:
         address = os.environ["MASTER_ADDR"]
         log.info(
             "DDP: rank %d of %d (local rank %d of %d) on host %s joined the %s process group at %s:%s (%s; from %s)",
-            self.rank, self.world_size, self.local_rank, self.local_world_size, socket.gethostname(), self.backend,
-            address, os.environ["MASTER_PORT"], _resolve(address), self.source,
-        )  # fmt: skip
+            self.rank,
+            self.world_size,
+            self.local_rank,
+            self.local_world_size,
+            socket.gethostname(),
+            self.backend,
+            address,
+            os.environ["MASTER_PORT"],
+            _resolve(address),
+            self.source,
+        )
         global _CONTROL_GROUP
         _CONTROL_GROUP = torch_dist.new_group(backend="gloo") if self.backend != "gloo" else None  # None: the world
 
@@ -129,13 +137,9 @@ class DistEnv:
             torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
         return tensor
 
-    def any_rank(self, flag: bool) -> bool:
-        """True when ``flag`` is true on at least one rank (a collective: every rank must call it)."""
-        return self.any_rank_each([flag])[0]
-
     def any_rank_each(self, flags: Sequence[bool]) -> list[bool]:
-        """Element-wise ``any_rank``: flag i is true when it is true on at least one rank (one collective, on the
-        host through gloo: it never waits for the GPU)."""
+        """Flag i is true when it is true on at least one rank (one collective, on the host through gloo: it never
+        waits for the GPU)."""
         if not (self.is_distributed and torch_dist.is_initialized()):
             return list(flags)
         values = torch.tensor([1.0 if flag else 0.0 for flag in flags])
@@ -195,8 +199,9 @@ def _slurm_port(env: os._Environ[str] | dict[str, str]) -> int:
 def _slurm_tasks_on_this_node(env: os._Environ[str] | dict[str, str], world_size: int) -> int:
     """The tasks of this step on this node: entry SLURM_NODEID of the per-node counts, which SLURM writes as
     "4(x2)" (4 on each of 2 nodes) or "2,1" (2 on the first node, 1 on the second)."""
-    per_node = (env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
-                or env.get("SLURM_NTASKS_PER_NODE", ""))  # fmt: skip
+    per_node = (
+        env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or env.get("SLURM_NTASKS_PER_NODE", "")
+    )
     counts = []
     for count, repeat in re.findall(r"(\d+)(?:\(x(\d+)\))?", per_node):
         counts += [int(count)] * int(repeat or 1)
