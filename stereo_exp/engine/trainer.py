@@ -306,15 +306,8 @@ def train_step(
     """
     device = options.device
     model.train()
-    non_blocking = device.type == "cuda"
-    left, right = (
-        batch["left"].to(device, non_blocking=non_blocking),
-        batch["right"].to(device, non_blocking=non_blocking),
-    )
-    gt, valid = (
-        batch["disparity"].to(device, non_blocking=non_blocking),
-        batch["valid"].to(device, non_blocking=non_blocking),
-    )
+    keys = ("left", "right", "disparity", "valid")
+    left, right, gt, valid = (batch[key].to(device, non_blocking=device.type == "cuda") for key in keys)
 
     dtype, loss_cfg = options.amp_dtype, options.loss
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
