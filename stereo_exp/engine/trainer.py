@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -96,6 +95,8 @@ def train(cfg: DictConfig) -> TrainResult:
     """Train as the composed config ``cfg`` says; returns the final validation metrics, the model and where the
     results are. The one place where the config is typed: everything below reads the ``Config`` object."""
     config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]  # every schema's own checks run here
+    # paths.output left at its default, Hydra's run directory (then hydra.run.dir names another one), or set by hand.
+    hydra_output = "hydra:" in str(OmegaConf.to_container(cfg.paths, resolve=False)["output"])  # type: ignore[index]
     check_run(config)  # the datasets, the weights, cross-group checks: before anything is created or downloaded
     dist = DistEnv.from_environment(config.train.device)
     dist.init_process_group()
@@ -107,7 +108,7 @@ def train(cfg: DictConfig) -> TrainResult:
         output = Path(dist.broadcast_object(config.paths.output))
         # Records that cannot reach MLflow wait in the run directory (python -m stereo_exp.tracking.sync sends them).
         tracker = MlflowTracker(config.tracking, dist, spool_dir=output)
-        result = _run(config, dist, output, tracker)
+        result = _run(config, dist, output, tracker, hydra_output)
         status = "FINISHED"
         return result
     except Preempted as stop:
@@ -136,7 +137,7 @@ def setup_runtime(cfg: Config, dist: DistEnv) -> None:
     torch.autograd.set_detect_anomaly(cfg.train.detect_anomaly)
 
 
-def _run(cfg: Config, dist: DistEnv, output: Path, tracker: MlflowTracker) -> TrainResult:
+def _run(cfg: Config, dist: DistEnv, output: Path, tracker: MlflowTracker, hydra_output: bool) -> TrainResult:
     setup_runtime(cfg, dist)
     device = dist.device
     resolved = to_plain(cfg)  # config.yaml, the checkpoint's record of the config, the MLflow params
@@ -144,7 +145,8 @@ def _run(cfg: Config, dist: DistEnv, output: Path, tracker: MlflowTracker) -> Tr
     stop_step = min(schedule_steps, cfg.train.max_steps or schedule_steps)
 
     # ---- where the run starts: fresh, resumed, or restarted; decided by rank 0, nothing written yet -------------
-    start = _find_start(cfg, dist, output, resolved)
+    new_dir_override = _new_dir_override(output, hydra_output) if dist.is_main else ""
+    start = _find_start(cfg, dist, output, resolved, new_dir_override)
 
     # ---- model and training state (published weights download here, after every check) ---------------------
     model_cfg = dataclasses.replace(cfg.model, weights=None) if start.state is not None else cfg.model
@@ -405,7 +407,9 @@ def _wait_for_device(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _find_start(cfg: Config, dist: DistEnv, output: Path, resolved: dict[str, Any]) -> resume.StartPoint:
+def _find_start(
+    cfg: Config, dist: DistEnv, output: Path, resolved: dict[str, Any], new_dir_override: str
+) -> resume.StartPoint:
     """``resume.find_start`` on rank 0; the other ranks receive its decision, or its refusal and raise it too."""
     decision: resume.StartPoint | BaseException | None = None
     if dist.is_main:
@@ -416,7 +420,7 @@ def _find_start(cfg: Config, dist: DistEnv, output: Path, resolved: dict[str, An
             allow_inexact=cfg.train.allow_inexact_resume,
         )
         try:
-            decision = resume.find_start(cfg.resume, output, resolved, runtime, _new_dir_override(output))
+            decision = resume.find_start(cfg.resume, output, resolved, runtime, new_dir_override)
         except (ValueError, OSError, RuntimeError) as error:
             decision = error
     if dist.is_distributed:
@@ -438,11 +442,11 @@ def _without_state(decision: Any) -> Any:
     return decision
 
 
-def _new_dir_override(output: Path) -> str:
-    """The override that runs the same command in a fresh directory next to ``output`` (for refusal messages)."""
-    hydra_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None
-    if hydra_dir is None or Path(hydra_dir).resolve() != output.resolve():
-        return f"paths.output={_free_sibling(output)}"  # paths.output was set to another folder than Hydra's
+def _new_dir_override(output: Path, hydra_output: bool) -> str:
+    """The override that runs the same command in a fresh directory next to ``output`` (for refusal messages);
+    ``hydra_output``: ``paths.output`` is Hydra's run directory (its default), not a folder set by hand."""
+    if not hydra_output:
+        return f"paths.output={_free_sibling(output)}"
     if SweepInfo.from_hydra() is not None:
         return f"hydra.sweep.dir={_free_sibling(output.parent)}"  # a job of a multirun: <sweep dir>/<job num>
     return f"hydra.run.dir={_free_sibling(output)}"
