@@ -73,6 +73,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     """One worker count: writes the replica, reads ``samples + 1`` batches, times them."""
     from stereo_exp.config import LoaderConfig
     from stereo_exp.data import AugmentationConfig, MixConfig, build_train_loader
+    from stereo_exp.data.options import DatasetOptions
 
     device = resolve_device(spec["device"])
     samples = spec["samples"]
@@ -88,6 +89,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
             AugmentationConfig(crop_size=list(spec["crop"])),
             LoaderConfig(num_workers=spec["workers"], persistent_workers=False),
             data_root=root,
+            dataset_options=DatasetOptions(),
             batch_size=1,
             seed=0,
         )

@@ -34,7 +34,7 @@ from benchmarks.common import (
     time_alternating,
     timing_fields,
 )
-from benchmarks.train_step import synthetic_batch, training_config
+from benchmarks.train_step import step_options, synthetic_batch, training_config
 
 NAME = "fast_paths"
 VARIANTS = (("plain", "fp32"), ("fast", "fp32"), ("plain", "bf16"), ("fast", "bf16"))
@@ -85,10 +85,10 @@ def _workload(spec: dict[str, Any], device: torch.device) -> dict[str, Callable[
         optimizer = build_optimizer(model, cfg.optim, cfg.schedule.lr)
         scheduler = build_scheduler(optimizer, cfg.schedule, sum(cfg.mix.dataset_steps))
         scaler = torch.amp.GradScaler(device.type, enabled=False)
-        dtype = amp_dtype(precision)
+        options = step_options(cfg, device, amp_dtype(precision))
 
-        def step(model=model, cfg=cfg, optimizer=optimizer, scheduler=scheduler, scaler=scaler, dtype=dtype) -> None:
-            train_step(model, batch, optimizer, scheduler, scaler, cfg, device, dtype)
+        def step(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, options=options) -> None:
+            train_step(model, batch, optimizer, scheduler, scaler, options)
 
         fns[f"{path} {precision}"] = step
     return fns

@@ -32,7 +32,7 @@ from benchmarks.common import (
     run_single_case,
     time_interleaved,
 )
-from benchmarks.train_step import training_config
+from benchmarks.train_step import step_options, training_config
 
 NAME = "precision"
 METRICS = ("mae", "rmse", "1px", "3px", "5px", "relepe", "fl-all")
@@ -88,8 +88,9 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     optimizer = build_optimizer(model, cfg.optim, cfg.schedule.lr)
     scheduler = build_scheduler(optimizer, cfg.schedule, max(spec["train_steps"], 1))
     scaler = torch.amp.GradScaler(device.type, enabled=False)
+    options = step_options(cfg, device, None)
     losses = [
-        float(train_step(model, train_batch, optimizer, scheduler, scaler, cfg, device, None).loss)
+        float(train_step(model, train_batch, optimizer, scheduler, scaler, options).loss)
         for _ in range(spec["train_steps"])
     ]
 

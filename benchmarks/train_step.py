@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from benchmarks.common import (
     REPO_ROOT,
@@ -82,6 +82,14 @@ def training_config(
         return compose("config", overrides=[*chosen, "tracking=none", *overrides])
 
 
+def step_options(cfg: DictConfig, device: torch.device, autocast_dtype: torch.dtype | None) -> Any:
+    """``train_step``'s settings (``StepOptions``) from the composed ``cfg``, at ``autocast_dtype``."""
+    from stereo_exp.engine.trainer import StepOptions
+
+    loss = OmegaConf.to_object(cfg.loss)
+    return StepOptions(cfg.model.train_iters, loss, cfg.optim.clip_grad_norm, autocast_dtype, device)  # type: ignore[arg-type]
+
+
 def synthetic_batch(batch_size: int, crop: list[int], device: torch.device) -> dict[str, torch.Tensor]:
     """A contract batch (docs/ARCHITECTURE.md): seeded noise images whose right view is the left one shifted by
     ``DISPARITY_PX``, that constant disparity, every pixel valid."""
@@ -114,10 +122,10 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     scheduler = build_scheduler(optimizer, cfg.schedule, sum(cfg.mix.dataset_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=spec["precision"] == "fp16")
     batch = synthetic_batch(spec["batch_size"], spec["crop"], device)
-    autocast_dtype = amp_dtype(spec["precision"])
+    options = step_options(cfg, device, amp_dtype(spec["precision"]))
 
     def step() -> None:
-        train_step(model, batch, optimizer, scheduler, scaler, cfg, device, autocast_dtype)
+        train_step(model, batch, optimizer, scheduler, scaler, options)
 
     # FLOPs are counted on the eager model, then the speed section applies (compilation: in the warm-up steps).
     measured = measure(step, model, spec, device, prepare=lambda: prepare_for_training(model, cfg.speed, device))

@@ -46,8 +46,11 @@ def main(cfg: DictConfig) -> float | None:
         with clean_errors(cfg):
             metrics = run(cfg).metrics
     except KeyboardInterrupt:
-        print("\nInterrupted without writing a checkpoint (a second Ctrl-C, or one before training began). Run the "
-              "same command again to resume from the newest checkpoint, if any.", file=sys.stderr)  # fmt: skip
+        message = (
+            "Interrupted without writing a checkpoint (a second Ctrl-C, or one before training began). Run the same "
+            "command again to resume from the newest checkpoint, if any."
+        )
+        print(f"\n{message}", file=sys.stderr)
         sys.exit(130)
     mae = [value for key, value in metrics.items() if key.endswith("/mae")]
     return mae[0] if mae else None

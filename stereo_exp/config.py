@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from stereo_exp.data.options import DatasetOptions
 from stereo_exp.schemas import CheckpointConfig, LoaderConfig, PathsConfig, Precision, SpeedConfig, TrainConfig
@@ -26,6 +26,7 @@ __all__ = [
     "SpeedConfig",
     "TrainConfig",
     "register_configs",
+    "to_plain",
 ]
 
 
@@ -61,3 +62,9 @@ def register_configs() -> None:
     cs.store(name="base_config", node=Config)
     for package in (models, data, engine, evaluation, tracking):
         package.register_configs(cs)
+
+
+def to_plain(config: Any) -> dict[str, Any]:
+    """A typed config (``Config``, or an app's schema object) as plain data, enums as their names: what config.yaml,
+    checkpoints and MLflow params record. The inverse of the typing done at each entry point."""
+    return OmegaConf.to_container(OmegaConf.structured(config), enum_to_str=True)  # type: ignore[return-value]

@@ -24,7 +24,7 @@ import logging
 import math
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -32,7 +32,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from stereo_exp.cli import clean_errors
-from stereo_exp.config import register_configs
+from stereo_exp.config import register_configs, to_plain
+
+if TYPE_CHECKING:
+    from stereo_exp.data.config import EdaAppConfig
 
 log = logging.getLogger("stereo_exp.eda")
 
@@ -43,14 +46,14 @@ MIX_ROW = "mix"  # name of the weighted row of the report
 
 
 def run_eda(cfg: DictConfig) -> dict[str, Any]:
-    """Analyse as ``cfg`` (conf/eda.yaml) says; returns the report (the content of ``eda.json``)."""
+    """Analyse as the composed ``cfg`` (conf/eda.yaml) says; returns the report (the content of ``eda.json``)."""
     from stereo_exp.tracking import MlflowTracker
 
-    OmegaConf.to_object(cfg)  # every schema's own checks, before any work
-    tracker = MlflowTracker(cfg.tracking)
+    config: EdaAppConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]  # typed once: every schema's checks
+    tracker = MlflowTracker(config.tracking)
     status = "FAILED"
     try:
-        report = _run(cfg, tracker)
+        report = _run(config, tracker)
         status = "FINISHED"
         return report
     except KeyboardInterrupt:
@@ -60,21 +63,15 @@ def run_eda(cfg: DictConfig) -> dict[str, Any]:
         tracker.end(status)
 
 
-def _run(cfg: DictConfig, tracker: Any) -> dict[str, Any]:
-    from stereo_exp.data.config import AugmentationConfig, EdaConfig, MixConfig, as_schema
+def _run(cfg: EdaAppConfig, tracker: Any) -> dict[str, Any]:
     from stereo_exp.data.disparity_stats import DisparityStats, format_table, histogram_figure
     from stereo_exp.data.loader import MixDataset, build_mix_datasets, seed_worker
     from stereo_exp.data.mix import Draw, MixSampler
     from stereo_exp.data.transforms import TrainTransform
-    from stereo_exp.schemas import LoaderConfig
     from stereo_exp.tracking.mlflow_tracker import TASK_TAG
 
-    mix = as_schema(cfg.mix, MixConfig)
-    aug = as_schema(cfg.augmentation, AugmentationConfig)
-    eda = as_schema(cfg.eda, EdaConfig)
-    loader_cfg = as_schema(cfg.loader, LoaderConfig)
-    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    tracker.start(params=resolved, run_name=f"eda {'+'.join(mix.datasets)}", tags={TASK_TAG: "eda"})
+    mix, aug, eda, loader_cfg = cfg.mix, cfg.augmentation, cfg.eda, cfg.loader
+    tracker.start(params=to_plain(cfg), run_name=f"eda {'+'.join(mix.datasets)}", tags={TASK_TAG: "eda"})
 
     datasets = build_mix_datasets(mix, data_root=cfg.paths.data, dataset_options=cfg.datasets)
     active = [i for i, steps in enumerate(mix.dataset_steps) if steps > 0]

@@ -10,6 +10,7 @@ is resolved. Under torchrun every process takes its own share of the images.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,10 +20,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from stereo_exp.cli import clean_errors
-from stereo_exp.config import register_configs
+from stereo_exp.config import register_configs, to_plain
 
 if TYPE_CHECKING:
     from stereo_exp.distributed import DistEnv
+    from stereo_exp.evaluation.config import EvalConfig, EvaluateConfig
     from stereo_exp.tracking import MlflowTracker
 
 log = logging.getLogger("stereo_exp.evaluate")
@@ -32,18 +34,18 @@ register_configs()
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate as ``cfg`` (conf/evaluate.yaml) says; returns ``{dataset: GridResult}`` (on every rank)."""
+    """Evaluate as the composed ``cfg`` (conf/evaluate.yaml) says; returns ``{dataset: GridResult}`` (on every rank)."""
     from stereo_exp.distributed import DistEnv
     from stereo_exp.tracking import MlflowTracker
 
-    OmegaConf.to_object(cfg)  # every schema's own checks, before any work
-    eval_cfg = eval_config(cfg)
-    dist = DistEnv.from_environment(str(cfg.device))
+    config: EvaluateConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]  # typed once: every schema's checks
+    eval_cfg = eval_config(config)
+    dist = DistEnv.from_environment(config.device)
     dist.init_process_group()
-    tracker = MlflowTracker(cfg.tracking, dist)
+    tracker = MlflowTracker(config.tracking, dist)
     status = "FAILED"
     try:
-        grids = _run(cfg, eval_cfg, dist, tracker)
+        grids = _run(config, eval_cfg, dist, tracker)
         status = "FINISHED"
         return grids
     except KeyboardInterrupt:
@@ -54,21 +56,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         dist.destroy()
 
 
-def eval_config(cfg: DictConfig) -> DictConfig:
+def eval_config(cfg: EvaluateConfig) -> EvalConfig:
     """``cfg.eval`` with the ``dataset`` shortcut applied, checked."""
-    from stereo_exp.evaluation.config import check_eval_config
-
-    eval_cfg = cfg.eval.copy()
-    if cfg.dataset is not None:
-        names = [cfg.dataset] if isinstance(cfg.dataset, str) else list(cfg.dataset)
-        if not names or not all(isinstance(n, str) for n in names):
-            raise ValueError(f"dataset must be a catalog name or a list of names; got {cfg.dataset!r}.")
-        eval_cfg.datasets = names
-    check_eval_config(eval_cfg)
-    return eval_cfg
+    if cfg.dataset is None:
+        return cfg.eval
+    names = [cfg.dataset] if isinstance(cfg.dataset, str) else list(cfg.dataset)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"dataset must be a catalog name or a list of names; got {cfg.dataset!r}.")
+    return dataclasses.replace(cfg.eval, datasets=names)  # EvalConfig's checks run again
 
 
-def _run(cfg: DictConfig, eval_cfg: DictConfig, dist: DistEnv, tracker: MlflowTracker) -> dict[str, Any]:
+def _run(cfg: EvaluateConfig, eval_cfg: EvalConfig, dist: DistEnv, tracker: MlflowTracker) -> dict[str, Any]:
     from stereo_exp.data.catalog import check_dataset_root
     from stereo_exp.data.transforms import GtResize
     from stereo_exp.evaluation.cascade import evaluate_datasets, save_figures
@@ -87,10 +85,9 @@ def _run(cfg: DictConfig, eval_cfg: DictConfig, dist: DistEnv, tracker: MlflowTr
     log.info("Evaluating on %d process(es), device %s", dist.world_size, dist.device)
     model = loaded.model.to(dist.device)
 
-    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    assert isinstance(resolved, dict)
+    resolved = to_plain(cfg)
     resolved["model"] = loaded.model_cfg  # what was evaluated (a checkpoint's config replaces the model group)
-    resolved["eval"] = OmegaConf.to_container(eval_cfg, resolve=True, enum_to_str=True)
+    resolved["eval"] = to_plain(eval_cfg)
     tracker.start(
         params=resolved,
         run_name=f"eval {loaded.model_cfg['name']} {'+'.join(eval_cfg.datasets)}",
@@ -98,18 +95,23 @@ def _run(cfg: DictConfig, eval_cfg: DictConfig, dist: DistEnv, tracker: MlflowTr
     )
 
     grids, figures = evaluate_datasets(
-        model, eval_cfg, data_root=cfg.paths.data, dataset_options=cfg.datasets, num_iters=loaded.eval_iters,
-        dist=dist, device=dist.device, amp_dtype=amp_dtype(cfg.precision), progress=cfg.progress,
-    )  # fmt: skip
+        model,
+        eval_cfg,
+        data_root=cfg.paths.data,
+        dataset_options=cfg.datasets,
+        num_iters=loaded.eval_iters,
+        dist=dist,
+        device=dist.device,
+        amp_dtype=amp_dtype(cfg.precision),
+        progress=cfg.progress,
+    )
 
     if dist.is_main:
-        size = list(eval_cfg.size) if eval_cfg.size is not None else None
+        size = eval_cfg.size
         table = format_protocol(size, eval_cfg.gt_resize) + format_tables(grids, size)
         counts = {name: {"images": g.num_images, "skipped_images": g.num_skipped} for name, g in grids.items()}
-        document = results_to_json(
-            grids, size, extra={"gt_resize": GtResize(eval_cfg.gt_resize).value, "weights": loaded.source,
-                                "step": loaded.step, "model": loaded.model_cfg, "counts": counts},
-        )  # fmt: skip
+        extra = {"gt_resize": GtResize(eval_cfg.gt_resize).value, "weights": loaded.source, "step": loaded.step}
+        document = results_to_json(grids, size, extra={**extra, "model": loaded.model_cfg, "counts": counts})
         output = Path(cfg.paths.output)
         output.mkdir(parents=True, exist_ok=True)
         (output / "eval.log").write_text(table)
@@ -122,8 +124,8 @@ def _run(cfg: DictConfig, eval_cfg: DictConfig, dist: DistEnv, tracker: MlflowTr
             log.info("%s: %d images averaged%s", name, count["images"], skipped)
         print(f"Model: {loaded.source}")
         print(table, end="")
-        log.info("Wrote %s and %s%s", output / "eval.log", output / "eval.json",
-                 f" and {len(pictures)} pictures in {output / 'pictures'}" if pictures else "")  # fmt: skip
+        in_pictures = f" and {len(pictures)} pictures in {output / 'pictures'}" if pictures else ""
+        log.info("Wrote %s and %s%s", output / "eval.log", output / "eval.json", in_pictures)
 
         tracker.log_metrics(flat_metrics(grids), step=loaded.step or 0)
         tracker.log_artifact(output / "eval.log")

@@ -53,8 +53,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
-                "BOOT_FAIL", "DEADLINE")  # fmt: skip
+FINAL_STATES = (
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+)
 SACCT_WAIT_S = 30.0  # sacct records a job's end moments after its result file appears: wait this long for it
 POLL_S = 2.0  # how often the submitter looks for the result files of jobs that ended
 STATE_POLL_S = 30.0  # how often it asks sacct for all jobs at once (a job that died leaves no result file)
@@ -155,8 +164,10 @@ class SweepLauncher:
         try:
             jobs = self._executor(params).map_array(self, *zip(*arguments, strict=True))
         except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as error:
-            sys.exit(f"error: {self._EXECUTOR} refused the sweep: {_last_line(str(error))} (launcher settings: "
-                     f"hydra.launcher.*, {self.config_file})")  # fmt: skip
+            sys.exit(
+                f"error: {self._EXECUTOR} refused the sweep: {_last_line(str(error))} (launcher settings: "
+                f"hydra.launcher.*, {self.config_file})"
+            )
 
         outcomes = [JobOutcome(num, str(job.job_id), names[num]) for num, job in zip(nums, jobs, strict=True)]
         try:
@@ -165,8 +176,10 @@ class SweepLauncher:
             if self._EXECUTOR != "slurm":
                 raise  # local jobs got the interrupt too
             array = outcomes[0].job_id.split("_")[0]
-            sys.exit(f"\nInterrupted: the jobs go on in SLURM and their runs still reach MLflow; see them with "
-                     f"squeue -j {array}, cancel them with scancel {array}")  # fmt: skip
+            sys.exit(
+                f"\nInterrupted: the jobs go on in SLURM and their runs still reach MLflow; see them with "
+                f"squeue -j {array}, cancel them with scancel {array}"
+            )
         self._states(outcomes)
         self._report(sweep, record, outcomes)
         if any(outcome.error for outcome in outcomes):
@@ -210,10 +223,8 @@ class SweepLauncher:
         init = {f"{self._EXECUTOR}_max_num_timeout": params["max_num_timeout"]} if "max_num_timeout" in params else {}
         executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=params["submitit_folder"], **init)
         shared = set(OmegaConf.structured(BaseQueueConf).keys())  # the keys without an executor prefix
-        executor.update_parameters(**{
-            key if key in shared else f"{self._EXECUTOR}_{key}": value
-            for key, value in params.items() if key not in ("submitit_folder", "max_num_timeout")
-        })  # fmt: skip
+        own = [(key, value) for key, value in params.items() if key not in ("submitit_folder", "max_num_timeout")]
+        executor.update_parameters(**{key if key in shared else f"{self._EXECUTOR}_{key}": value for key, value in own})
         return executor
 
     def _register(self, sweep: SweepInfo) -> SweepRecord | None:
@@ -236,9 +247,13 @@ class SweepLauncher:
         except Exception as error:
             if not is_unreachable(error):
                 raise
-            log.warning("MLflow at %s cannot be used now (%s): each job keeps its records in its run folder and "
-                        "sends them when MLflow answers (or: python -m stereo_exp.tracking.sync %s).", tracking.uri,
-                        _last_line(str(error)), sweep.sweep_dir)  # fmt: skip
+            log.warning(
+                "MLflow at %s cannot be used now (%s): each job keeps its records in its run folder and "
+                "sends them when MLflow answers (or: python -m stereo_exp.tracking.sync %s).",
+                tracking.uri,
+                _last_line(str(error)),
+                sweep.sweep_dir,
+            )
             return None
 
     def _wait(self, jobs: list[Any], outcomes: list[JobOutcome]) -> None:
@@ -260,8 +275,9 @@ class SweepLauncher:
                     outcome.error = _job_error(str(error))
                 elapsed = time.strftime("%H:%M:%S", time.gmtime(time.monotonic() - started))
                 ended = f"failed: {outcome.error}" if outcome.error else "done"
-                log.info("job #%d (%s) %s ended after %s: %s", outcome.num, outcome.job_id, outcome.name, elapsed,
-                         ended)  # fmt: skip
+                log.info(
+                    "job #%d (%s) %s ended after %s: %s", outcome.num, outcome.job_id, outcome.name, elapsed, ended
+                )
             if remaining:
                 time.sleep(POLL_S)
 
@@ -285,14 +301,16 @@ class SweepLauncher:
         relative = os.path.relpath(sweep.sweep_dir)
         where = sweep.sweep_dir if relative.startswith("..") else relative
         failed = sum(1 for outcome in outcomes if outcome.error)
-        lines = ["", f"Sweep {where} (id {sweep.sweep_id}): {len(outcomes) - failed} of {len(outcomes)} jobs completed"
-                     + (f", {failed} failed" if failed else "")]  # fmt: skip
+        completed = f"{len(outcomes) - failed} of {len(outcomes)} jobs completed" + (
+            f", {failed} failed" if failed else ""
+        )
+        lines = ["", f"Sweep {where} (id {sweep.sweep_id}): {completed}"]
         table = [["job", "id", "state", "mlflow", metric or "metric", "run"]]
         for outcome in outcomes:
             run = runs.get(outcome.num)
             value = run.data.metrics.get(metric) if run is not None and metric else None
-            table.append([f"#{outcome.num}", outcome.job_id, outcome.state, run.info.status if run else "-",
-                          f"{value:.4f}" if value is not None else "-", outcome.name])  # fmt: skip
+            status, shown = run.info.status if run else "-", f"{value:.4f}" if value is not None else "-"
+            table.append([f"#{outcome.num}", outcome.job_id, outcome.state, status, shown, outcome.name])
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
         for row, outcome in zip(table, [None, *outcomes], strict=True):
             lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -302,8 +320,9 @@ class SweepLauncher:
             lines.append(note)
         if record is not None:
             hint = ui_hint(record.tracking_uri)
-            lines.append(f"MLflow experiment {record.experiment}: {record.experiment_url()}"
-                         + (f"  ({hint})" if hint else ""))  # fmt: skip
+            lines.append(
+                f"MLflow experiment {record.experiment}: {record.experiment_url()}" + (f"  ({hint})" if hint else "")
+            )
         lines.append(f"Next: python -m stereo_exp.compare --sweep {where}")
         print("\n".join(lines), flush=True)
 
@@ -321,8 +340,10 @@ class SlurmSweepLauncher(SweepLauncher):
             LaunchError: SLURM is not installed here, the partition does not exist or cannot hold the request.
         """
         if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-            raise LaunchError("hydra/launcher=slurm needs SLURM's sbatch and sinfo on this machine (submit from a "
-                              "login node), or run the sweep here with hydra/launcher=local")  # fmt: skip
+            raise LaunchError(
+                "hydra/launcher=slurm needs SLURM's sbatch and sinfo on this machine (submit from a "
+                "login node), or run the sweep here with hydra/launcher=local"
+            )
         nodes = _partition_nodes(params.get("partition"))
         partition = nodes[0][0]
         cpus = min(node_cpus for _, node_cpus, _ in nodes)
@@ -330,14 +351,18 @@ class SlurmSweepLauncher(SweepLauncher):
         gpus = params.get("gpus_per_node")
         if gpus == "auto":
             if len(gpu_counts) > 1:
-                raise LaunchError(f"the nodes of partition {partition} have {' or '.join(map(str, gpu_counts))} GPUs: "
-                                  "set hydra.launcher.gpus_per_node to the number each job uses")  # fmt: skip
+                raise LaunchError(
+                    f"the nodes of partition {partition} have {' or '.join(map(str, gpu_counts))} GPUs: "
+                    "set hydra.launcher.gpus_per_node to the number each job uses"
+                )
             gpus = gpu_counts[0] or None
         elif gpus and int(gpus) > gpu_counts[-1]:
             has = f"at most {gpu_counts[-1]} GPUs per node" if gpu_counts[-1] else "no GPUs (sinfo: no gres/gpu)"
-            raise LaunchError(f"hydra.launcher.gpus_per_node={gpus} but partition {partition} has {has}: set "
-                              "hydra.launcher.gpus_per_node=auto (or null for CPU-only jobs), or choose another "
-                              "hydra.launcher.partition")  # fmt: skip
+            raise LaunchError(
+                f"hydra.launcher.gpus_per_node={gpus} but partition {partition} has {has}: set "
+                "hydra.launcher.gpus_per_node=auto (or null for CPU-only jobs), or choose another "
+                "hydra.launcher.partition"
+            )
         tasks = params.get("tasks_per_node")
         tasks = (gpus or 1) if tasks in ("auto", None) else int(tasks)
         cpus_per_task = params.get("cpus_per_task")
@@ -345,13 +370,24 @@ class SlurmSweepLauncher(SweepLauncher):
             workers = OmegaConf.select(self.config, "loader.num_workers", default=0) or 0
             cpus_per_task = max(1, min(int(workers) + 1, cpus // tasks))
         elif cpus_per_task and int(cpus_per_task) * tasks > cpus:
-            raise LaunchError(f"hydra.launcher.cpus_per_task={cpus_per_task} x tasks_per_node={tasks} is more than "
-                              f"the {cpus} CPUs of a node of partition {partition}: lower hydra.launcher.cpus_per_task "
-                              "(or set it to auto)")  # fmt: skip
+            raise LaunchError(
+                f"hydra.launcher.cpus_per_task={cpus_per_task} x tasks_per_node={tasks} is more than "
+                f"the {cpus} CPUs of a node of partition {partition}: lower hydra.launcher.cpus_per_task "
+                "(or set it to auto)"
+            )
         per_node = f"{gpus} GPU(s)" if gpus else "no GPU"
-        log.info("SLURM partition %s (%d node(s) of %d CPUs, %d GPUs): each job takes %s node(s) x %d task(s), "
-                 "%d CPU(s) per task, %s per node", partition, len(nodes), cpus, gpu_counts[-1],
-                 params.get("nodes", 1), tasks, cpus_per_task, per_node)  # fmt: skip
+        log.info(
+            "SLURM partition %s (%d node(s) of %d CPUs, %d GPUs): each job takes %s node(s) x %d task(s), "
+            "%d CPU(s) per task, %s per node",
+            partition,
+            len(nodes),
+            cpus,
+            gpu_counts[-1],
+            params.get("nodes", 1),
+            tasks,
+            cpus_per_task,
+            per_node,
+        )
         return {**params, "gpus_per_node": gpus, "tasks_per_node": tasks, "cpus_per_task": cpus_per_task}
 
     def _states(self, outcomes: list[JobOutcome]) -> None:
@@ -375,8 +411,11 @@ class SlurmSweepLauncher(SweepLauncher):
 def _http(tracking: Any) -> Any:
     from stereo_exp.tracking.mlflow_io import http_settings
 
-    return http_settings(timeout_s=tracking.http_timeout_s, max_retries=tracking.http_max_retries,
-                         backoff_factor=tracking.http_backoff_factor)  # fmt: skip
+    return http_settings(
+        timeout_s=tracking.http_timeout_s,
+        max_retries=tracking.http_max_retries,
+        backoff_factor=tracking.http_backoff_factor,
+    )
 
 
 def _label(config: Any) -> str:
@@ -449,15 +488,23 @@ def _summarise_in_mlflow(
         missing = ", ".join(f"#{outcome.num}" for outcome in outcomes if outcome.num not in runs)
         note = ""
         if missing:
-            note = (f"MLflow has no run of job {missing}: it failed before training, or its records wait in its run "
-                    f"folder (python -m stereo_exp.tracking.sync {sweep.sweep_dir})")  # fmt: skip
+            note = (
+                f"MLflow has no run of job {missing}: it failed before training, or its records wait in its run "
+                f"folder (python -m stereo_exp.tracking.sync {sweep.sweep_dir})"
+            )
         if record.parent_run_id is None:
             return runs, metric, note
         table = ""
         with tempfile.TemporaryDirectory() as folder:
             try:
-                result = compare(client, experiment=record.experiment, sweep=record.sweep_id, metric=metric,
-                                 mode="min", output=Path(folder))  # fmt: skip
+                result = compare(
+                    client,
+                    experiment=record.experiment,
+                    sweep=record.sweep_id,
+                    metric=metric,
+                    mode="min",
+                    output=Path(folder),
+                )
             except ValueError:  # no run logged a metric
                 result = None
             if result is not None:

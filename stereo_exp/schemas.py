@@ -7,7 +7,7 @@ without import cycles; ``stereo_exp.config`` assembles them with the config grou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 
 import torch
 
@@ -24,6 +24,14 @@ class Precision(str, Enum):
     fp16 = "fp16"
 
 
+class Device(StrEnum):
+    """Where a run computes; Hydra rejects any other value at composition."""
+
+    auto = "auto"  # cuda when available, else cpu
+    cpu = "cpu"
+    cuda = "cuda"
+
+
 def amp_dtype(precision: Precision | str) -> torch.dtype | None:
     """Autocast dtype of a ``precision`` setting (None for fp32: no autocast)."""
     return {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}[Precision(precision)]
@@ -33,7 +41,7 @@ def amp_dtype(precision: Precision | str) -> torch.dtype | None:
 class TrainConfig:
     batch_size: int = 2  # samples per process and step; the global batch is batch_size * world size
     precision: Precision = Precision.fp32  # fp32 | bf16 | fp16: autocast dtype of the forward (GradScaler: fp16 only)
-    device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda
+    device: Device = Device.auto  # auto (cuda when available, else cpu) | cpu | cuda
     max_steps: int | None = None  # stop after this many steps (debugging); null = the mix's sum of dataset_steps
     log_every: int = 10  # steps between metric records and progress-bar refreshes
     val_every: int = 1000  # steps between validations; the run always validates at step 0 and at the end

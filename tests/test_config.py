@@ -5,17 +5,24 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import io
+import re
 import textwrap
+import tokenize
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from hydra.errors import ConfigCompositionException
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from stereo_exp.config import Config, register_configs
 from tests.conftest import CONF_DIR
 
+PRIMARY_FILES = ("config", "eda", "evaluate")  # conf/<name>.yaml: the configs of the command-line tools
 GROUPS = ("model", "mix", "augmentation", "schedule", "optim", "loss", "eval", "tracking", "debug")
 KEYS_FILE = Path(__file__).parent / "fixtures" / "config_keys.txt"
 
@@ -24,11 +31,37 @@ def group_options() -> list[tuple[str, str]]:
     return [(group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
 
 
-def compose_plain(*overrides: str) -> DictConfig:
-    """conf/config.yaml as a user gets it, with ``overrides``."""
+def compose_plain(*overrides: str, config_name: str = "config") -> DictConfig:
+    """conf/<config_name>.yaml as a user gets it, with ``overrides``."""
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=["paths.output=unused", *overrides])
+        return compose(config_name, overrides=["paths.output=unused", *overrides])
+
+
+@pytest.mark.parametrize("config_name", PRIMARY_FILES)
+def test_every_primary_config_composes_without_a_missing_value(config_name):
+    cfg = compose_plain(config_name=config_name)
+    assert not OmegaConf.missing_keys(cfg), f"conf/{config_name}.yaml leaves keys unset"
+    OmegaConf.to_object(cfg)
+
+
+@pytest.mark.parametrize(
+    ("config_name", "override", "valid"),
+    [
+        ("config", "augmentation.scaling_type=log", "linear, exponential"),
+        ("config", "augmentation.disparity_resize=nearest", "auto, bilinear, scatter"),
+        ("config", "train.device=gpu", "auto, cpu, cuda"),
+        ("evaluate", "device=gpu", "auto, cpu, cuda"),
+        ("eda", "augmentation.scaling_type=log", "linear, exponential"),
+    ],
+)
+def test_a_closed_choice_rejects_other_values_at_composition_listing_the_valid_ones(config_name, override, valid):
+    key, value = override.split("=")
+    with pytest.raises(ConfigCompositionException) as failure:
+        compose_plain(override, config_name=config_name)
+    message = str(failure.value.__cause__ or failure.value)
+    assert f"Invalid value '{value}', expected one of [{valid}]" in message
+    assert f"full_key: {key}" in message
 
 
 @pytest.mark.parametrize(("group", "option"), group_options())
@@ -76,24 +109,77 @@ def schema_classes() -> list[type]:
     return seen
 
 
-@pytest.mark.parametrize("schema", schema_classes(), ids=lambda cls: cls.__name__)
-def test_every_schema_field_has_a_default_and_a_one_line_comment(schema):
+PRAGMA = re.compile(r"(type:\s*ignore|noqa|fmt:\s*(skip|off|on)|pragma)\S*(\[[^\]]*\])?", re.IGNORECASE)
+
+
+def field_comments(source: str) -> dict[int, str]:
+    """The comment text of each line of ``source`` (1-based), without ``#`` and pragmas (``# type: ignore`` ...)."""
+    comments = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = PRAGMA.sub("", token.string.lstrip("#")).strip(" #:")
+    return comments
+
+
+def group_slots() -> dict[type, set[str]]:
+    """Per primary schema (conf/config.yaml's Config, ...): its fields that a group of its defaults list fills with
+    a chosen option. These alone may be ``MISSING`` in the schema: the YAML file names their default."""
+    register_configs()
+    slots: dict[type, set[str]] = {}
+    for name in PRIMARY_FILES:
+        defaults = OmegaConf.load(CONF_DIR / f"{name}.yaml")["defaults"]
+        schema_name = next(entry for entry in defaults if isinstance(entry, str) and entry != "_self_")
+        schema = OmegaConf.get_type(ConfigStore.instance().repo[f"{schema_name}.yaml"].node)
+        chosen = {key for entry in defaults if OmegaConf.is_dict(entry) for key, value in entry.items() if value}
+        slots[schema] = {key for key in chosen if (CONF_DIR / key).is_dir()}
+    return slots
+
+
+def schema_problems(schema: type, slots: set[str] = frozenset()) -> list[str]:
+    """Fields of ``schema`` without a one-line comment (an empty ``#`` or a pragma is none) or without a default
+    (``omegaconf.MISSING`` is none, except for the group ``slots`` that the YAML defaults list fills)."""
     source = textwrap.dedent(inspect.getsource(schema))
     lines = source.splitlines()
+    comments = field_comments(source)
     (class_def,) = ast.parse(source).body
-    undocumented = []
+    problems = []
     for statement in class_def.body:
         if isinstance(statement, ast.AnnAssign):
-            span = lines[statement.lineno - 1 : statement.end_lineno]
-            if not any("#" in line for line in span):
-                undocumented.append(statement.target.id)
-    assert not undocumented, f"{schema.__name__}: fields without a comment: {undocumented}"
-    missing_default = [
-        f.name
-        for f in dataclasses.fields(schema)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            span = range(statement.lineno, statement.end_lineno + 1)
+            if not any(comments.get(line) for line in span):
+                problems.append(f"{statement.target.id}: no comment ({lines[statement.lineno - 1].strip()})")
+    for f in dataclasses.fields(schema):
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            problems.append(f"{f.name}: no default")
+        elif f.default is MISSING and f.name not in slots:
+            problems.append(f"{f.name}: MISSING is a placeholder, not a default")
+    return problems
+
+
+@pytest.mark.parametrize("schema", schema_classes(), ids=lambda cls: cls.__name__)
+def test_every_schema_field_has_a_default_and_a_one_line_comment(schema):
+    problems = schema_problems(schema, group_slots().get(schema, set()))
+    assert not problems, f"{schema.__name__}: {problems}"
+
+
+@dataclass
+class _Undocumented:
+    placeholder: list[str] = MISSING  # a value every option file would have to set
+    empty: int = 1  #
+    pragma_only: Any = None  # type: ignore[assignment]
+    spread: list[int] = field(  # the comment may sit on any line of the field
+        default_factory=list
+    )
+    plain: str = "ok"  # a real comment
+
+
+def test_the_schema_check_rejects_placeholders_empty_comments_and_pragmas():
+    assert schema_problems(_Undocumented) == [
+        "empty: no comment (empty: int = 1  #)",
+        "pragma_only: no comment (pragma_only: Any = None  # type: ignore[assignment])",
+        "placeholder: MISSING is a placeholder, not a default",
     ]
-    assert not missing_default, f"{schema.__name__}: fields without a default: {missing_default}"
+    assert schema_problems(_Undocumented, slots={"placeholder"})[-1].startswith("pragma_only")
 
 
 def test_option_files_set_only_what_differs_from_their_schema(tmp_path):

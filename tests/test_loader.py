@@ -10,6 +10,7 @@ import torch
 from stereo_exp.data import build_eval_dataset, build_train_loader
 from stereo_exp.data.catalog import DatasetRootError
 from stereo_exp.data.config import AugmentationConfig, MixConfig
+from stereo_exp.data.loader import Shard
 from stereo_exp.data.options import DatasetOptions
 from stereo_exp.data.synthetic import SyntheticConfig
 from stereo_exp.schemas import LoaderConfig
@@ -34,8 +35,8 @@ def batches(data_root: Path, *, workers: int = 0, start: int = 0, stop: int = 10
             rank: int = 0, world_size: int = 1) -> list[dict]:  # fmt: skip
     loader = build_train_loader(
         MIX, AUGMENT, LoaderConfig(num_workers=workers, persistent_workers=True, prefetch_factor=2),
-        data_root=data_root, dataset_options=OPTIONS, batch_size=batch_size, seed=5, rank=rank,
-        world_size=world_size, start_step=start, total_steps=stop,
+        data_root=data_root, dataset_options=OPTIONS, batch_size=batch_size, seed=5,
+        shard=Shard(rank=rank, world_size=world_size, start_step=start, stop_step=stop),
     )  # fmt: skip
     return list(loader)
 

@@ -17,14 +17,15 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from stereo_exp import data
+from stereo_exp.data.loader import Shard, build_train_loader
 from stereo_exp.engine import checkpoint as ckpt
 from stereo_exp.engine import trainer
 from stereo_exp.engine.resume import RunDirectoryError
 from stereo_exp.engine.schedule import build_scheduler
-from stereo_exp.engine.trainer import NonFiniteLossError, train, train_step
+from stereo_exp.engine.trainer import NonFiniteLossError, StepOptions, train, train_step
 from stereo_exp.models import build_model, get_model_builder, register_model
 from tests.conftest import (
     REPO_ROOT,
@@ -36,19 +37,24 @@ from tests.conftest import (
 )
 
 
-def first_batch(cfg):
-    loader = data.build_train_loader(
-        cfg.mix,
-        cfg.augmentation,
-        cfg.loader,
-        data_root=cfg.paths.data,
-        dataset_options=cfg.datasets,
-        batch_size=cfg.train.batch_size,
-        seed=cfg.seed,
-        start_step=0,
-        total_steps=1,
+def first_batch(cfg: DictConfig) -> dict[str, torch.Tensor]:
+    config = OmegaConf.to_object(cfg)
+    loader = build_train_loader(
+        config.mix,
+        config.augmentation,
+        config.loader,
+        data_root=config.paths.data,
+        dataset_options=config.datasets,
+        batch_size=config.train.batch_size,
+        seed=config.seed,
+        shard=Shard(stop_step=1),
     )
     return next(iter(loader))
+
+
+def step_options(cfg: DictConfig) -> StepOptions:
+    """What the trainer hands ``train_step`` for ``cfg``, on the CPU."""
+    return StepOptions.from_config(OmegaConf.to_object(cfg), torch.device("cpu"))
 
 
 def weights_of(path: Path) -> dict[str, torch.Tensor]:
@@ -91,7 +97,7 @@ def test_gradient_clipping_bounds_the_global_norm_of_the_update(tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     scheduler = build_scheduler(optimizer, cfg.schedule, total_steps=6)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    stats = train_step(model, first_batch(cfg), optimizer, scheduler, scaler, cfg, torch.device("cpu"), None)
+    stats = train_step(model, first_batch(cfg), optimizer, scheduler, scaler, step_options(cfg))
     update = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before, strict=True)))
     assert stats.grad_norm > 0.5  # the raw gradient was larger than the clip ...
     assert update.item() == pytest.approx(0.5, rel=1e-4)  # ... and the step is exactly the clip norm
@@ -109,7 +115,8 @@ def test_mixed_precision_steps_train_and_only_fp16_uses_a_grad_scaler(tmp_path, 
     scaler = torch.amp.GradScaler("cpu", enabled=scaled)
     batch = first_batch(cfg)
     skipped = 0  # fp16: the GradScaler halves its initial 2**16 scale until the gradients fit (~5 steps here)
-    while (stats := train_step(model, batch, optimizer, scheduler, scaler, cfg, torch.device("cpu"), dtype)).skipped:
+    assert step_options(cfg).amp_dtype == dtype  # train.precision sets the autocast dtype
+    while (stats := train_step(model, batch, optimizer, scheduler, scaler, step_options(cfg))).skipped:
         skipped += 1
         assert skipped < cfg.train.max_nonfinite_steps
     assert math.isfinite(stats.loss)
@@ -315,12 +322,12 @@ def test_fused_and_plain_optimizers_skip_a_non_finite_step_alike(tmp_path):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=fused or None)
         scheduler = build_scheduler(optimizer, cfg.schedule, total_steps=6)
         scaler = torch.amp.GradScaler("cpu", enabled=False)
-        train_step(model, batch, optimizer, scheduler, scaler, cfg, torch.device("cpu"), None)
+        train_step(model, batch, optimizer, scheduler, scaler, step_options(cfg))
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        stats = train_step(model, poisoned, optimizer, scheduler, scaler, cfg, torch.device("cpu"), None)
+        stats = train_step(model, poisoned, optimizer, scheduler, scaler, step_options(cfg))
         assert bool(stats.skipped)
         assert_same_weights(before, model.state_dict())  # the skipped step changed nothing
-        train_step(model, batch, optimizer, scheduler, scaler, cfg, torch.device("cpu"), None)
+        train_step(model, batch, optimizer, scheduler, scaler, step_options(cfg))
         results.append(model.state_dict())
     for key in results[0]:
         torch.testing.assert_close(results[0][key], results[1][key])  # fused and plain SGD agree to rounding

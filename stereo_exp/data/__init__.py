@@ -2,7 +2,7 @@
 
 catalog.py (names -> torchvision datasets, raw samples), synthetic.py / embedded.py (data that needs no download),
 transforms.py (augmentation, evaluation transform), mix.py (order of a mix), loader.py (DataLoader, eval datasets),
-config.py (schemas of the ``mix`` and ``augmentation`` groups and the EDA app; ``as_schema``), options.py
+config.py (schemas of the ``mix`` and ``augmentation`` groups and the EDA app), options.py
 (``datasets.*`` per-dataset options), disparity_stats.py (the EDA's statistics, table and figure).
 """
 

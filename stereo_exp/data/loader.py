@@ -1,7 +1,7 @@
 """Training batches of a mix and evaluation datasets: catalog datasets + transforms + the mix sampler.
 
-``build_train_loader`` returns a ``DataLoader`` whose batch sampler walks the mix from ``start_step`` to
-``total_steps - 1`` and yields this rank's shard of each step. A sample's augmentation draws from a generator seeded
+``build_train_loader`` returns a ``DataLoader`` whose batch sampler walks the mix from ``shard.start_step`` to
+``shard.stop_step - 1`` and yields this rank's share of each step. A sample's augmentation draws from a generator seeded
 by (seed, global sample number), and the catalog's own random choices (Middlebury ambient views) from a numpy
 generator seeded the same way, so batches depend neither on ``num_workers`` nor on where a run was resumed.
 """
@@ -12,17 +12,17 @@ import logging
 import random
 import signal
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from stereo_exp.data.catalog import build_dataset
-from stereo_exp.data.config import AugmentationConfig, MixConfig, as_schema
+from stereo_exp.data.config import AugmentationConfig, MixConfig
 from stereo_exp.data.mix import Draw, MixSampler
 from stereo_exp.data.options import DatasetOptions
 from stereo_exp.data.transforms import EvalTransform, GtResize, TrainTransform, sample_generator
@@ -94,12 +94,9 @@ def seed_worker(worker_id: int, *, seed: int, rank: int) -> None:
     torch.set_num_threads(1)
 
 
-def build_mix_datasets(
-    mix_cfg: MixConfig | DictConfig, *, data_root: str | Path, dataset_options: DatasetOptions | DictConfig | None
-) -> list[Dataset]:
+def build_mix_datasets(mix: MixConfig, *, data_root: str | Path, dataset_options: DatasetOptions) -> list[Dataset]:
     """Every dataset of the mix, in mix order (a stand-in for one with 0 steps). ``build_dataset`` checks each root
     as it opens it and no sample is read here, so a missing root fails before any sample is read."""
-    mix = as_schema(mix_cfg, MixConfig)
     datasets = []
     for name, steps in zip(mix.datasets, mix.dataset_steps, strict=True):
         if steps == 0:
@@ -123,55 +120,59 @@ class _Empty(Dataset):
         raise IndexError("a dataset with 0 dataset steps is never sampled")
 
 
+@dataclass(frozen=True)
+class Shard:
+    """The part of a run's batches one process reads: its rank among ``world_size`` and a range of steps."""
+
+    rank: int = 0  # this process among the world_size processes of the run
+    world_size: int = 1  # processes that share each step's global batch
+    start_step: int = 0  # the first step to read (a resumed run starts at its checkpoint's step)
+    stop_step: int | None = None  # one past the last step; None: the whole mix (the sum of its dataset_steps)
+
+
 def build_train_loader(
-    mix_cfg: MixConfig | DictConfig,
-    aug_cfg: AugmentationConfig | DictConfig,
-    loader_cfg: LoaderConfig | DictConfig,
+    mix: MixConfig,
+    augmentation: AugmentationConfig,
+    loader: LoaderConfig,
     *,
     data_root: str | Path,
-    dataset_options: DatasetOptions | DictConfig | None = None,
+    dataset_options: DatasetOptions,
     batch_size: int,
     seed: int,
-    rank: int = 0,
-    world_size: int = 1,
-    start_step: int = 0,
-    total_steps: int | None = None,
+    shard: Shard = Shard(),
 ) -> Iterable[dict[str, Any]]:
-    """This rank's training batches for steps ``start_step`` .. ``total_steps - 1`` (default: the whole mix).
+    """This rank's training batches for steps ``shard.start_step`` .. ``shard.stop_step - 1``.
 
     Each batch is the default collation of ``batch_size`` contract samples (docs/ARCHITECTURE.md): ``left``,
     ``right`` (B, 3, H, W) float32 in [-1, 1], ``disparity`` (B, 1, H, W) float32, ``valid`` (B, 1, H, W) bool,
-    ``dataset`` (B,) int64 index into ``mix_cfg.datasets``; H, W = ``aug_cfg.crop_size``. The order is a pure function
-    of (seed, step, batch_size x world_size): resuming at step k only needs k. Every dataset root is checked before
-    anything is read.
+    ``dataset`` (B,) int64 index into ``mix.datasets``; H, W = ``augmentation.crop_size``. The order is a pure
+    function of (seed, step, batch_size x world_size): resuming at step k only needs k. Every dataset root is
+    checked before anything is read.
     """
-    mix = as_schema(mix_cfg, MixConfig)
-    aug = as_schema(aug_cfg, AugmentationConfig)
-    loader = as_schema(loader_cfg, LoaderConfig)
     mix_steps = sum(mix.dataset_steps)
-    total_steps = mix_steps if total_steps is None else total_steps
-    if not 0 <= start_step <= total_steps <= mix_steps:
+    start_step, stop_step = shard.start_step, mix_steps if shard.stop_step is None else shard.stop_step
+    if not 0 <= start_step <= stop_step <= mix_steps:
         raise ValueError(
-            f"steps {start_step}..{total_steps} must satisfy 0 <= start_step <= total_steps <= {mix_steps}, the sum "
+            f"steps {start_step}..{stop_step} must satisfy 0 <= start_step <= total_steps <= {mix_steps}, the sum "
             "of mix.dataset_steps (train.max_steps may shorten a run, not lengthen it)"
         )
     if batch_size < 1:
         raise ValueError(f"train.batch_size must be >= 1, got {batch_size}")
     datasets = build_mix_datasets(mix, data_root=data_root, dataset_options=dataset_options)
-    sampler = MixSampler(
-        [len(d) for d in datasets], mix.dataset_steps, global_batch_size=batch_size * world_size, seed=seed
-    )
+    global_batch_size = batch_size * shard.world_size
+    sampler = MixSampler([len(d) for d in datasets], mix.dataset_steps, global_batch_size=global_batch_size, seed=seed)
     workers = loader.num_workers
+    batches = StepBatches(
+        sampler, rank=shard.rank, world_size=shard.world_size, start_step=start_step, stop_step=stop_step
+    )
     return DataLoader(
-        MixDataset(datasets, TrainTransform(aug), seed),
-        batch_sampler=StepBatches(
-            sampler, rank=rank, world_size=world_size, start_step=start_step, stop_step=total_steps
-        ),
+        MixDataset(datasets, TrainTransform(augmentation), seed),
+        batch_sampler=batches,
         num_workers=workers,
         pin_memory=loader.pin_memory and torch.cuda.is_available(),
         persistent_workers=loader.persistent_workers and workers > 0,
         prefetch_factor=loader.prefetch_factor if workers > 0 else None,
-        worker_init_fn=partial(seed_worker, seed=seed, rank=rank),
+        worker_init_fn=partial(seed_worker, seed=seed, rank=shard.rank),
         # Seeds DataLoader's own base seed, so even torch's per-worker seeds are reproducible.
         generator=torch.Generator().manual_seed(seed),
     )
@@ -197,7 +198,7 @@ def build_eval_dataset(
     name: str,
     *,
     data_root: str | Path,
-    dataset_options: DatasetOptions | DictConfig | None = None,
+    dataset_options: DatasetOptions | None = None,
     size: tuple[int, int] | None = None,
     gt_resize: GtResize | str = GtResize.valid,
 ) -> Dataset:

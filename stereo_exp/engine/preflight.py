@@ -1,5 +1,6 @@
 """Everything a training run checks before its first side effect (an MLflow run, a download, a file in the run
-directory): the config with all its cross-key checks, the datasets, the weights to start from.
+directory): the checks across config groups, the datasets, the weights to start from. Each group's own checks ran
+when the config was typed (``OmegaConf.to_object`` in ``train``: the schemas' ``__post_init__``).
 
 Each error names the key or file at fault and what was expected. ``check_run`` needs no process group and builds
 the model on the meta device only (no memory, no weights), so it costs about a second even for large models and
@@ -10,10 +11,10 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from torch import nn
 
 from stereo_exp.data.checks import check_datasets
@@ -21,29 +22,33 @@ from stereo_exp.models.config import architecture_arguments
 from stereo_exp.models.registry import get_model_builder
 from stereo_exp.models.weights import load_weights, parameter_count, resolve_published
 
+if TYPE_CHECKING:
+    from stereo_exp.config import Config
+    from stereo_exp.engine.schedule import ScheduleConfig
+    from stereo_exp.models.config import ModelConfig
 
-def check_run(cfg: DictConfig) -> None:
+
+def check_run(cfg: Config) -> None:
     """Raise naming the key or file at fault unless ``cfg`` describes a run that can start."""
-    OmegaConf.to_object(cfg)  # every schema's own checks (__post_init__ of each group's dataclass)
     run_steps = sum(cfg.mix.dataset_steps)
     check_schedule_length(cfg.schedule, run_steps)
     skeleton = model_skeleton(cfg.model)
-    check_crop(list(cfg.augmentation.crop_size), skeleton, str(cfg.model.name))
+    check_crop(cfg.augmentation.crop_size, skeleton, cfg.model.name)
     if cfg.init_from is not None and cfg.model.weights is not None:
         raise ValueError(
             f"init_from={cfg.init_from} and model.weights={cfg.model.weights} both name the initial weights; keep "
             "one (e.g. model.weights=null)."
         )
     if cfg.model.weights is not None:
-        check_weights(str(cfg.model.weights), "model.weights", skeleton)
+        check_weights(cfg.model.weights, "model.weights", skeleton)
     if cfg.init_from is not None:
-        check_weights(str(cfg.init_from), "init_from", skeleton)
+        check_weights(cfg.init_from, "init_from", skeleton)
     training_sets = [name for name, steps in zip(cfg.mix.datasets, cfg.mix.dataset_steps, strict=True) if steps > 0]
     check_datasets(training_sets, key="mix.datasets", data_root=cfg.paths.data, options=cfg.datasets)
-    check_datasets(list(cfg.eval.datasets), key="eval.datasets", data_root=cfg.paths.data, options=cfg.datasets)
+    check_datasets(cfg.eval.datasets, key="eval.datasets", data_root=cfg.paths.data, options=cfg.datasets)
 
 
-def check_schedule_length(schedule: Any, run_steps: int) -> None:
+def check_schedule_length(schedule: ScheduleConfig, run_steps: int) -> None:
     """The warm-up must end before the run does, or the learning rate never reaches ``schedule.lr``."""
     if schedule.warmup_steps >= run_steps:
         raise ValueError(
@@ -53,7 +58,7 @@ def check_schedule_length(schedule: Any, run_steps: int) -> None:
         )
 
 
-def model_skeleton(model_cfg: Any) -> nn.Module:
+def model_skeleton(model_cfg: ModelConfig) -> nn.Module:
     """The configured architecture on the meta device: its structure and sizes without memory or weights."""
     options: dict[str, Any] = OmegaConf.to_container(OmegaConf.structured(model_cfg), resolve=True)  # type: ignore[assignment]
     builder = get_model_builder(options["name"])

@@ -41,8 +41,10 @@ CONFIG_FILE = "config.yaml"
 RUN_RECORD = "run.json"
 # Keys that may differ between a run's config and the config that resumes it: they change how the run is observed
 # or executed, not what it computes.
-EXACT_CHANGES = ("paths.", "tracking.", "loader.", "resume", "train.log_every", "train.max_steps",
-                 "train.allow_inexact_resume", "checkpoint.", "hydra")  # fmt: skip
+EXACT_CHANGES = (
+    *("paths.", "tracking.", "loader.", "resume", "train.log_every", "train.max_steps"),
+    *("train.allow_inexact_resume", "checkpoint.", "hydra"),
+)
 # Keys that keep the run meaningful but change the numbers: floating-point reductions depend on the thread count,
 # the precision, the device, compiled kernels and the optimizer's kernels. Accepted only with
 # train.allow_inexact_resume=true.
@@ -65,22 +67,26 @@ class StartPoint:
     inexact: list[str] = field(default_factory=list)  # accepted changes that break exactness, "key: old -> new"
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """How this attempt executes, compared with the checkpoint's record of the attempt that wrote it."""
+
+    world_size: int  # processes
+    device: str  # cpu | cuda
+    num_threads: int  # effective torch intra-op threads per process
+    allow_inexact: bool  # train.allow_inexact_resume: accept differences that change the numbers
+
+
 def find_start(
-    *,
-    resume: str | None,
-    output: Path,
-    resolved: dict[str, Any],
-    world_size: int,
-    device: str,
-    num_threads: int,
-    allow_inexact: bool,
-    new_dir_override: str,
+    resume: str | None, output: Path, resolved: dict[str, Any], runtime: Runtime, new_dir_override: str
 ) -> StartPoint:
     """Decide where the run starts; raises ``RunDirectoryError`` (nothing changed) when it cannot.
 
+    ``resume`` is the ``resume`` key, ``output`` the run directory, ``resolved`` the run's config as plain data;
     ``new_dir_override`` is the override that moves a run to another directory (e.g. ``hydra.run.dir=/x/run-2``),
     for the refusal messages.
     """
+    allow_inexact = runtime.allow_inexact
     checkpointer = ckpt.Checkpointer(output, keep_last=1, is_main=False)
     record = _read_record(output)
     owner = _read_config(output)
@@ -114,10 +120,8 @@ def find_start(
             # An attempt that died before its first checkpoint: continue it from step 0, in the same MLflow run.
             inexact = _check_same_run(owner, resolved, output / CONFIG_FILE, allow_inexact, advice)
             log.info("Restarting the run of %s from step 0 (no checkpoint was written yet).", output)
-            return StartPoint(
-                run_key=record.get("run_key") or _new_key(), mlflow_run_id=record.get("mlflow_run_id"), claim=False,
-                inexact=inexact,
-            )  # fmt: skip
+            run_key = record.get("run_key") or _new_key()
+            return StartPoint(run_key, mlflow_run_id=record.get("mlflow_run_id"), claim=False, inexact=inexact)
         path, state = found
     else:
         path = Path(resume)
@@ -133,12 +137,16 @@ def find_start(
             )
 
     inexact = _check_same_run(state["config"], resolved, path, allow_inexact, advice)
-    inexact += _check_runtime(state, path, world_size, device, num_threads, allow_inexact, advice, inexact)
+    inexact += _check_runtime(state, path, runtime, advice, inexact)
     log.info("Resuming from %s", path)
     return StartPoint(
-        run_key=record.get("run_key") or _new_key(), checkpoint=path, state=state,
-        mlflow_run_id=state.get("mlflow_run_id") or record.get("mlflow_run_id"), claim=not holds_run, inexact=inexact,
-    )  # fmt: skip
+        run_key=record.get("run_key") or _new_key(),
+        checkpoint=path,
+        state=state,
+        mlflow_run_id=state.get("mlflow_run_id") or record.get("mlflow_run_id"),
+        claim=not holds_run,
+        inexact=inexact,
+    )
 
 
 def claim(output: Path, resolved: dict[str, Any], run_key: str) -> None:
@@ -180,12 +188,12 @@ def _check_same_run(
 
 
 def _check_runtime(
-    state: dict[str, Any], source: Path, world_size: int, device: str, num_threads: int, allow_inexact: bool,
-    advice: _Advice, config_changes: list[str],
-) -> list[str]:  # fmt: skip
+    state: dict[str, Any], source: Path, runtime: Runtime, advice: _Advice, config_changes: list[str]
+) -> list[str]:
     """The process count, and on a CPU the effective thread count (``train.num_threads=null`` is the machine's
     default, which differs between machines), must be those of the run that wrote ``state``. ``config_changes``:
     the inexact changes already found in the config (not reported twice)."""
+    world_size, device, num_threads = runtime.world_size, runtime.device, runtime.num_threads
     inexact, fixes = [], []
     old_world = state.get("world_size", world_size)
     if old_world != world_size:
@@ -200,8 +208,8 @@ def _check_runtime(
     if state.get("device", device) != device and "train.device" not in reported:
         inexact.append(f"device: {state['device']} -> {device}")
         fixes.append(f"train.device={state['device']}")
-    _refuse_inexact(inexact, source, allow_inexact, fixes)
-    if old_world != world_size and allow_inexact:
+    _refuse_inexact(inexact, source, runtime.allow_inexact, fixes)
+    if old_world != world_size and runtime.allow_inexact:
         log.warning("%s: %s. %s", source, inexact[0], advice.init_from().strip())
     return inexact
 
@@ -212,9 +220,10 @@ def _refuse_inexact(inexact: list[str], source: Path, allow_inexact: bool, fixes
     if allow_inexact:
         log.warning(
             "Resuming %s inexactly (train.allow_inexact_resume=true): %s. The result will differ from an "
-            "uninterrupted run; the MLflow run is tagged stereo_exp.inexact_resume.step_<step>.", source,
+            "uninterrupted run; the MLflow run is tagged stereo_exp.inexact_resume.step_<step>.",
+            source,
             "; ".join(inexact),
-        )  # fmt: skip
+        )
         return
     fix = f"resume as the run was computed: {' '.join(fixes)}" if fixes else "resume with the run's settings"
     raise RunDirectoryError(

@@ -1,9 +1,10 @@
 """The training loop: check everything, build the pieces, then step, log, validate and checkpoint.
 
-Read it top to bottom: ``train(cfg)`` checks the whole run before any side effect and always closes MLflow and the
-process group; ``_run`` decides where the run starts (engine/resume.py), builds the model and the ``TrainState``
-(engine/state.py), claims the run directory, starts MLflow and runs the loop; ``train_step`` is one optimizer step
-(forward under autocast -> sequence loss -> backward -> clip -> step -> schedule).
+Read it top to bottom: ``train(cfg)`` types the composed config once (``OmegaConf.to_object`` runs every schema's
+checks), checks the whole run before any side effect and always closes MLflow and the process group; ``_run``
+decides where the run starts (engine/resume.py), builds the model and the ``TrainState`` (engine/state.py), claims
+the run directory, starts MLflow and runs the loop; ``train_step`` is one optimizer step (forward under autocast ->
+sequence loss -> backward -> clip -> step -> schedule), with the few settings it reads in ``StepOptions``.
 
 Reproducibility: the data order and every augmentation are pure functions of (seed, step) (see data/mix.py), the
 model starts from ``seed``, and a checkpoint holds every other piece of state, the log window included, so a run
@@ -34,11 +35,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from stereo_exp import data, evaluation, models
+from stereo_exp import evaluation, models
+from stereo_exp.config import Config, to_plain
+from stereo_exp.data.loader import Shard, build_train_loader
 from stereo_exp.distributed import DistEnv
 from stereo_exp.engine import resume
 from stereo_exp.engine.checkpoint import Checkpointer, load_checkpoint
-from stereo_exp.engine.loss import forward_options, sequence_loss
+from stereo_exp.engine.loss import LossConfig, forward_options, sequence_loss
 from stereo_exp.engine.optim import build_optimizer
 from stereo_exp.engine.preflight import check_run
 from stereo_exp.engine.schedule import build_scheduler
@@ -47,7 +50,7 @@ from stereo_exp.models.weights import load_weights
 from stereo_exp.schemas import Precision, amp_dtype
 from stereo_exp.tracking import MlflowTracker, SweepInfo, default_run_name
 
-__all__ = ["NonFiniteLossError", "Preempted", "StepStats", "TrainResult", "train", "train_step"]
+__all__ = ["NonFiniteLossError", "Preempted", "StepOptions", "StepStats", "TrainResult", "train", "train_step"]
 
 log = logging.getLogger(__name__)
 
@@ -89,19 +92,23 @@ class TrainResult:
 
 
 def train(cfg: DictConfig) -> TrainResult:
-    """Train as ``cfg`` says; returns the final validation metrics, the model and where the results are."""
-    check_run(cfg)  # the config, the datasets, the weights: before anything is created, written or downloaded
-    dist = DistEnv.from_environment(str(cfg.train.device))
+    """Train as the composed config ``cfg`` says; returns the final validation metrics, the model and where the
+    results are. The one place where the config is typed: everything below reads the ``Config`` object."""
+    config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]  # every schema's own checks run here
+    # paths.output left at its default, Hydra's run directory (then hydra.run.dir names another one), or set by hand.
+    hydra_output = "hydra:" in str(OmegaConf.to_container(cfg.paths, resolve=False)["output"])  # type: ignore[index]
+    check_run(config)  # the datasets, the weights, cross-group checks: before anything is created or downloaded
+    dist = DistEnv.from_environment(config.train.device)
     dist.init_process_group()
     tracker: MlflowTracker | None = None
     status = "FAILED"
     try:
         # Every rank works in rank 0's run directory: with torchrun each process composes its own config, and a
         # timestamped default directory can differ by a second between ranks.
-        output = Path(dist.broadcast_object(str(cfg.paths.output)))
+        output = Path(dist.broadcast_object(config.paths.output))
         # Records that cannot reach MLflow wait in the run directory (python -m stereo_exp.tracking.sync sends them).
-        tracker = MlflowTracker(cfg.tracking, dist, spool_dir=output)
-        result = _run(cfg, dist, output, tracker)
+        tracker = MlflowTracker(config.tracking, dist, spool_dir=output)
+        result = _run(config, dist, output, tracker, hydra_output)
         status = "FINISHED"
         return result
     except Preempted as stop:
@@ -118,7 +125,7 @@ def train(cfg: DictConfig) -> TrainResult:
         dist.destroy()
 
 
-def setup_runtime(cfg: DictConfig, dist: DistEnv) -> None:
+def setup_runtime(cfg: Config, dist: DistEnv) -> None:
     """Process-wide settings, in one place: threads, seeds, backend flags, quiet logs on ranks other than 0."""
     if not dist.is_main:
         logging.getLogger().setLevel(logging.WARNING)
@@ -130,38 +137,35 @@ def setup_runtime(cfg: DictConfig, dist: DistEnv) -> None:
     torch.autograd.set_detect_anomaly(cfg.train.detect_anomaly)
 
 
-def _run(cfg: DictConfig, dist: DistEnv, output: Path, tracker: MlflowTracker) -> TrainResult:
+def _run(cfg: Config, dist: DistEnv, output: Path, tracker: MlflowTracker, hydra_output: bool) -> TrainResult:
     setup_runtime(cfg, dist)
     device = dist.device
-    autocast_dtype = amp_dtype(cfg.train.precision)
-    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    resolved = to_plain(cfg)  # config.yaml, the checkpoint's record of the config, the MLflow params
     schedule_steps = sum(cfg.mix.dataset_steps)  # the schedule always spans the whole mix
     stop_step = min(schedule_steps, cfg.train.max_steps or schedule_steps)
 
     # ---- where the run starts: fresh, resumed, or restarted; decided by rank 0, nothing written yet -------------
-    start = _find_start(cfg, dist, output, resolved)
+    new_dir_override = _new_dir_override(output, hydra_output) if dist.is_main else ""
+    start = _find_start(cfg, dist, output, resolved, new_dir_override)
 
     # ---- model and training state (published weights download here, after every check) ---------------------
-    model_cfg = OmegaConf.merge(cfg.model, {"weights": None}) if start.state is not None else cfg.model
+    model_cfg = dataclasses.replace(cfg.model, weights=None) if start.state is not None else cfg.model
     model = models.build_model(model_cfg).to(device)  # a checkpoint's weights replace any initial ones
     if start.state is None and cfg.init_from:
         load_weights(model, cfg.init_from)
     optimizer = build_optimizer(model, cfg.optim, cfg.schedule.lr)
     scheduler = build_scheduler(optimizer, cfg.schedule, schedule_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == Precision.fp16)
-    state = TrainState(
-        model, optimizer, scheduler, scaler, LogWindow(device), config=resolved, world_size=dist.world_size,
-        num_threads=torch.get_num_threads(),
-    )  # fmt: skip
+    threads = torch.get_num_threads()
+    state = TrainState(model, optimizer, scheduler, scaler, LogWindow(device), resolved, dist.world_size, threads)
     if start.state is not None:
         state.load_state_dict(start.state, dist)
         log.info("Resumed from step %d", state.step)
     train_model: nn.Module = model
     if dist.is_distributed:
-        train_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.train.find_unused_parameters,
-        )  # fmt: skip
+        device_ids = [device.index] if device.type == "cuda" else None
+        unused = cfg.train.find_unused_parameters
+        train_model = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=unused)
     train_model = models.prepare_for_training(train_model, cfg.speed, device)  # compile, allocator (speed section)
 
     # ---- the run directory and the MLflow run: the first side effects -------------------------------------------
@@ -172,8 +176,9 @@ def _run(cfg: DictConfig, dist: DistEnv, output: Path, tracker: MlflowTracker) -
         checkpointer.remove_partial_writes()
     sweep = SweepInfo.from_hydra()  # None unless this is a job of a multirun: then tagged and grouped
     run_name = cfg.tracking.run_name or default_run_name(sweep)
-    run_id = tracker.start(params=resolved, run_id=start.mlflow_run_id, run_name=run_name, sweep=sweep,
-                           run_key=start.run_key)  # fmt: skip
+    run_id = tracker.start(
+        params=resolved, run_id=start.mlflow_run_id, run_name=run_name, sweep=sweep, run_key=start.run_key
+    )
     state.mlflow_run_id = run_id or start.mlflow_run_id  # kept through an attempt with tracking.backend=none
     if dist.is_main:
         resume.record_mlflow_run(output, start.run_key, run_id)
@@ -183,7 +188,7 @@ def _run(cfg: DictConfig, dist: DistEnv, output: Path, tracker: MlflowTracker) -
             tracker.set_tags({f"stereo_exp.inexact_resume.step_{state.step}": "; ".join(start.inexact)})
 
     if state.step < stop_step:
-        _train(cfg, dist, state, train_model, tracker, checkpointer, stop_step, autocast_dtype)
+        _train(cfg, dist, state, train_model, tracker, checkpointer, stop_step)
         final_checkpoint = checkpointer.path(stop_step)
     else:
         log.info("Nothing to do: the checkpoint is at step %d of %d.", state.step, stop_step)
@@ -195,30 +200,37 @@ def _run(cfg: DictConfig, dist: DistEnv, output: Path, tracker: MlflowTracker) -
             tracker.log_artifact(final_checkpoint, "checkpoints")
         _print_summary(state.validation, final_checkpoint, tracker)
     metrics = {k: v for k, v in state.validation.get("last", {}).items() if k != "step"}
-    return TrainResult(metrics=metrics, model=model, checkpoint=final_checkpoint if dist.is_main else None,
-                       run_id=tracker.run_id)  # fmt: skip
+    checkpoint = final_checkpoint if dist.is_main else None
+    return TrainResult(metrics=metrics, model=model, checkpoint=checkpoint, run_id=tracker.run_id)
 
 
 def _train(
-    cfg: DictConfig,
+    cfg: Config,
     dist: DistEnv,
     state: TrainState,
     train_model: nn.Module,
     tracker: MlflowTracker,
     checkpointer: Checkpointer,
     stop_step: int,
-    autocast_dtype: torch.dtype | None,
 ) -> None:
     """Steps ``state.step`` .. ``stop_step - 1``, with logging, validation and checkpoints."""
-    loader = data.build_train_loader(
-        cfg.mix, cfg.augmentation, cfg.loader, data_root=cfg.paths.data, dataset_options=cfg.datasets,
-        batch_size=cfg.train.batch_size, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
-        start_step=state.step, total_steps=stop_step,
-    )  # fmt: skip
+    shard = Shard(rank=dist.rank, world_size=dist.world_size, start_step=state.step, stop_step=stop_step)
+    loader = build_train_loader(
+        cfg.mix,
+        cfg.augmentation,
+        cfg.loader,
+        data_root=cfg.paths.data,
+        dataset_options=cfg.datasets,
+        batch_size=cfg.train.batch_size,
+        seed=cfg.seed,
+        shard=shard,
+    )
+    step_options = StepOptions.from_config(cfg, dist.device)
     stop_signal = _install_stop_signals()  # before the loader's workers start: they inherit it and ignore signals
     samples_per_step = cfg.train.batch_size * dist.world_size
-    progress = tqdm(total=stop_step, initial=state.step, disable=not dist.is_main, desc="train", unit="step",
-                    dynamic_ncols=True)  # fmt: skip
+    progress = tqdm(
+        total=stop_step, initial=state.step, disable=not dist.is_main, desc="train", unit="step", dynamic_ncols=True
+    )
     batches = None
     try:
         if state.step == 0:
@@ -229,8 +241,7 @@ def _train(
             batch = next(batches)
             data_wait = time.perf_counter() - tic
             lr = state.optimizer.param_groups[0]["lr"]  # this step's learning rate, a Python float
-            stats = train_step(train_model, batch, state.optimizer, state.scheduler, state.scaler, cfg, dist.device,
-                               autocast_dtype)  # fmt: skip
+            stats = train_step(train_model, batch, state.optimizer, state.scheduler, state.scaler, step_options)
             state.window.add(stats, data_wait)
             state.count_nonfinite(stats.skipped, step, cfg.train.max_nonfinite_steps)
             state.step = done = step + 1
@@ -246,8 +257,8 @@ def _train(
             if log_now:
                 metrics = state.window.summary(dist, samples_per_step, lr)
                 tracker.log_metrics(metrics, done)
-                progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{lr:.2e}",
-                                     sps=f"{metrics['train/samples_per_s']:.1f}")  # fmt: skip
+                loss, samples_per_s = metrics["train/loss"], metrics["train/samples_per_s"]
+                progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", sps=f"{samples_per_s:.1f}")
             if validate_now:
                 _validate(cfg, dist, state, tracker)
             if save_now or signals:
@@ -266,44 +277,59 @@ def _train(
         del batches, loader
 
 
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """The settings one optimizer step reads (``train_step``), taken from the config once per run."""
+
+    train_iters: int  # model.train_iters: recurrent updates per forward pass
+    loss: LossConfig  # the loss group: gamma, max_disparity, normalization, vertical
+    clip_grad_norm: float | None  # optim.clip_grad_norm; None: gradients are not clipped
+    amp_dtype: torch.dtype | None  # autocast dtype of the forward pass (train.precision); None: fp32, no autocast
+    device: torch.device  # where the step runs (the batch is moved there)
+
+    @classmethod
+    def from_config(cls, cfg: Config, device: torch.device) -> StepOptions:
+        precision = amp_dtype(cfg.train.precision)
+        return cls(cfg.model.train_iters, cfg.loss, cfg.optim.clip_grad_norm, precision, device)
+
+
 def train_step(
     model: nn.Module,
     batch: dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
-    cfg: DictConfig,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
+    options: StepOptions,
 ) -> StepStats:
     """One optimizer step on ``batch``; skips the update when the gradients are not finite.
 
     Returns device tensors and reads nothing on the host, so on a GPU the call returns before the step has run:
     ``float(stats.loss)`` waits for it.
     """
+    device = options.device
     model.train()
-    non_blocking = device.type == "cuda"
-    left, right = (
-        batch["left"].to(device, non_blocking=non_blocking),
-        batch["right"].to(device, non_blocking=non_blocking),
-    )
-    gt, valid = (
-        batch["disparity"].to(device, non_blocking=non_blocking),
-        batch["valid"].to(device, non_blocking=non_blocking),
-    )
+    keys = ("left", "right", "disparity", "valid")
+    left, right, gt, valid = (batch[key].to(device, non_blocking=device.type == "cuda") for key in keys)
 
-    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        predictions = model(left, right, num_iters=cfg.model.train_iters, **forward_options(model, cfg.loss))
+    dtype, loss_cfg = options.amp_dtype, options.loss
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        predictions = model(left, right, num_iters=options.train_iters, **forward_options(model, loss_cfg))
     # The loss is computed in fp32 from the (possibly bf16/fp16) predictions.
-    loss = sequence_loss([p.float() for p in predictions], gt, valid, gamma=cfg.loss.gamma,
-                         max_disparity=cfg.loss.max_disparity, normalization=cfg.loss.normalization)  # fmt: skip
+    loss = sequence_loss(
+        [p.float() for p in predictions],
+        gt,
+        valid,
+        gamma=loss_cfg.gamma,
+        max_disparity=loss_cfg.max_disparity,
+        normalization=loss_cfg.normalization,
+    )
 
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     # After DDP's all-reduce every rank holds the same gradients, hence the same norm: the skip decision below is
     # identical on all ranks without another collective. A NaN loss on any rank makes every rank's norm NaN.
-    max_norm = cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm is not None else float("inf")
+    max_norm = options.clip_grad_norm if options.clip_grad_norm is not None else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=max_norm)
     skipped = ~torch.isfinite(grad_norm)
     if scaler.is_enabled():
@@ -344,14 +370,20 @@ def _stop_if_diverged(state: TrainState, limit: int) -> None:
         )
 
 
-def _validate(cfg: DictConfig, dist: DistEnv, state: TrainState, tracker: MlflowTracker) -> None:
+def _validate(cfg: Config, dist: DistEnv, state: TrainState, tracker: MlflowTracker) -> None:
     """Validate at ``state.step``: log the metrics and pictures, keep the first and last in ``state.validation``."""
     _wait_for_device(dist.device)  # the steps queued so far count as training time, not validation time
     tic = time.perf_counter()
     result = evaluation.run_validation(
-        state.model, cfg.eval, data_root=cfg.paths.data, dataset_options=cfg.datasets,
-        num_iters=cfg.model.eval_iters, dist=dist, device=dist.device, amp_dtype=amp_dtype(cfg.train.precision),
-    )  # fmt: skip
+        state.model,
+        cfg.eval,
+        data_root=cfg.paths.data,
+        dataset_options=cfg.datasets,
+        num_iters=cfg.model.eval_iters,
+        dist=dist,
+        device=dist.device,
+        amp_dtype=amp_dtype(cfg.train.precision),
+    )
     seconds = time.perf_counter() - tic
     state.window.pause(seconds)
     tracker.log_metrics({**result.metrics, **result.counts, "val/seconds": seconds}, state.step)
@@ -375,16 +407,20 @@ def _wait_for_device(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _find_start(cfg: DictConfig, dist: DistEnv, output: Path, resolved: dict[str, Any]) -> resume.StartPoint:
+def _find_start(
+    cfg: Config, dist: DistEnv, output: Path, resolved: dict[str, Any], new_dir_override: str
+) -> resume.StartPoint:
     """``resume.find_start`` on rank 0; the other ranks receive its decision, or its refusal and raise it too."""
     decision: resume.StartPoint | BaseException | None = None
     if dist.is_main:
+        runtime = resume.Runtime(
+            world_size=dist.world_size,
+            device=dist.device.type,
+            num_threads=torch.get_num_threads(),
+            allow_inexact=cfg.train.allow_inexact_resume,
+        )
         try:
-            decision = resume.find_start(
-                resume=cfg.resume, output=output, resolved=resolved, world_size=dist.world_size,
-                device=dist.device.type, num_threads=torch.get_num_threads(),
-                allow_inexact=cfg.train.allow_inexact_resume, new_dir_override=_new_dir_override(cfg, output),
-            )  # fmt: skip
+            decision = resume.find_start(cfg.resume, output, resolved, runtime, new_dir_override)
         except (ValueError, OSError, RuntimeError) as error:
             decision = error
     if dist.is_distributed:
@@ -406,11 +442,11 @@ def _without_state(decision: Any) -> Any:
     return decision
 
 
-def _new_dir_override(cfg: DictConfig, output: Path) -> str:
-    """The override that runs the same command in a fresh directory next to ``output`` (for refusal messages)."""
-    raw_output = OmegaConf.to_container(cfg.paths, resolve=False).get("output")  # type: ignore[union-attr]
-    if not (isinstance(raw_output, str) and "hydra:" in raw_output):
-        return f"paths.output={_free_sibling(output)}"  # paths.output was set explicitly
+def _new_dir_override(output: Path, hydra_output: bool) -> str:
+    """The override that runs the same command in a fresh directory next to ``output`` (for refusal messages);
+    ``hydra_output``: ``paths.output`` is Hydra's run directory (its default), not a folder set by hand."""
+    if not hydra_output:
+        return f"paths.output={_free_sibling(output)}"
     if SweepInfo.from_hydra() is not None:
         return f"hydra.sweep.dir={_free_sibling(output.parent)}"  # a job of a multirun: <sweep dir>/<job num>
     return f"hydra.run.dir={_free_sibling(output)}"

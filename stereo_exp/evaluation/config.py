@@ -10,7 +10,7 @@ from omegaconf import MISSING
 from stereo_exp.data.options import DatasetOptions
 from stereo_exp.data.transforms import GtResize
 from stereo_exp.evaluation.metrics import EXTRA_METRICS
-from stereo_exp.schemas import PathsConfig, Precision
+from stereo_exp.schemas import Device, PathsConfig, Precision
 
 
 @dataclass
@@ -29,30 +29,26 @@ class EvalConfig:
     colormap: str = "turbo"  # matplotlib colour map of disparities in the pictures
 
     def __post_init__(self) -> None:
-        check_eval_config(self)
-
-
-def check_eval_config(cfg: EvalConfig | Any, prefix: str = "eval") -> None:
-    """Cross-key checks of an ``EvalConfig`` (also for DictConfigs); errors name the key to change."""
-    if not cfg.datasets:
-        raise ValueError(f"{prefix}.datasets is empty; name at least one catalog dataset, e.g. [motorcycle].")
-    if cfg.size is not None and (len(cfg.size) != 2 or min(cfg.size) <= 0):
-        raise ValueError(f"{prefix}.size must be [H, W] with positive values or null; got {list(cfg.size)}.")
-    if not cfg.n_cascades or min(cfg.n_cascades) < 1:
-        raise ValueError(f"{prefix}.n_cascades must be a non-empty list of counts >= 1; got {list(cfg.n_cascades)}.")
-    if cfg.n_iterations is not None and (not cfg.n_iterations or min(cfg.n_iterations) < 1):
-        raise ValueError(f"{prefix}.n_iterations must be null or counts >= 1; got {list(cfg.n_iterations)}.")
-    if cfg.max_samples is not None and cfg.max_samples < 1:
-        raise ValueError(f"{prefix}.max_samples must be >= 1 or null; got {cfg.max_samples}.")
-    if cfg.batch_size < 1:
-        raise ValueError(f"{prefix}.batch_size must be >= 1; got {cfg.batch_size}.")
-    unknown = [name for name in cfg.extras if name not in EXTRA_METRICS]
-    if unknown:
-        raise ValueError(f"{prefix}.extras has unknown metrics {unknown}; expected a subset of {list(EXTRA_METRICS)}.")
-    if cfg.save_images < 0:
-        raise ValueError(f"{prefix}.save_images must be >= 0; got {cfg.save_images}.")
-    if cfg.max_error_px <= 0:
-        raise ValueError(f"{prefix}.max_error_px must be > 0; got {cfg.max_error_px}.")
+        """Cross-key checks; errors name the key to change."""
+        if not self.datasets:
+            raise ValueError("eval.datasets is empty; name at least one catalog dataset, e.g. [motorcycle].")
+        if self.size is not None and (len(self.size) != 2 or min(self.size) <= 0):
+            raise ValueError(f"eval.size must be [H, W] with positive values or null; got {list(self.size)}.")
+        if not self.n_cascades or min(self.n_cascades) < 1:
+            raise ValueError(f"eval.n_cascades must be a non-empty list of counts >= 1; got {list(self.n_cascades)}.")
+        if self.n_iterations is not None and (not self.n_iterations or min(self.n_iterations) < 1):
+            raise ValueError(f"eval.n_iterations must be null or counts >= 1; got {list(self.n_iterations)}.")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError(f"eval.max_samples must be >= 1 or null; got {self.max_samples}.")
+        if self.batch_size < 1:
+            raise ValueError(f"eval.batch_size must be >= 1; got {self.batch_size}.")
+        unknown = [name for name in self.extras if name not in EXTRA_METRICS]
+        if unknown:
+            raise ValueError(f"eval.extras has unknown metrics {unknown}; expected a subset of {list(EXTRA_METRICS)}.")
+        if self.save_images < 0:
+            raise ValueError(f"eval.save_images must be >= 0; got {self.save_images}.")
+        if self.max_error_px <= 0:
+            raise ValueError(f"eval.max_error_px must be > 0; got {self.max_error_px}.")
 
 
 @dataclass
@@ -68,7 +64,7 @@ class EvaluateConfig:
     checkpoints: str = "outputs"  # weights=null: the newest checkpoint under this folder, else the model config as is
     dataset: Any = None  # shortcut for eval.datasets: one catalog name or a list [a, b]; null = eval.datasets
     precision: Precision = Precision.fp32  # fp32 | bf16 | fp16: autocast dtype of the forward pass
-    device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda
+    device: Device = Device.auto  # auto (cuda when available, else cpu) | cpu | cuda
     progress: bool = True  # progress bar over images x grid cells (rank 0)
     seed: int = 0  # initialisation of a model evaluated without weights (a smoke test, not a result)
     num_threads: int | None = None  # torch intra-op CPU threads per process; null = torch's default

@@ -942,6 +942,7 @@ def crestereo_tiny(**overrides: Any) -> CREStereo:
 class CREStereoConfig(ModelConfig):
     """CREStereo hyper-parameters; the defaults are the published ``crestereo_base``."""
 
+    name: str = "crestereo_base"  # registered builder of this family: crestereo_base (published) | crestereo_tiny
     # feature encoder
     feature_encoder_layers: list[int] = field(default_factory=lambda: [64, 64, 96, 128, 256])  # stem, 3 stages, output
     feature_encoder_strides: list[int] = field(default_factory=lambda: [2, 1, 2, 1])  # stem + stages; product = 4

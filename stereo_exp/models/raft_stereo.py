@@ -498,6 +498,7 @@ class EncoderNorm(str, Enum):
 
 @dataclass
 class RaftStereoConfig(ModelConfig):
+    name: str = "raft_stereo_base"  # registered builder: raft_stereo_base | raft_stereo_realtime | raft_stereo_tiny
     train_iters: int = 22  # recurrent updates per training forward pass (RAFT-Stereo recipe)
     eval_iters: int = 32  # recurrent updates during validation (RAFT-Stereo recipe)
     # Encoders
