@@ -11,6 +11,7 @@ Nothing here imports torch, so Hydra composes a config (and answers ``--help``) 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MODEL_VARIANTS",
+    "REGISTERED_BUILDERS",
     "AttentionKind",
     "CREStereoConfig",
     "EncoderBlock",
@@ -36,6 +38,11 @@ __all__ = [
 
 EnumType = TypeVar("EnumType", bound=Enum)
 
+# The names model.name accepts: every variant of this module (filled at its end), and the builders registered with
+# ``stereo_exp.models.register_model`` (``fn(config) -> nn.Module``; stereo_exp/models/registry.py fills it).
+MODEL_VARIANTS: dict[str, ModelConfig] = {}
+REGISTERED_BUILDERS: dict[str, Callable[[Any], nn.Module]] = {}
+
 
 @dataclass
 class ModelConfig:
@@ -45,6 +52,19 @@ class ModelConfig:
     weights: str | None = None  # published weights name (e.g. MEGVII_V1) or a local .pth / checkpoint; null = random
     train_iters: int = 10  # recurrent refinement updates per forward pass during training
     eval_iters: int = 10  # recurrent refinement updates during validation
+
+    def __post_init__(self) -> None:
+        if not MODEL_VARIANTS or self.name in REGISTERED_BUILDERS or self.name == MISSING:
+            return  # MODEL_VARIANTS is empty while this module defines the variants
+        if self.name not in MODEL_VARIANTS:
+            known = ", ".join(sorted([*MODEL_VARIANTS, *REGISTERED_BUILDERS]))
+            raise ValueError(f"Unknown model {self.name!r} (model.name). Known models: {known}.")
+        family = type(MODEL_VARIANTS[self.name])
+        if not isinstance(self, family):
+            raise ValueError(
+                f"model.name={self.name} is a {family.__name__} model, but this model config is a "
+                f"{type(self).__name__}: choose the model group option instead (model={self.name})."
+            )
 
     def build_network(self) -> nn.Module:
         """The network these numbers describe, randomly initialised (``stereo_exp.models.build_model`` also loads
@@ -114,6 +134,7 @@ class CREStereoConfig(ModelConfig):
     fast_paths: bool = True  # optimised recurrent updates (same numbers to 1e-4; docs/PERFORMANCE.md); false = plain
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.feature_encoder_norm = _choice(FeatureNorm, "feature_encoder_norm", self.feature_encoder_norm)
         self.attention = _choice(AttentionKind, "attention", self.attention)
         self._check_search_windows()
@@ -238,6 +259,7 @@ class RaftStereoConfig(ModelConfig):
     fast_paths: bool = True  # optimised recurrent updates (same numbers to 1e-4; docs/PERFORMANCE.md); false = plain
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for key in ("feature_encoder_block", "context_encoder_block"):
             setattr(self, key, _choice(EncoderBlock, key, getattr(self, key)))
         for key in ("feature_encoder_norm", "context_encoder_norm"):
@@ -315,7 +337,7 @@ RAFT_STEREO_TINY = RaftStereoConfig(
 )
 
 # Every named variant; conf/model/<name>.yaml composes the one of its name.
-MODEL_VARIANTS: dict[str, ModelConfig] = {
-    variant.name: variant
+MODEL_VARIANTS.update(
+    (variant.name, variant)
     for variant in (CRESTEREO_BASE, CRESTEREO_TINY, RAFT_STEREO_BASE, RAFT_STEREO_REALTIME, RAFT_STEREO_TINY)
-}
+)

@@ -13,15 +13,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from stereo_exp.models.config import MODEL_VARIANTS, ModelConfig
+from stereo_exp.models.config import MODEL_VARIANTS, REGISTERED_BUILDERS, ModelConfig
 
 if TYPE_CHECKING:
     from torch import nn
 
-Builder = Callable[[ModelConfig], "nn.Module"]
-BuilderFn = TypeVar("BuilderFn", bound=Builder)
-
-_BUILDERS: dict[str, Builder] = {}
+BuilderFn = TypeVar("BuilderFn", bound=Callable[[ModelConfig], "nn.Module"])
 
 
 def register_model(name: str | None = None) -> Callable[[BuilderFn], BuilderFn]:
@@ -30,10 +27,10 @@ def register_model(name: str | None = None) -> Callable[[BuilderFn], BuilderFn]:
 
     def wrapper(fn: BuilderFn) -> BuilderFn:
         key = name or fn.__name__
-        if key in MODEL_VARIANTS or key in _BUILDERS:
-            owner = "stereo_exp.models.config" if key in MODEL_VARIANTS else _BUILDERS[key].__module__
+        if key in MODEL_VARIANTS or key in REGISTERED_BUILDERS:
+            owner = "stereo_exp.models.config" if key in MODEL_VARIANTS else REGISTERED_BUILDERS[key].__module__
             raise ValueError(f"A model named {key!r} already exists ({owner}).")
-        _BUILDERS[key] = fn
+        REGISTERED_BUILDERS[key] = fn
         return fn
 
     return wrapper
@@ -41,14 +38,14 @@ def register_model(name: str | None = None) -> Callable[[BuilderFn], BuilderFn]:
 
 def list_models() -> list[str]:
     """Every name ``model.name`` accepts, sorted: the variants and the registered builders."""
-    return sorted([*MODEL_VARIANTS, *_BUILDERS])
+    return sorted([*MODEL_VARIANTS, *REGISTERED_BUILDERS])
 
 
 def model_config(name: str, overrides: Mapping[str, Any] | None = None) -> ModelConfig:
     """A fresh copy of the variant ``name`` with ``overrides`` (e.g. a checkpoint's stored ``model`` entries) merged
     and checked: an unknown key or a value of the wrong type is an error naming it."""
     if name not in MODEL_VARIANTS:
-        raise KeyError(f"Unknown model {name!r} (model.name). Known models: {', '.join(list_models())}.")
+        raise ValueError(f"Unknown model {name!r} (model.name). Known models: {', '.join(list_models())}.")
     variant = copy.deepcopy(MODEL_VARIANTS[name])
     if not overrides:
         return variant
@@ -72,17 +69,8 @@ def as_model_config(config: ModelConfig | Mapping[str, Any]) -> ModelConfig:
 def build_network(config: ModelConfig | Mapping[str, Any]) -> nn.Module:
     """The network ``config`` (see ``as_model_config``) describes, randomly initialised; ``weights`` is not read."""
     config = as_model_config(config)
-    if config.name in _BUILDERS:
-        return _BUILDERS[config.name](config)
-    if config.name not in MODEL_VARIANTS:
-        raise KeyError(f"Unknown model {config.name!r} (model.name). Known models: {', '.join(list_models())}.")
-    family = type(MODEL_VARIANTS[config.name])
-    if not isinstance(config, family):
-        raise ValueError(
-            f"model.name={config.name} is a {family.__name__} model, but this model config is a "
-            f"{type(config).__name__}: choose the model group option instead (model={config.name})."
-        )
-    return config.build_network()
+    builder = REGISTERED_BUILDERS.get(config.name)
+    return builder(config) if builder is not None else config.build_network()
 
 
 def build_model(config: ModelConfig | Mapping[str, Any]) -> nn.Module:
