@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 from omegaconf.errors import ConfigKeyError
+from torch.nn.parallel import DistributedDataParallel
 
 from stereo_exp.models import build_model, build_network, list_models, model_config, register_model
 from stereo_exp.models.crestereo import crestereo_base, crestereo_tiny
+from stereo_exp.models.registry import unwrap_ddp
 from stereo_exp.models.weights import (
     WEIGHT_ENUMS,
     CREStereo_Base_Weights,
@@ -264,3 +267,14 @@ def test_a_registered_name_must_be_new():
 def test_stored_model_entries_with_an_unknown_key_are_refused_naming_it():
     with pytest.raises(ConfigKeyError, match="feature_encoder_width"):
         model_config("crestereo_tiny", {"name": "crestereo_tiny", "feature_encoder_width": 8})
+
+
+def test_unwrap_ddp_finds_the_network_inside_a_real_ddp_wrapper(tmp_path):
+    # One process, gloo: a real DistributedDataParallel wrapper, as every rank of a run holds one.
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        network = crestereo_tiny()
+        assert unwrap_ddp(DistributedDataParallel(network)) is network
+        assert unwrap_ddp(network) is network
+    finally:
+        dist.destroy_process_group()
