@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from stereo_exp.models.crestereo import crestereo_tiny
 from stereo_exp.models.inference import Padding, predict_disparity
-from stereo_exp.models.registry import get_model_builder
+from stereo_exp.models.raft_stereo import raft_stereo_tiny
 
 
 def _pair(height: int, width: int, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -102,7 +102,7 @@ def test_the_cascade_pads_to_a_size_every_level_can_use():
 
 def test_the_cascade_passes_raft_stereo_its_coarse_disparity_as_flow_init():
     torch.manual_seed(0)
-    model = get_model_builder("raft_stereo_tiny")().eval()
+    model = raft_stereo_tiny().eval()
     calls: list[tuple[Tensor | None, Tensor]] = []  # (flow_init, last prediction) of every forward call
 
     def record(_module, _args, kwargs, out):

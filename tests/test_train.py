@@ -26,7 +26,7 @@ from stereo_exp.engine import trainer
 from stereo_exp.engine.resume import RunDirectoryError
 from stereo_exp.engine.schedule import build_scheduler
 from stereo_exp.engine.trainer import NonFiniteLossError, StepOptions, train, train_step
-from stereo_exp.models import build_model, get_model_builder, register_model
+from stereo_exp.models import build_model, register_model
 from tests.conftest import (
     REPO_ROOT,
     TINY_RUN,
@@ -125,9 +125,9 @@ def test_mixed_precision_steps_train_and_only_fp16_uses_a_grad_scaler(tmp_path, 
 
 
 @register_model()
-def nan_after_first_step_crestereo(**architecture):
-    """crestereo_tiny whose predictions turn to NaN from its second training forward on (for the NaN guard)."""
-    model = get_model_builder("crestereo_tiny")(**architecture)
+def nan_after_first_step_crestereo(config):
+    """The configured CREStereo whose predictions turn to NaN from its second training forward on (NaN guard)."""
+    model = config.build_network()
     forward, calls = model.forward, [0]
 
     def poisoned(left, right, flow_init=None, num_iters=4):

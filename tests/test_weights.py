@@ -3,17 +3,21 @@ files in the published layout are written here, and "downloads" read ``file://``
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
 import re
 from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+import torch.distributed as dist
+from omegaconf.errors import ConfigKeyError
+from torch.nn.parallel import DistributedDataParallel
 
-from stereo_exp.models import build_model
-from stereo_exp.models.crestereo import CRESTEREO_TINY, CREStereoConfig, crestereo_base, crestereo_tiny
-from stereo_exp.models.registry import list_models
+from stereo_exp.models import build_model, build_network, list_models, model_config, register_model
+from stereo_exp.models.crestereo import crestereo_base, crestereo_tiny
+from stereo_exp.models.registry import unwrap_ddp
 from stereo_exp.models.weights import (
     WEIGHT_ENUMS,
     CREStereo_Base_Weights,
@@ -24,7 +28,7 @@ from stereo_exp.models.weights import (
     parameter_count,
     resolve_published,
 )
-from stereo_exp.testing.weights_layout import layout_state_dict
+from stereo_exp.testing.weights_layout import layout_state_dict, read_layout
 
 
 @pytest.fixture
@@ -62,19 +66,15 @@ def test_every_published_entry_names_its_file_hash_and_a_registered_builder():
             assert weights.metrics, name
 
 
-def test_the_defaults_are_torchvisions():
-    assert CREStereo_Base_Weights.DEFAULT is CREStereo_Base_Weights.MEGVII_V1
-    assert Raft_Stereo_Base_Weights.DEFAULT is Raft_Stereo_Base_Weights.MIDDLEBURY_V1
-    assert Raft_Stereo_Realtime_Weights.DEFAULT is Raft_Stereo_Realtime_Weights.SCENEFLOW_V1
-
-
-def test_recorded_parameter_counts_are_those_of_our_builders():
-    from stereo_exp.models.registry import get_model_builder
-
-    for enum in WEIGHT_ENUMS:
-        counts = {member.value.builder: member.value.num_params for member in enum}
-        for builder, count in counts.items():
-            assert parameter_count(get_model_builder(builder)()) == count, builder
+@pytest.mark.parametrize("builder", ["crestereo_base", "raft_stereo_base", "raft_stereo_realtime"])
+def test_recorded_parameter_counts_are_those_of_the_published_files_and_of_our_builders(builder):
+    # Independent expectation: the keys and shapes of the published files (stereo_exp/testing/weights-layout),
+    # whose "param" rows are the parameters (a second key for a shared parameter is of kind "other").
+    published = sum(math.prod(entry.shape) for entry in read_layout(builder) if entry.kind == "param")
+    recorded = {member.value.num_params for enum in WEIGHT_ENUMS for member in enum if member.value.builder == builder}
+    assert recorded == {published}
+    with torch.device("meta"):
+        assert parameter_count(build_network(model_config(builder))) == published
 
 
 def test_recorded_crestereo_metrics_are_the_published_tables():
@@ -141,11 +141,7 @@ def test_the_model_weights_key_loads_a_file_through_build_model(tmp_path):
     torch.manual_seed(0)
     state_dict = crestereo_tiny().state_dict()
     torch.save(state_dict, tmp_path / "tiny.pth")
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(CREStereoConfig),
-        {"name": "crestereo_tiny", **CRESTEREO_TINY, "weights": str(tmp_path / "tiny.pth")},
-    )
-    _assert_loaded(build_model(cfg), state_dict)
+    _assert_loaded(build_model(model_config("crestereo_tiny", {"weights": str(tmp_path / "tiny.pth")})), state_dict)
 
 
 def test_weights_of_another_architecture_name_the_model_and_the_file(tmp_path):
@@ -249,3 +245,36 @@ def test_offline_the_error_names_the_url_and_where_to_put_the_file(tmp_path, hub
     expected = f"Could not download {re.escape(weights.url)}.*put the file at {re.escape(str(expected_path))}"
     with pytest.raises(RuntimeError, match=expected):
         load_weights(crestereo_tiny(), weights, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model names (stereo_exp.models.registry)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_a_model_name_of_another_family_or_an_unknown_one_says_what_to_choose():
+    with pytest.raises(ValueError, match=r"model.name=raft_stereo_tiny is a RaftStereoConfig model.*model=raft_stereo"):
+        dataclasses.replace(model_config("crestereo_tiny"), name="raft_stereo_tiny")
+    with pytest.raises(ValueError, match=r"Unknown model 'crestereo_small' \(model.name\). Known models: crestereo"):
+        dataclasses.replace(model_config("crestereo_tiny"), name="crestereo_small")
+
+
+def test_a_registered_name_must_be_new():
+    with pytest.raises(ValueError, match=r"A model named 'crestereo_tiny' already exists"):
+        register_model("crestereo_tiny")(lambda config: config.build_network())
+
+
+def test_stored_model_entries_with_an_unknown_key_are_refused_naming_it():
+    with pytest.raises(ConfigKeyError, match="feature_encoder_width"):
+        model_config("crestereo_tiny", {"name": "crestereo_tiny", "feature_encoder_width": 8})
+
+
+def test_unwrap_ddp_finds_the_network_inside_a_real_ddp_wrapper(tmp_path):
+    # One process, gloo: a real DistributedDataParallel wrapper, as every rank of a run holds one.
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        network = crestereo_tiny()
+        assert unwrap_ddp(DistributedDataParallel(network)) is network
+        assert unwrap_ddp(network) is network
+    finally:
+        dist.destroy_process_group()

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from stereo_exp.models.weights import read_weights_only
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
@@ -112,17 +114,8 @@ def prune_checkpoints(output_dir: str | Path, keep_last: int, protect: Path | No
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; a truncated or foreign file gets a message naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {path} does not exist.")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises RuntimeError/UnpicklingError/EOFError depending on the damage
-        raise RuntimeError(
-            f"Could not read checkpoint {path} ({type(error).__name__}: {error}). The file is truncated, corrupt, "
-            "or holds objects other than tensors and plain Python types."
-        ) from error
+    """Read a checkpoint with ``weights_only=True``; a missing, truncated or foreign file gets a message naming it."""
+    state = read_weights_only(path, what="checkpoint", map_location=map_location)
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise ValueError(f"{path} is not a stereo_exp training checkpoint (expected a dict with 'model' and 'step').")
     return state

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from stereo_exp.models.registry import unwrap_ddp
+
 
 class LossNormalization(str, Enum):
     valid = "valid"  # mean over valid pixels
@@ -45,7 +47,7 @@ class LossConfig:
 def forward_options(model: nn.Module, cfg: LossConfig | Any) -> dict[str, bool]:
     """Keyword arguments of the training forward pass that ``cfg`` needs: ``with_vertical=True`` when ``loss.vertical``
     is set and the network predicts a vertical flow (CREStereo: ``forward_flow``); otherwise none."""
-    network = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    network = unwrap_ddp(model)
     return {"with_vertical": True} if cfg.vertical and hasattr(network, "forward_flow") else {}
 
 

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from stereo_exp.data.checks import check_datasets
-from stereo_exp.models.config import architecture_arguments
-from stereo_exp.models.registry import get_model_builder
+from stereo_exp.models.registry import build_network
 from stereo_exp.models.weights import load_weights, parameter_count, resolve_published
 
 if TYPE_CHECKING:
@@ -60,10 +58,8 @@ def check_schedule_length(schedule: ScheduleConfig, run_steps: int) -> None:
 
 def model_skeleton(model_cfg: ModelConfig) -> nn.Module:
     """The configured architecture on the meta device: its structure and sizes without memory or weights."""
-    options: dict[str, Any] = OmegaConf.to_container(OmegaConf.structured(model_cfg), resolve=True)  # type: ignore[assignment]
-    builder = get_model_builder(options["name"])
     with torch.device("meta"):
-        return builder(**architecture_arguments(options))
+        return build_network(model_cfg)
 
 
 def check_crop(crop_size: list[int], model: nn.Module, model_name: str) -> None:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from stereo_exp.distributed import DistEnv
 from stereo_exp.evaluation.metrics import MetricSums, reduce_metrics
 from stereo_exp.evaluation.visualize import figure_to_png, picture_grid_figure
+from stereo_exp.models.registry import unwrap_ddp
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def evaluate_grid(
     """
     from stereo_exp.models.inference import predict_disparity
 
-    net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    net = unwrap_ddp(model)
     cells = [(c, i) for c in n_cascades for i in n_iterations]
     sums = {cell: MetricSums.empty(extras) for cell in cells}
     shard = shard_indices(len(dataset), dist.rank, dist.world_size)

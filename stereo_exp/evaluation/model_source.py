@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import tempfile
@@ -20,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from stereo_exp import models
 from stereo_exp.engine import checkpoint as ckpt
+from stereo_exp.models.config import ModelConfig
+from stereo_exp.models.weights import read_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ def load_model(
     if _RUN_ID.match(weights) and not path.exists():
         return load_run_model(weights, None, tracking_uri=tracking_uri)
     if path.is_file():
-        state = _read_file(path)
+        state = read_weights_only(path, what="weights file")
         if isinstance(state, dict) and "model" in state and "config" in state:
             return load_checkpoint_model(path, state)
         return _from_model_config(model_cfg, weights=str(path), search=None)
@@ -118,16 +120,14 @@ def load_checkpoint_model(path: str | Path, state: dict[str, Any] | None = None)
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise ValueError(f"Checkpoint {path} has no stored model config (expected state['config']['model']).")
     model_cfg = dict(config["model"], weights=None)  # the checkpoint's own weights replace any initial ones
-    model = models.build_model(OmegaConf.create(model_cfg))
+    model = models.build_model(model_cfg)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:
         raise RuntimeError(f"Checkpoint {path}: its weights do not fit its model config {model_cfg['name']}") from error
     step = int(state["step"]) if "step" in state else None
-    return LoadedModel(
-        model=model.eval(), model_cfg=model_cfg, source=f"checkpoint {path} (step {step})", step=step,
-        tags={"weights": str(path)},
-    )  # fmt: skip
+    source = f"checkpoint {path} (step {step})"
+    return LoadedModel(model=model.eval(), model_cfg=model_cfg, source=source, step=step, tags={"weights": str(path)})
 
 
 def load_run_model(run_id: str, artifact: str | None, *, tracking_uri: str) -> LoadedModel:
@@ -157,28 +157,23 @@ def load_run_model(run_id: str, artifact: str | None, *, tracking_uri: str) -> L
     return loaded
 
 
-def _read_file(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises RuntimeError/UnpicklingError/EOFError depending on the damage
-        raise RuntimeError(
-            f"Could not read weights file {path} ({type(error).__name__}: {error}); expected a state_dict or one of "
-            "our checkpoints saved with torch.save."
-        ) from error
-
-
-def _from_model_config(model_cfg: DictConfig | Any, *, weights: str | None, search: str | Path | None) -> LoadedModel:
-    cfg = OmegaConf.to_container(OmegaConf.structured(model_cfg), resolve=True, enum_to_str=True)
-    assert isinstance(cfg, dict)
+def _from_model_config(
+    model_cfg: DictConfig | ModelConfig, *, weights: str | None, search: str | Path | None
+) -> LoadedModel:
+    config = models.as_model_config(model_cfg)
     if weights is not None:
-        cfg["weights"] = weights
-    model = models.build_model(OmegaConf.create(cfg))
-    if cfg["weights"] is None:
+        config = dataclasses.replace(config, weights=weights)
+    model = models.build_model(config)
+    cfg = OmegaConf.to_container(OmegaConf.structured(config), enum_to_str=True)
+    assert isinstance(cfg, dict)
+    if config.weights is None:
         log.warning(
             "No weights: %s is randomly initialised (no checkpoint under %s). Its metrics only show that the "
-            "pipeline runs; pass weights=NAME|FILE|runs:/RUN_ID for a real evaluation.", cfg["name"], search,
-        )  # fmt: skip
-        source = f"{cfg['name']} with random weights"
+            "pipeline runs; pass weights=NAME|FILE|runs:/RUN_ID for a real evaluation.",
+            config.name,
+            search,
+        )
+        source = f"{config.name} with random weights"
     else:
-        source = f"{cfg['name']} with weights {cfg['weights']}"
-    return LoadedModel(model=model.eval(), model_cfg=cfg, source=source, tags={"weights": str(cfg["weights"])})
+        source = f"{config.name} with weights {config.weights}"
+    return LoadedModel(model=model.eval(), model_cfg=cfg, source=source, tags={"weights": str(config.weights)})

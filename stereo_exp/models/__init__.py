@@ -1,25 +1,30 @@
-"""Stereo networks (CREStereo, RAFT-Stereo), their builders and published weights."""
+"""Stereo networks (CREStereo, RAFT-Stereo), their hyper-parameters (``config``) and published weights."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
-from stereo_exp.models.config import ModelConfig, architecture_arguments
+from stereo_exp.models.config import MODEL_VARIANTS, CREStereoConfig, ModelConfig, RaftStereoConfig
 from stereo_exp.models.inference import predict_disparity
-from stereo_exp.models.registry import get_model_builder, list_models, register_model
+from stereo_exp.models.registry import (
+    as_model_config,
+    build_model,
+    build_network,
+    list_models,
+    model_config,
+    register_model,
+)
 from stereo_exp.models.speed import prepare_for_training
 from stereo_exp.models.weights import load_weights
 
 __all__ = [
     "ModelConfig",
+    "as_model_config",
     "build_model",
-    "get_model_builder",
+    "build_network",
     "list_models",
     "load_weights",
+    "model_config",
     "predict_disparity",
     "prepare_for_training",
     "register_configs",
@@ -28,18 +33,9 @@ __all__ = [
 
 
 def register_configs(cs: ConfigStore) -> None:
-    """Store the ``model`` group schemas: one per architecture family."""
-    from stereo_exp.models.crestereo import CREStereoConfig
-    from stereo_exp.models.raft_stereo import RaftStereoConfig
-
+    """Store the ``model`` group schemas: one per family (defaults: its base model; for option files of one's own)
+    and one per named variant, ``<name>_schema``, which ``conf/model/<name>.yaml`` composes."""
     cs.store(group="model", name="crestereo_schema", node=CREStereoConfig)
     cs.store(group="model", name="raft_stereo_schema", node=RaftStereoConfig)
-
-
-def build_model(cfg: DictConfig | Any) -> nn.Module:
-    """Build the network named ``cfg.name`` with the architecture keys of ``cfg`` and load ``cfg.weights`` if set."""
-    options: dict[str, Any] = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[assignment]
-    model = get_model_builder(options["name"])(**architecture_arguments(options))
-    if options["weights"]:
-        load_weights(model, options["weights"])
-    return model
+    for name, variant in MODEL_VARIANTS.items():
+        cs.store(group="model", name=f"{name}_schema", node=variant)

@@ -28,8 +28,7 @@ flow; channel 0 of them is the positive disparity this project's contract asks f
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -53,8 +52,8 @@ from stereo_exp.models.blocks import (
     to_channels_last,
     upsample_flow,
 )
-from stereo_exp.models.config import ModelConfig, architecture_defaults
-from stereo_exp.models.registry import register_model
+from stereo_exp.models.config import AttentionKind, CREStereoConfig, FeatureNorm
+from stereo_exp.models.registry import build_model, model_config
 
 __all__ = [
     "AdaptiveGroupCorrelation",
@@ -67,6 +66,7 @@ __all__ = [
     "FeatureTransformerLayer",
     "PositionalEncodingSine",
     "SearchWindow",
+    "crestereo",
     "crestereo_base",
     "crestereo_tiny",
     "linear_attention",
@@ -106,24 +106,6 @@ class SearchWindow:
         xs = torch.arange(-rx, rx + 1, self.dilation[1], device=device, dtype=torch.float32)
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
         return torch.stack([grid_x, grid_y], dim=-1).reshape(-1, 2)
-
-
-def check_search_windows(window_1d: SearchWindow, window_2d: SearchWindow) -> None:
-    """The two windows alternate over the same correlation channels, so they must hold the same odd count."""
-    if window_1d.num_candidates != window_2d.num_candidates:
-        raise ValueError(
-            f"corr_search_window_1d {list(window_1d.size)} and corr_search_window_2d {list(window_2d.size)} must hold "
-            "the same number of candidates (they fill the same correlation channels)."
-        )
-    if window_1d.num_candidates % 2 != 1:
-        raise ValueError(f"The search windows need an odd number of candidates; got {list(window_1d.size)}.")
-    if 1 not in window_1d.size:
-        raise ValueError(f"corr_search_window_1d must be one row or one column; got {list(window_1d.size)}.")
-    if 1 in window_2d.size:
-        raise ValueError(f"corr_search_window_2d must extend in both directions; got {list(window_2d.size)}.")
-    for name, window in (("corr_search_dilate_1d", window_1d), ("corr_search_dilate_2d", window_2d)):
-        if min(window.dilation) < 1:
-            raise ValueError(f"{name} must be >= 1 in both directions; got {list(window.dilation)}.")
 
 
 def _group_mean_product(left: Tensor, right: Tensor, groups: int) -> Tensor:
@@ -368,11 +350,6 @@ def softmax_attention(queries: Tensor, keys: Tensor, values: Tensor) -> Tensor:
     return out.transpose(1, 2)
 
 
-class AttentionKind(str, Enum):
-    linear = "linear"  # the published models
-    softmax = "softmax"
-
-
 _ATTENTION_FUNCTIONS: dict[AttentionKind, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
     AttentionKind.linear: linear_attention,
     AttentionKind.softmax: softmax_attention,
@@ -545,13 +522,8 @@ class CREStereo(nn.Module):
         fast_paths: bool = True,
     ) -> None:
         super().__init__()
-        rates = list(feature_downsample_rates)
-        if not rates or any(r <= 1 for r in rates) or rates != sorted(set(rates)):
-            raise ValueError(f"feature_downsample_rates must be increasing and > 1; got {rates}.")
+        rates = list(feature_downsample_rates)  # CREStereoConfig checks the numbers this module is built from
         dim = feature_encoder.output_dim
-        check_search_windows(search_window_1d, search_window_2d)
-        if dim % corr_groups != 0:
-            raise ValueError(f"The feature width {dim} must be divisible by corr_groups={corr_groups}.")
         if fast_paths and not hasattr(update_block.recurrent_block, "forward_fast"):
             raise ValueError(
                 f"model.fast_paths=true needs a recurrent block with input_gates/forward_fast (SeparableConvGRU); "
@@ -790,12 +762,6 @@ class CREStereo(nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class FeatureNorm(str, Enum):
-    instance = "instance"  # the published models
-    batch = "batch"
-    none = "none"
-
-
 _NORM_LAYERS: dict[FeatureNorm, Callable[[int], nn.Module] | None] = {
     FeatureNorm.instance: nn.InstanceNorm2d,
     FeatureNorm.batch: nn.BatchNorm2d,
@@ -803,189 +769,60 @@ _NORM_LAYERS: dict[FeatureNorm, Callable[[int], nn.Module] | None] = {
 }
 
 
-def _crestereo(
-    *,
-    # Feature encoder
-    feature_encoder_layers: Sequence[int],
-    feature_encoder_strides: Sequence[int],
-    feature_encoder_norm: FeatureNorm | str,
-    # Average-pooling pyramid
-    feature_downsample_rates: Sequence[int],
-    # Adaptive group correlation
-    corr_groups: int,
-    corr_search_window_1d: Sequence[int],
-    corr_search_dilate_1d: Sequence[int],
-    corr_search_window_2d: Sequence[int],
-    corr_search_dilate_2d: Sequence[int],
-    # Motion encoder
-    motion_encoder_corr_layers: Sequence[int],
-    motion_encoder_flow_layers: Sequence[int],
-    motion_encoder_out_channels: int,
-    # Recurrent block
-    recurrent_block_hidden_state_size: int,
-    recurrent_block_kernel_length: int,
-    # Flow head and convex-upsampling mask
-    flow_head_hidden_size: int,
-    mask_predictor_hidden_size: int,
-    # Transformers
-    num_attention_heads: int,
-    num_self_attention_layers: int,
-    num_cross_attention_layers: int,
-    attention: AttentionKind | str,
-    positional_encoding_max_size: int,
-    # Memory and speed
-    activation_checkpointing: bool,
-    fast_paths: bool,
-    # Built parts that replace the ones made from the numbers above
-    feature_encoder: nn.Module | None = None,
-    update_block: UpdateBlock | None = None,
-    mask_predictor: nn.Module | None = None,
-) -> CREStereo:
-    window_1d = SearchWindow(tuple(corr_search_window_1d), tuple(corr_search_dilate_1d))  # type: ignore[arg-type]
-    window_2d = SearchWindow(tuple(corr_search_window_2d), tuple(corr_search_dilate_2d))  # type: ignore[arg-type]
-    check_search_windows(window_1d, window_2d)
-
-    if feature_encoder is None:
-        feature_encoder = FeatureEncoder(
-            block=partial(ResidualBlock, always_project=True),  # CREStereo projects the shortcut of every block
-            layers=tuple(feature_encoder_layers),
-            strides=tuple(feature_encoder_strides),
-            norm_layer=_NORM_LAYERS[FeatureNorm(feature_encoder_norm)],
-        )
-    dim = feature_encoder.output_dim
-    if not 0 < recurrent_block_hidden_state_size < dim:
-        raise ValueError(
-            f"recurrent_block_hidden_state_size={recurrent_block_hidden_state_size} must be between 0 and the feature "
-            f"width {dim} (feature_encoder_layers[-1]): the left features are split into hidden state and context."
-        )
-    context_size = dim - recurrent_block_hidden_state_size
-
-    if update_block is None:
-        motion_encoder = MotionEncoder(
-            in_channels_corr=corr_groups * window_1d.num_candidates,
-            corr_layers=tuple(motion_encoder_corr_layers),
-            flow_layers=tuple(motion_encoder_flow_layers),
-            out_channels=motion_encoder_out_channels,
-        )
-        recurrent_block = SeparableConvGRU(
-            input_size=motion_encoder.out_channels + context_size,
-            hidden_size=recurrent_block_hidden_state_size,
-            kernel_length=recurrent_block_kernel_length,
-        )
-        flow_head = FlowHead(in_channels=recurrent_block_hidden_state_size, hidden_size=flow_head_hidden_size)
-        update_block = UpdateBlock(motion_encoder=motion_encoder, recurrent_block=recurrent_block, flow_head=flow_head)
-
-    if mask_predictor is None:
-        mask_predictor = ConvexMaskPredictor(
-            in_channels=update_block.hidden_state_size,
-            hidden_size=mask_predictor_hidden_size,
-            upsample_factor=feature_encoder.downsampling_factor,
-        )
-
-    transformer = partial(
-        FeatureTransformer, dim=dim, num_heads=num_attention_heads, attention=AttentionKind(attention)
+def crestereo(config: CREStereoConfig) -> CREStereo:
+    """The CREStereo network ``config`` describes, randomly initialised (``CREStereoConfig`` checked the numbers)."""
+    window_1d = SearchWindow(tuple(config.corr_search_window_1d), tuple(config.corr_search_dilate_1d))  # type: ignore[arg-type]
+    window_2d = SearchWindow(tuple(config.corr_search_window_2d), tuple(config.corr_search_dilate_2d))  # type: ignore[arg-type]
+    feature_encoder = FeatureEncoder(
+        block=partial(ResidualBlock, always_project=True),  # CREStereo projects the shortcut of every block
+        layers=tuple(config.feature_encoder_layers),
+        strides=tuple(config.feature_encoder_strides),
+        norm_layer=_NORM_LAYERS[config.feature_encoder_norm],
     )
+    dim = feature_encoder.output_dim
+    hidden_size = config.recurrent_block_hidden_state_size
+    motion_encoder = MotionEncoder(
+        in_channels_corr=config.corr_groups * window_1d.num_candidates,
+        corr_layers=tuple(config.motion_encoder_corr_layers),
+        flow_layers=tuple(config.motion_encoder_flow_layers),
+        out_channels=config.motion_encoder_out_channels,
+    )
+    recurrent_block = SeparableConvGRU(
+        input_size=motion_encoder.out_channels + dim - hidden_size,  # motion features + context
+        hidden_size=hidden_size,
+        kernel_length=config.recurrent_block_kernel_length,
+    )
+    flow_head = FlowHead(in_channels=hidden_size, hidden_size=config.flow_head_hidden_size)
+    update_block = UpdateBlock(motion_encoder=motion_encoder, recurrent_block=recurrent_block, flow_head=flow_head)
+    mask_predictor = ConvexMaskPredictor(
+        in_channels=hidden_size,
+        hidden_size=config.mask_predictor_hidden_size,
+        upsample_factor=feature_encoder.downsampling_factor,
+    )
+    transformer = partial(FeatureTransformer, dim=dim, num_heads=config.num_attention_heads, attention=config.attention)
     return CREStereo(
         feature_encoder=feature_encoder,
         update_block=update_block,
         mask_predictor=mask_predictor,
-        self_attention=transformer(directions=["self"] * num_self_attention_layers),
-        cross_attention=transformer(directions=["cross"] * num_cross_attention_layers),
-        positional_encoding=PositionalEncodingSine(dim, max_size=positional_encoding_max_size),
-        feature_downsample_rates=tuple(feature_downsample_rates),
-        corr_groups=corr_groups,
+        self_attention=transformer(directions=["self"] * config.num_self_attention_layers),
+        cross_attention=transformer(directions=["cross"] * config.num_cross_attention_layers),
+        positional_encoding=PositionalEncodingSine(dim, max_size=config.positional_encoding_max_size),
+        feature_downsample_rates=tuple(config.feature_downsample_rates),
+        corr_groups=config.corr_groups,
         search_window_1d=window_1d,
         search_window_2d=window_2d,
-        activation_checkpointing=activation_checkpointing,
-        fast_paths=fast_paths,
+        activation_checkpointing=config.activation_checkpointing,
+        fast_paths=config.fast_paths,
     )
 
 
-@register_model()
 def crestereo_base(**overrides: Any) -> CREStereo:
-    """CREStereo as published (5,432,948 parameters; weights: ``stereo_exp.models.weights.CREStereo_Base_Weights``).
-
-    The hyper-parameters are the defaults of ``CREStereoConfig``; ``overrides`` replaces any keyword of the private
-    builder ``_crestereo`` (numbers, or built parts: ``feature_encoder=``, ``update_block=``, ``mask_predictor=``).
-    """
-    return _crestereo(**{**architecture_defaults(CREStereoConfig), **overrides})
+    """CREStereo as published (5,432,948 parameters; weights: ``stereo_exp.models.weights.CREStereo_Base_Weights``);
+    ``overrides`` replace fields of ``CREStereoConfig`` (``weights="MEGVII_V1"`` loads those)."""
+    return build_model(model_config("crestereo_base", overrides))  # type: ignore[return-value]
 
 
-# A CPU-sized variant for the embedded default run and the tests (conf/model/crestereo_tiny.yaml holds the same
-# values): about a fifth of the channels everywhere, same structure. No published weights; its numbers are not
-# comparable with the published ones.
-CRESTEREO_TINY: dict[str, Any] = {
-    "feature_encoder_layers": [16, 16, 24, 32, 48],
-    "motion_encoder_corr_layers": [48, 32],
-    "motion_encoder_flow_layers": [24, 16],
-    "motion_encoder_out_channels": 24,
-    "recurrent_block_hidden_state_size": 24,
-    "flow_head_hidden_size": 48,
-    "mask_predictor_hidden_size": 48,
-    "num_attention_heads": 4,
-    "positional_encoding_max_size": 128,
-}
-
-
-@register_model()
 def crestereo_tiny(**overrides: Any) -> CREStereo:
-    """CREStereo with the ``CRESTEREO_TINY`` widths; same structure and forward semantics as ``crestereo_base``."""
-    return _crestereo(**{**architecture_defaults(CREStereoConfig), **CRESTEREO_TINY, **overrides})
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Config schema (group ``model``; conf/model/crestereo_*.yaml)
-# --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CREStereoConfig(ModelConfig):
-    """CREStereo hyper-parameters; the defaults are the published ``crestereo_base``."""
-
-    name: str = "crestereo_base"  # registered builder of this family: crestereo_base (published) | crestereo_tiny
-    # feature encoder
-    feature_encoder_layers: list[int] = field(default_factory=lambda: [64, 64, 96, 128, 256])  # stem, 3 stages, output
-    feature_encoder_strides: list[int] = field(default_factory=lambda: [2, 1, 2, 1])  # stem + stages; product = 4
-    feature_encoder_norm: FeatureNorm = FeatureNorm.instance  # norm of the encoder: instance | batch | none
-    # pyramid
-    feature_downsample_rates: list[int] = field(default_factory=lambda: [2, 4])  # coarse levels: 1/(4*r), increasing
-    # adaptive group correlation
-    corr_groups: int = 4  # channel groups; the correlation has corr_groups * window candidates channels
-    corr_search_window_1d: list[int] = field(default_factory=lambda: [1, 9])  # (rows, cols) of even updates' window
-    corr_search_dilate_1d: list[int] = field(default_factory=lambda: [1, 1])  # (y, x) pixel step between candidates
-    corr_search_window_2d: list[int] = field(default_factory=lambda: [3, 3])  # (rows, cols) of odd updates' window
-    corr_search_dilate_2d: list[int] = field(default_factory=lambda: [1, 1])  # (y, x) pixel step between candidates
-    # motion encoder
-    motion_encoder_corr_layers: list[int] = field(default_factory=lambda: [256, 192])  # 1x1 then 3x3 conv widths
-    motion_encoder_flow_layers: list[int] = field(default_factory=lambda: [128, 64])  # 7x7 then 3x3 conv widths
-    motion_encoder_out_channels: int = 128  # motion features incl. the 2 flow channels
-    # recurrent block
-    recurrent_block_hidden_state_size: int = 128  # GRU state: first channels of the left features (rest = context)
-    recurrent_block_kernel_length: int = 5  # ConvGRU kernels (1 x k) then (k x 1)
-    # heads
-    flow_head_hidden_size: int = 256  # hidden width of the delta-flow head
-    mask_predictor_hidden_size: int = 256  # hidden width of the convex-upsampling mask head
-    # transformers at the coarsest level
-    num_attention_heads: int = 8  # heads of every attention layer; must divide feature_encoder_layers[-1]
-    num_self_attention_layers: int = 1  # self-attention layers before the coarse correlations
-    num_cross_attention_layers: int = 1  # cross-attention layers inside the coarsest correlation
-    attention: AttentionKind = AttentionKind.linear  # linear (published) | softmax
-    positional_encoding_max_size: int = 256  # side of the table at 1/16: inputs up to 16x this; in the weights layout
-    # memory and speed
-    activation_checkpointing: bool = False  # recompute each recurrent update in backward (less memory, ~1.3x compute)
-    fast_paths: bool = True  # optimised recurrent updates (same numbers to 1e-4; docs/PERFORMANCE.md); false = plain
-
-    def __post_init__(self) -> None:
-        check_search_windows(
-            SearchWindow(tuple(self.corr_search_window_1d), tuple(self.corr_search_dilate_1d)),  # type: ignore[arg-type]
-            SearchWindow(tuple(self.corr_search_window_2d), tuple(self.corr_search_dilate_2d)),  # type: ignore[arg-type]
-        )
-        dim = self.feature_encoder_layers[-1]
-        for key, divisor in (("corr_groups", self.corr_groups), ("num_attention_heads", self.num_attention_heads)):
-            if dim % divisor != 0:
-                raise ValueError(f"model.{key}={divisor} must divide model.feature_encoder_layers[-1]={dim}.")
-        if dim % 4 != 0:
-            raise ValueError(f"model.feature_encoder_layers[-1]={dim} must be divisible by 4 (positional encoding).")
-        if self.train_iters < 2:
-            # num_iters // 2 = 0 updates at 1/16 and 1/8: their parameters would get no gradient (and DDP would fail).
-            raise ValueError(f"model.train_iters must be >= 2 for CREStereo; got {self.train_iters}.")
+    """``CRESTEREO_TINY`` (stereo_exp/models/config.py): same structure and forward semantics as ``crestereo_base``
+    with about a fifth of the channels; ``overrides`` as for ``crestereo_base``."""
+    return build_model(model_config("crestereo_tiny", overrides))  # type: ignore[return-value]

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stereo_exp.models.registry import unwrap_ddp
+
 __all__ = ["Padding", "predict_disparity"]
 
 
@@ -68,7 +70,7 @@ def predict_disparity(model: nn.Module, left: Tensor, right: Tensor, *, num_iter
         )
     if n_cascades < 1 or num_iters < 1:
         raise ValueError(f"n_cascades and num_iters must be >= 1; got n_cascades={n_cascades}, num_iters={num_iters}.")
-    network = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    network = unwrap_ddp(model)
     size_multiple = getattr(network, "size_multiple", None)
     if not isinstance(size_multiple, int):
         raise TypeError(f"{type(network).__name__} must expose an int attribute size_multiple; got {size_multiple!r}.")

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import torch
@@ -39,8 +37,8 @@ from stereo_exp.models.blocks import (
     to_channels_last,
     upsample_flow,
 )
-from stereo_exp.models.config import ModelConfig, architecture_defaults
-from stereo_exp.models.registry import register_model
+from stereo_exp.models.config import EncoderBlock, EncoderNorm, RaftStereoConfig
+from stereo_exp.models.registry import build_model, model_config
 
 __all__ = [
     "CorrBlock1d",
@@ -51,6 +49,7 @@ __all__ = [
     "RaftStereo",
     "RaftStereoConfig",
     "StereoFeatureEncoder",
+    "raft_stereo",
     "raft_stereo_base",
     "raft_stereo_realtime",
     "raft_stereo_tiny",
@@ -481,58 +480,6 @@ class RaftStereo(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Config schema (group `model`, stored as `raft_stereo_schema`); defaults are those of the published base model
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class EncoderBlock(str, Enum):
-    residual = "residual"  # two 3x3 convs (the published models)
-    bottleneck = "bottleneck"  # 1x1 -> 3x3 -> 1x1 at a quarter of the width
-
-
-class EncoderNorm(str, Enum):
-    batch = "batch"
-    instance = "instance"
-    none = "none"
-
-
-@dataclass
-class RaftStereoConfig(ModelConfig):
-    name: str = "raft_stereo_base"  # registered builder: raft_stereo_base | raft_stereo_realtime | raft_stereo_tiny
-    train_iters: int = 22  # recurrent updates per training forward pass (RAFT-Stereo recipe)
-    eval_iters: int = 32  # recurrent updates during validation (RAFT-Stereo recipe)
-    # Encoders
-    shared_encoder_weight: bool = False  # one backbone for matching features and context (realtime variant)
-    feature_encoder_layers: list[int] = field(default_factory=lambda: [64, 64, 96, 128, 256])  # widths: 4 + output
-    feature_encoder_strides: list[int] = field(default_factory=lambda: [1, 1, 2, 2])  # stem + 3 stages; product = f
-    feature_encoder_block: EncoderBlock = EncoderBlock.residual  # residual | bottleneck
-    feature_encoder_norm: EncoderNorm = EncoderNorm.instance  # instance | batch | none: backbone; extra block if shared
-    context_encoder_layers: list[int] = field(default_factory=lambda: [64, 64, 96, 128, 256])  # output = 2 x hidden
-    context_encoder_strides: list[int] = field(default_factory=lambda: [1, 1, 2, 2])  # must equal the feature ones
-    context_encoder_out_with_blocks: list[bool] = field(default_factory=lambda: [True, True, False])  # one per level
-    context_encoder_block: EncoderBlock = EncoderBlock.residual  # residual | bottleneck
-    context_encoder_norm: EncoderNorm = EncoderNorm.batch  # instance | batch | none: backbone, downsamplers, outputs
-    # Correlation
-    corr_num_levels: int = 4  # pyramid levels, each averaging 2x more right pixels
-    corr_radius: int = 4  # lookup window: 2 * radius + 1 values per level
-    # Motion encoder
-    motion_encoder_corr_layers: list[int] = field(default_factory=lambda: [64, 64])  # 1x1 then 3x3 conv widths
-    motion_encoder_flow_layers: list[int] = field(default_factory=lambda: [64, 64])  # 7x7 then 3x3 conv widths
-    motion_encoder_out_channels: int = 128  # motion features fed to the finest GRU
-    # Update block
-    update_block_hidden_dims: list[int] = field(default_factory=lambda: [128, 128, 128])  # GRU widths, fine to coarse
-    slow_fast: bool = False  # update coarser GRUs more often (paper sec. 3.4)
-    # Heads
-    flow_head_hidden_size: int = 256  # hidden width of the disparity-update head
-    use_mask_predictor: bool = True  # convex upsampling (false: bilinear)
-    mask_predictor_hidden_size: int = 256  # hidden width of the upsampling-mask head
-    mask_predictor_scale: float = 0.25  # factor on the mask logits (RAFT's damping of this branch's gradients)
-    # Memory and speed
-    activation_checkpointing: bool = False  # recompute each recurrent update in backward: less memory, more time
-    fast_paths: bool = True  # optimised recurrent updates (same numbers to 1e-4; docs/PERFORMANCE.md); false = plain
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # Builders
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -547,217 +494,86 @@ _NORMS: dict[EncoderNorm, NormLayer | None] = {
 }
 
 
-def _choice(table: dict[Any, Any], key: str, value: str | Enum) -> Any:
-    kind = type(next(iter(table)))
-    try:
-        return table[kind(value)]
-    except ValueError:
-        raise ValueError(f"model.{key}={value!r} is not one of {', '.join(k.value for k in table)}.") from None
-
-
-def _raft_stereo(
-    *,
-    weights: str | None = None,
-    # Encoders
-    shared_encoder_weight: bool,
-    feature_encoder_layers: Sequence[int],
-    feature_encoder_strides: Sequence[int],
-    feature_encoder_block: EncoderBlock | str,
-    feature_encoder_norm: EncoderNorm | str,
-    context_encoder_layers: Sequence[int],
-    context_encoder_strides: Sequence[int],
-    context_encoder_out_with_blocks: Sequence[bool],
-    context_encoder_block: EncoderBlock | str,
-    context_encoder_norm: EncoderNorm | str,
-    # Correlation
-    corr_num_levels: int,
-    corr_radius: int,
-    # Motion encoder
-    motion_encoder_corr_layers: Sequence[int],
-    motion_encoder_flow_layers: Sequence[int],
-    motion_encoder_out_channels: int,
-    # Update block
-    update_block_hidden_dims: Sequence[int],
-    slow_fast: bool,
-    # Heads
-    flow_head_hidden_size: int,
-    use_mask_predictor: bool,
-    mask_predictor_hidden_size: int,
-    mask_predictor_scale: float,
-    # Memory and speed
-    activation_checkpointing: bool,
-    fast_paths: bool,
-    # Built parts that replace the ones the numbers above describe
-    feature_encoder: nn.Module | None = None,
-    context_encoder: MultiLevelContextEncoder | None = None,
-    corr_block: CorrBlock1d | None = None,
-    update_block: MultiLevelUpdateBlock | None = None,
-    disparity_head: nn.Module | None = None,
-    mask_predictor: nn.Module | None = None,
-) -> RaftStereo:
-    _check_hyper_parameters(
-        shared_encoder_weight=shared_encoder_weight,
-        feature_encoder_layers=feature_encoder_layers,
-        feature_encoder_strides=feature_encoder_strides,
-        context_encoder_layers=context_encoder_layers,
-        context_encoder_strides=context_encoder_strides,
-        context_encoder_out_with_blocks=context_encoder_out_with_blocks,
-        update_block_hidden_dims=update_block_hidden_dims,
-    )
-    feature_block = _choice(_BLOCKS, "feature_encoder_block", feature_encoder_block)
-    feature_norm = _choice(_NORMS, "feature_encoder_norm", feature_encoder_norm)
-    context_block = _choice(_BLOCKS, "context_encoder_block", context_encoder_block)
-    context_norm = _choice(_NORMS, "context_encoder_norm", context_encoder_norm)
-
+def raft_stereo(config: RaftStereoConfig) -> RaftStereo:
+    """The RAFT-Stereo network ``config`` describes, randomly initialised (``RaftStereoConfig`` checked the numbers)."""
+    feature_block, feature_norm = _BLOCKS[config.feature_encoder_block], _NORMS[config.feature_encoder_norm]
+    context_block, context_norm = _BLOCKS[config.context_encoder_block], _NORMS[config.context_encoder_norm]
     context_base = BaseEncoder(
-        block=context_block, layers=context_encoder_layers[:4], strides=context_encoder_strides, norm_layer=context_norm
+        block=context_block,
+        layers=config.context_encoder_layers[:4],
+        strides=config.context_encoder_strides,
+        norm_layer=context_norm,
     )
     feature_base = (
         context_base
-        if shared_encoder_weight
+        if config.shared_encoder_weight
         else BaseEncoder(
             block=feature_block,
-            layers=feature_encoder_layers[:4],
-            strides=feature_encoder_strides,
+            layers=config.feature_encoder_layers[:4],
+            strides=config.feature_encoder_strides,
             norm_layer=feature_norm,
         )
     )
-    feature_encoder = feature_encoder or StereoFeatureEncoder(
+    feature_encoder = StereoFeatureEncoder(
         feature_base,
-        output_dim=feature_encoder_layers[4],
-        shared_base=shared_encoder_weight,
+        output_dim=config.feature_encoder_layers[4],
+        shared_base=config.shared_encoder_weight,
         block=feature_block,
         norm_layer=feature_norm,
     )
-    context_encoder = context_encoder or MultiLevelContextEncoder(
+    context_encoder = MultiLevelContextEncoder(
         context_base,
-        out_with_blocks=context_encoder_out_with_blocks,
-        output_dim=context_encoder_layers[4],
+        out_with_blocks=config.context_encoder_out_with_blocks,
+        output_dim=config.context_encoder_layers[4],
         block=context_block,
         norm_layer=context_norm,
     )
-    corr_block = corr_block or CorrBlock1d(num_levels=corr_num_levels, radius=corr_radius)
-    update_block = update_block or MultiLevelUpdateBlock(
+    corr_block = CorrBlock1d(num_levels=config.corr_num_levels, radius=config.corr_radius)
+    update_block = MultiLevelUpdateBlock(
         motion_encoder=MotionEncoder(
             in_channels_corr=corr_block.out_channels,
-            corr_layers=motion_encoder_corr_layers,
-            flow_layers=motion_encoder_flow_layers,
-            out_channels=motion_encoder_out_channels,
+            corr_layers=config.motion_encoder_corr_layers,
+            flow_layers=config.motion_encoder_flow_layers,
+            out_channels=config.motion_encoder_out_channels,
         ),
-        hidden_dims=update_block_hidden_dims,
+        hidden_dims=config.update_block_hidden_dims,
     )
-    disparity_head = disparity_head or FlowHead(
-        in_channels=update_block_hidden_dims[0], hidden_size=flow_head_hidden_size
-    )
-    if mask_predictor is None and use_mask_predictor:
+    hidden_size = config.update_block_hidden_dims[0]
+    disparity_head = FlowHead(in_channels=hidden_size, hidden_size=config.flow_head_hidden_size)
+    mask_predictor = None
+    if config.use_mask_predictor:
         mask_predictor = MaskPredictor(
-            in_channels=update_block_hidden_dims[0],
-            hidden_size=mask_predictor_hidden_size,
+            in_channels=hidden_size,
+            hidden_size=config.mask_predictor_hidden_size,
             upsample_factor=feature_encoder.downsampling_factor,
-            multiplier=mask_predictor_scale,
+            multiplier=config.mask_predictor_scale,
         )
-    model = RaftStereo(
+    return RaftStereo(
         feature_encoder=feature_encoder,
         context_encoder=context_encoder,
         corr_block=corr_block,
         update_block=update_block,
         disparity_head=disparity_head,
         mask_predictor=mask_predictor,
-        slow_fast=slow_fast,
-        activation_checkpointing=activation_checkpointing,
-        fast_paths=fast_paths,
+        slow_fast=config.slow_fast,
+        activation_checkpointing=config.activation_checkpointing,
+        fast_paths=config.fast_paths,
     )
-    if weights:
-        from stereo_exp.models.weights import load_weights  # the registry imports the model files, not vice versa
-
-        load_weights(model, weights)
-    return model
 
 
-def _check_hyper_parameters(
-    *,
-    shared_encoder_weight: bool,
-    feature_encoder_layers: Sequence[int],
-    feature_encoder_strides: Sequence[int],
-    context_encoder_layers: Sequence[int],
-    context_encoder_strides: Sequence[int],
-    context_encoder_out_with_blocks: Sequence[bool],
-    update_block_hidden_dims: Sequence[int],
-) -> None:
-    layers = {"feature_encoder_layers": feature_encoder_layers, "context_encoder_layers": context_encoder_layers}
-    for key, value in layers.items():
-        if len(value) != 5:
-            raise ValueError(f"model.{key}={list(value)} must hold 5 widths (4 backbone stages + output).")
-    if list(feature_encoder_strides) != list(context_encoder_strides):
-        raise ValueError(
-            f"model.feature_encoder_strides={list(feature_encoder_strides)} and model.context_encoder_strides="
-            f"{list(context_encoder_strides)} must be equal: both encoders must work at the same resolution."
-        )
-    if shared_encoder_weight and list(feature_encoder_layers[:4]) != list(context_encoder_layers[:4]):
-        raise ValueError(
-            f"model.shared_encoder_weight=true needs equal backbone widths; got feature_encoder_layers[:4]="
-            f"{list(feature_encoder_layers[:4])} and context_encoder_layers[:4]={list(context_encoder_layers[:4])}."
-        )
-    if len(context_encoder_out_with_blocks) != len(update_block_hidden_dims):
-        raise ValueError(
-            f"model.context_encoder_out_with_blocks={list(context_encoder_out_with_blocks)} and "
-            f"model.update_block_hidden_dims={list(update_block_hidden_dims)} must have one entry per GRU level."
-        )
-    half = context_encoder_layers[4] // 2
-    if context_encoder_layers[4] % 2 or any(d != half for d in update_block_hidden_dims):
-        raise ValueError(
-            f"The context encoder output (model.context_encoder_layers[4]={context_encoder_layers[4]}) is split into "
-            f"hidden state and context of equal width, so every model.update_block_hidden_dims entry must be {half}; "
-            f"got {list(update_block_hidden_dims)}."
-        )
-
-
-@register_model()
 def raft_stereo_base(**overrides: Any) -> RaftStereo:
-    """RAFT-Stereo base (11,116,176 parameters): 1/4 resolution, three GRU levels (paper sec. 4).
-
-    ``overrides`` replace hyper-parameters of ``_raft_stereo`` (e.g. ``corr_radius=2``) or built parts (e.g.
-    ``corr_block=...``); ``weights="SCENEFLOW_V1"`` or a file path loads weights through ``models.weights``.
-    """
-    return _raft_stereo(**(architecture_defaults(RaftStereoConfig) | overrides))
+    """RAFT-Stereo base (11,116,176 parameters): 1/4 resolution, three GRU levels (paper sec. 4). ``overrides``
+    replace fields of ``RaftStereoConfig`` (e.g. ``corr_radius=2``; ``weights="SCENEFLOW_V1"`` loads those)."""
+    return build_model(model_config("raft_stereo_base", overrides))  # type: ignore[return-value]
 
 
-@register_model()
 def raft_stereo_realtime(**overrides: Any) -> RaftStereo:
     """RAFT-Stereo realtime (8,077,152 parameters): one shared backbone at 1/8, two slow-fast GRU levels (sec. 4.7).
-
-    ``overrides`` as for ``raft_stereo_base``.
-    """
-    realtime = {
-        "shared_encoder_weight": True,  # encoders
-        "feature_encoder_strides": (2, 1, 2, 2),
-        "context_encoder_strides": (2, 1, 2, 2),
-        "context_encoder_out_with_blocks": (True, True),
-        "update_block_hidden_dims": (128, 128),  # update block
-        "slow_fast": True,
-    }
-    return _raft_stereo(**(architecture_defaults(RaftStereoConfig) | realtime | overrides))
+    ``overrides`` as for ``raft_stereo_base``."""
+    return build_model(model_config("raft_stereo_realtime", overrides))  # type: ignore[return-value]
 
 
-@register_model()
 def raft_stereo_tiny(**overrides: Any) -> RaftStereo:
-    """A CPU-sized RAFT-Stereo (no published weights) for tests and smoke runs: every code path of the base model
-    (1/4 resolution, three GRU levels, convex upsampling) plus slow-fast updates, with narrow layers.
-
-    ``overrides`` as for ``raft_stereo_base``.
-    """
-    tiny = {
-        "feature_encoder_layers": (8, 8, 12, 16, 32),  # encoders
-        "context_encoder_layers": (8, 8, 12, 16, 32),
-        "context_encoder_out_with_blocks": (True, False, False),
-        "corr_num_levels": 2,  # correlation
-        "corr_radius": 2,
-        "motion_encoder_corr_layers": (16, 16),  # motion encoder
-        "motion_encoder_flow_layers": (16, 8),
-        "motion_encoder_out_channels": 24,
-        "update_block_hidden_dims": (16, 16, 16),  # update block
-        "slow_fast": True,
-        "flow_head_hidden_size": 16,  # heads
-        "mask_predictor_hidden_size": 16,
-    }
-    return _raft_stereo(**(architecture_defaults(RaftStereoConfig) | tiny | overrides))
+    """``RAFT_STEREO_TINY`` (stereo_exp/models/config.py), a CPU-sized RAFT-Stereo for tests and smoke runs: every code
+    path of the base model plus slow-fast updates, with narrow layers. ``overrides`` as for ``raft_stereo_base``."""
+    return build_model(model_config("raft_stereo_tiny", overrides))  # type: ignore[return-value]

@@ -32,6 +32,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from stereo_exp.models.registry import unwrap_ddp
 from stereo_exp.schemas import SpeedConfig
 
 __all__ = ["ResolvedSpeed", "keep_freed_memory", "prepare_for_training", "resolve_speed"]
@@ -78,7 +79,7 @@ def prepare_for_training(
     explanation when it is true.
     """
     speed = resolve_speed(cfg, device)
-    network = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    network = unwrap_ddp(model)
     compile_updates = getattr(network, "compile_updates", None) if speed.compile else None
     if speed.compile and compile_updates is None and cfg is not None and cfg.compile:
         raise ValueError(

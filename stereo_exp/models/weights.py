@@ -39,10 +39,12 @@ __all__ = [
     "PublishedWeights",
     "Raft_Stereo_Base_Weights",
     "Raft_Stereo_Realtime_Weights",
+    "UnreadableFileError",
     "cached_file",
     "load_state_dict_file",
     "load_weights",
     "parameter_count",
+    "read_weights_only",
     "resolve_published",
 ]
 
@@ -325,22 +327,34 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """The state_dict stored in ``path`` (a state_dict, or our training checkpoint's ``model`` entry), read with
-    ``weights_only=True`` on the CPU, with DDP / torch.compile key prefixes removed and every tensor checked finite."""
+class UnreadableFileError(RuntimeError, ValueError):
+    """A weights or checkpoint file that ``torch.load(..., weights_only=True)`` cannot read; the message names it.
+    Both a RuntimeError (what reading a checkpoint raised) and a ValueError (what reading weights raised)."""
+
+
+def read_weights_only(path: str | os.PathLike[str], *, what: str, hint: str = "", map_location: Any = "cpu") -> Any:
+    """The content of ``path`` read with ``torch.load(..., weights_only=True)``, so that a file never runs code: the
+    one reader of published weights, state_dicts and training checkpoints. ``what`` names the file in errors
+    ("checkpoint", "weights file"), ``hint`` (e.g. " (model.weights expects ...)") follows a missing one's message."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"Weights file {path} does not exist (model.weights expects a published name, e.g. MEGVII_V1, or the path "
-            "of a state_dict / training checkpoint)."
-        )
+        raise FileNotFoundError(f"{what[0].upper()}{what[1:]} {path} does not exist{hint}.")
     try:
-        content: Any = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises RuntimeError / UnpicklingError / EOFError depending on the damage
-        raise ValueError(
-            f"Could not read weights file {path} ({type(error).__name__}: {error}). Expected a file written by "
-            "torch.save holding only tensors and plain Python types; it is truncated, corrupt or holds other objects."
+        raise UnreadableFileError(
+            f"Could not read {what} {path} ({type(error).__name__}: {error}). Expected a file written by torch.save "
+            "holding only tensors and plain Python types; it is truncated, corrupt or holds other objects."
         ) from error
+
+
+def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The state_dict stored in ``path`` (a state_dict, or our training checkpoint's ``model`` entry), read with
+    ``read_weights_only`` on the CPU, with DDP / torch.compile key prefixes removed and every tensor checked finite."""
+    hint = (
+        " (model.weights expects a published name, e.g. MEGVII_V1, or the path of a state_dict / training checkpoint)"
+    )
+    content: Any = read_weights_only(path, what="weights file", hint=hint)
     if isinstance(content, dict) and isinstance(content.get("model"), dict):
         content = content["model"]  # a training checkpoint of ours
     if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
