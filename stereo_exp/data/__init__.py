@@ -6,12 +6,22 @@ config.py (schemas of the ``mix`` and ``augmentation`` groups and the EDA app; `
 (``datasets.*`` per-dataset options), disparity_stats.py (the EDA's statistics, table and figure).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from hydra.core.config_store import ConfigStore
 
+from stereo_exp import lazy_exports
 from stereo_exp.data.config import AugmentationConfig, EdaAppConfig, MixConfig
-from stereo_exp.data.loader import build_eval_dataset, build_train_loader
+
+if TYPE_CHECKING:
+    from stereo_exp.data.loader import build_eval_dataset, build_train_loader
 
 __all__ = ["AugmentationConfig", "MixConfig", "build_eval_dataset", "build_train_loader", "register_configs"]
+
+# The loaders import torchvision: loaded on first use, not when the config is composed.
+__getattr__ = lazy_exports(__name__, {"build_eval_dataset": "loader", "build_train_loader": "loader"})
 
 
 def register_configs(cs: ConfigStore) -> None:

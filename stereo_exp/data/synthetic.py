@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import skimage.data
 from torch.utils.data import Dataset
 
 SPLITS = {"train": 0, "val": 1}  # split name -> random stream id (disjoint seed sequences)
@@ -128,6 +127,8 @@ class _Photo:
 @functools.cache
 def load_photo(name: str) -> np.ndarray:
     """``skimage.data.<name>()`` as float32 (3, H, W) RGB in [0, 1] (grey photos repeated), read once per process."""
+    import skimage.data  # here, not at the top: composing a config (every --help) need not load scikit-image
+
     image = np.asarray(getattr(skimage.data, name)())
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)

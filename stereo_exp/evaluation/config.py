@@ -7,8 +7,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from stereo_exp.data.config import GtResize
 from stereo_exp.data.options import DatasetOptions
-from stereo_exp.data.transforms import GtResize
 from stereo_exp.evaluation.metrics import EXTRA_METRICS
 from stereo_exp.schemas import PathsConfig, Precision
 
