@@ -9,7 +9,6 @@ from omegaconf import MISSING
 
 from stereo_exp.data.config import GtResize
 from stereo_exp.data.options import DatasetOptions
-from stereo_exp.evaluation.metrics import EXTRA_METRICS
 from stereo_exp.schemas import PathsConfig, Precision
 
 
@@ -46,6 +45,8 @@ def check_eval_config(cfg: EvalConfig | Any, prefix: str = "eval") -> None:
         raise ValueError(f"{prefix}.max_samples must be >= 1 or null; got {cfg.max_samples}.")
     if cfg.batch_size < 1:
         raise ValueError(f"{prefix}.batch_size must be >= 1; got {cfg.batch_size}.")
+    from stereo_exp.evaluation.metrics import EXTRA_METRICS  # here: metrics.py imports torch, composing does not
+
     unknown = [name for name in cfg.extras if name not in EXTRA_METRICS]
     if unknown:
         raise ValueError(f"{prefix}.extras has unknown metrics {unknown}; expected a subset of {list(EXTRA_METRICS)}.")
