@@ -28,8 +28,6 @@ from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from stereo_exp.cli import clean_errors
 from stereo_exp.config import register_configs
@@ -61,6 +59,9 @@ def run_eda(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _run(cfg: DictConfig, tracker: Any) -> dict[str, Any]:
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
     from stereo_exp.data.config import AugmentationConfig, EdaConfig, MixConfig, as_schema
     from stereo_exp.data.disparity_stats import DisparityStats, format_table, histogram_figure
     from stereo_exp.data.loader import MixDataset, build_mix_datasets, seed_worker

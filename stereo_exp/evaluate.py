@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from stereo_exp.cli import clean_errors
@@ -69,6 +68,8 @@ def eval_config(cfg: DictConfig) -> DictConfig:
 
 
 def _run(cfg: DictConfig, eval_cfg: DictConfig, dist: DistEnv, tracker: MlflowTracker) -> dict[str, Any]:
+    import torch
+
     from stereo_exp.data.catalog import check_dataset_root
     from stereo_exp.data.transforms import GtResize
     from stereo_exp.evaluation.cascade import evaluate_datasets, save_figures

@@ -8,7 +8,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from stereo_exp import lazy_exports
-from stereo_exp.models.config import ModelConfig, architecture_arguments
+from stereo_exp.models.config import CREStereoConfig, ModelConfig, RaftStereoConfig, architecture_arguments
 
 if TYPE_CHECKING:
     from torch import nn
@@ -46,9 +46,6 @@ __getattr__ = lazy_exports(
 
 def register_configs(cs: ConfigStore) -> None:
     """Store the ``model`` group schemas: one per architecture family."""
-    from stereo_exp.models.crestereo import CREStereoConfig
-    from stereo_exp.models.raft_stereo import RaftStereoConfig
-
     cs.store(group="model", name="crestereo_schema", node=CREStereoConfig)
     cs.store(group="model", name="raft_stereo_schema", node=RaftStereoConfig)
 

@@ -28,8 +28,7 @@ flow; channel 0 of them is the positive disparity this project's contract asks f
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -53,7 +52,7 @@ from stereo_exp.models.blocks import (
     to_channels_last,
     upsample_flow,
 )
-from stereo_exp.models.config import ModelConfig, architecture_defaults
+from stereo_exp.models.config import AttentionKind, CREStereoConfig, FeatureNorm, architecture_defaults
 from stereo_exp.models.registry import register_model
 
 __all__ = [
@@ -366,11 +365,6 @@ def softmax_attention(queries: Tensor, keys: Tensor, values: Tensor) -> Tensor:
     """Full scaled dot-product attention; same shapes as ``linear_attention`` (quadratic in the number of tokens)."""
     out = F.scaled_dot_product_attention(queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2))
     return out.transpose(1, 2)
-
-
-class AttentionKind(str, Enum):
-    linear = "linear"  # the published models
-    softmax = "softmax"
 
 
 _ATTENTION_FUNCTIONS: dict[AttentionKind, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
@@ -790,12 +784,6 @@ class CREStereo(nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class FeatureNorm(str, Enum):
-    instance = "instance"  # the published models
-    batch = "batch"
-    none = "none"
-
-
 _NORM_LAYERS: dict[FeatureNorm, Callable[[int], nn.Module] | None] = {
     FeatureNorm.instance: nn.InstanceNorm2d,
     FeatureNorm.batch: nn.BatchNorm2d,
@@ -931,60 +919,3 @@ CRESTEREO_TINY: dict[str, Any] = {
 def crestereo_tiny(**overrides: Any) -> CREStereo:
     """CREStereo with the ``CRESTEREO_TINY`` widths; same structure and forward semantics as ``crestereo_base``."""
     return _crestereo(**{**architecture_defaults(CREStereoConfig), **CRESTEREO_TINY, **overrides})
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Config schema (group ``model``; conf/model/crestereo_*.yaml)
-# --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CREStereoConfig(ModelConfig):
-    """CREStereo hyper-parameters; the defaults are the published ``crestereo_base``."""
-
-    # feature encoder
-    feature_encoder_layers: list[int] = field(default_factory=lambda: [64, 64, 96, 128, 256])  # stem, 3 stages, output
-    feature_encoder_strides: list[int] = field(default_factory=lambda: [2, 1, 2, 1])  # stem + stages; product = 4
-    feature_encoder_norm: FeatureNorm = FeatureNorm.instance  # norm of the encoder: instance | batch | none
-    # pyramid
-    feature_downsample_rates: list[int] = field(default_factory=lambda: [2, 4])  # coarse levels: 1/(4*r), increasing
-    # adaptive group correlation
-    corr_groups: int = 4  # channel groups; the correlation has corr_groups * window candidates channels
-    corr_search_window_1d: list[int] = field(default_factory=lambda: [1, 9])  # (rows, cols) of even updates' window
-    corr_search_dilate_1d: list[int] = field(default_factory=lambda: [1, 1])  # (y, x) pixel step between candidates
-    corr_search_window_2d: list[int] = field(default_factory=lambda: [3, 3])  # (rows, cols) of odd updates' window
-    corr_search_dilate_2d: list[int] = field(default_factory=lambda: [1, 1])  # (y, x) pixel step between candidates
-    # motion encoder
-    motion_encoder_corr_layers: list[int] = field(default_factory=lambda: [256, 192])  # 1x1 then 3x3 conv widths
-    motion_encoder_flow_layers: list[int] = field(default_factory=lambda: [128, 64])  # 7x7 then 3x3 conv widths
-    motion_encoder_out_channels: int = 128  # motion features incl. the 2 flow channels
-    # recurrent block
-    recurrent_block_hidden_state_size: int = 128  # GRU state: first channels of the left features (rest = context)
-    recurrent_block_kernel_length: int = 5  # ConvGRU kernels (1 x k) then (k x 1)
-    # heads
-    flow_head_hidden_size: int = 256  # hidden width of the delta-flow head
-    mask_predictor_hidden_size: int = 256  # hidden width of the convex-upsampling mask head
-    # transformers at the coarsest level
-    num_attention_heads: int = 8  # heads of every attention layer; must divide feature_encoder_layers[-1]
-    num_self_attention_layers: int = 1  # self-attention layers before the coarse correlations
-    num_cross_attention_layers: int = 1  # cross-attention layers inside the coarsest correlation
-    attention: AttentionKind = AttentionKind.linear  # linear (published) | softmax
-    positional_encoding_max_size: int = 256  # side of the table at 1/16: inputs up to 16x this; in the weights layout
-    # memory and speed
-    activation_checkpointing: bool = False  # recompute each recurrent update in backward (less memory, ~1.3x compute)
-    fast_paths: bool = True  # optimised recurrent updates (same numbers to 1e-4; docs/PERFORMANCE.md); false = plain
-
-    def __post_init__(self) -> None:
-        check_search_windows(
-            SearchWindow(tuple(self.corr_search_window_1d), tuple(self.corr_search_dilate_1d)),  # type: ignore[arg-type]
-            SearchWindow(tuple(self.corr_search_window_2d), tuple(self.corr_search_dilate_2d)),  # type: ignore[arg-type]
-        )
-        dim = self.feature_encoder_layers[-1]
-        for key, divisor in (("corr_groups", self.corr_groups), ("num_attention_heads", self.num_attention_heads)):
-            if dim % divisor != 0:
-                raise ValueError(f"model.{key}={divisor} must divide model.feature_encoder_layers[-1]={dim}.")
-        if dim % 4 != 0:
-            raise ValueError(f"model.feature_encoder_layers[-1]={dim} must be divisible by 4 (positional encoding).")
-        if self.train_iters < 2:
-            # num_iters // 2 = 0 updates at 1/16 and 1/8: their parameters would get no gradient (and DDP would fail).
-            raise ValueError(f"model.train_iters must be >= 2 for CREStereo; got {self.train_iters}.")

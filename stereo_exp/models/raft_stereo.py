@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -39,7 +38,7 @@ from stereo_exp.models.blocks import (
     to_channels_last,
     upsample_flow,
 )
-from stereo_exp.models.config import ModelConfig, architecture_defaults
+from stereo_exp.models.config import EncoderBlock, EncoderNorm, RaftStereoConfig, architecture_defaults
 from stereo_exp.models.registry import register_model
 
 __all__ = [
@@ -478,57 +477,6 @@ class RaftStereo(nn.Module):
             raise ValueError(
                 f"flow_init must be a (B, 1, h, w) disparity with B = {left.shape[0]}; got {tuple(flow_init.shape)}."
             )
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Config schema (group `model`, stored as `raft_stereo_schema`); defaults are those of the published base model
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class EncoderBlock(str, Enum):
-    residual = "residual"  # two 3x3 convs (the published models)
-    bottleneck = "bottleneck"  # 1x1 -> 3x3 -> 1x1 at a quarter of the width
-
-
-class EncoderNorm(str, Enum):
-    batch = "batch"
-    instance = "instance"
-    none = "none"
-
-
-@dataclass
-class RaftStereoConfig(ModelConfig):
-    train_iters: int = 22  # recurrent updates per training forward pass (RAFT-Stereo recipe)
-    eval_iters: int = 32  # recurrent updates during validation (RAFT-Stereo recipe)
-    # Encoders
-    shared_encoder_weight: bool = False  # one backbone for matching features and context (realtime variant)
-    feature_encoder_layers: list[int] = field(default_factory=lambda: [64, 64, 96, 128, 256])  # widths: 4 + output
-    feature_encoder_strides: list[int] = field(default_factory=lambda: [1, 1, 2, 2])  # stem + 3 stages; product = f
-    feature_encoder_block: EncoderBlock = EncoderBlock.residual  # residual | bottleneck
-    feature_encoder_norm: EncoderNorm = EncoderNorm.instance  # instance | batch | none: backbone; extra block if shared
-    context_encoder_layers: list[int] = field(default_factory=lambda: [64, 64, 96, 128, 256])  # output = 2 x hidden
-    context_encoder_strides: list[int] = field(default_factory=lambda: [1, 1, 2, 2])  # must equal the feature ones
-    context_encoder_out_with_blocks: list[bool] = field(default_factory=lambda: [True, True, False])  # one per level
-    context_encoder_block: EncoderBlock = EncoderBlock.residual  # residual | bottleneck
-    context_encoder_norm: EncoderNorm = EncoderNorm.batch  # instance | batch | none: backbone, downsamplers, outputs
-    # Correlation
-    corr_num_levels: int = 4  # pyramid levels, each averaging 2x more right pixels
-    corr_radius: int = 4  # lookup window: 2 * radius + 1 values per level
-    # Motion encoder
-    motion_encoder_corr_layers: list[int] = field(default_factory=lambda: [64, 64])  # 1x1 then 3x3 conv widths
-    motion_encoder_flow_layers: list[int] = field(default_factory=lambda: [64, 64])  # 7x7 then 3x3 conv widths
-    motion_encoder_out_channels: int = 128  # motion features fed to the finest GRU
-    # Update block
-    update_block_hidden_dims: list[int] = field(default_factory=lambda: [128, 128, 128])  # GRU widths, fine to coarse
-    slow_fast: bool = False  # update coarser GRUs more often (paper sec. 3.4)
-    # Heads
-    flow_head_hidden_size: int = 256  # hidden width of the disparity-update head
-    use_mask_predictor: bool = True  # convex upsampling (false: bilinear)
-    mask_predictor_hidden_size: int = 256  # hidden width of the upsampling-mask head
-    mask_predictor_scale: float = 0.25  # factor on the mask logits (RAFT's damping of this branch's gradients)
-    # Memory and speed
-    activation_checkpointing: bool = False  # recompute each recurrent update in backward: less memory, more time
-    fast_paths: bool = True  # optimised recurrent updates (same numbers to 1e-4; docs/PERFORMANCE.md); false = plain
 
 
 # --------------------------------------------------------------------------------------------------------------------
