@@ -15,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from stereo_exp.compare import main as compare_main
 from stereo_exp.tracking import MlflowTracker, TrackingConfig
 from stereo_exp.tracking.sweep import (
     SweepInfo,
@@ -115,19 +116,22 @@ def test_jobs_that_start_together_on_a_new_sqlite_store_make_one_store_one_paren
     assert (record.parent_run_id, record.tracking_uri, record.experiment) == (parent.info.run_id, uri, "race")
 
 
-def test_a_one_job_multirun_has_no_parent_run_but_its_sweep_record(tmp_path):
+def test_a_one_job_multirun_has_no_parent_run_and_compare_finds_its_run_from_the_sweep_folder(tmp_path, capsys):
     uri, sweep_dir = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "multirun"
     sweep = SweepInfo(sweep_id_of(sweep_dir), str(sweep_dir), 0, "", ("seed=1",), SweepPlan({}, num_jobs=1))
     tracker = MlflowTracker(TrackingConfig(uri=uri), spool_dir=tmp_path / "run")
     run_id = tracker.start(params={"seed": 1}, sweep=sweep)
+    tracker.log_metrics({"val/motorcycle/mae": 2.5}, step=3)
     tracker.end()
     client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("stereo_exp").experiment_id])
-    assert run.info.run_id == run_id
+    (run,) = client.search_runs([client.get_experiment_by_name("stereo_exp").experiment_id])  # no parent run
     assert "mlflow.parentRunId" not in run.data.tags
-    assert run.data.tags["stereo_exp.sweep_id"] == sweep.sweep_id
-    (record,) = [read_record(path) for path in record_files(sweep_dir)]
-    assert record.parent_run_id is None  # compare --sweep still finds the store, the experiment and the id
+    # The user's way back to the run: compare finds the store, the experiment and the sweep from the folder alone.
+    output = tmp_path / "compare"
+    assert compare_main(["--sweep", str(sweep_dir), "--metric", "val/motorcycle/mae", "-o", str(output)]) == 0
+    assert f"val/motorcycle/mae of 1 runs ({uri}, experiment stereo_exp, sweep " in capsys.readouterr().out
+    (row,) = (output / "val_motorcycle_mae.csv").read_text().splitlines()[1:]
+    assert run_id in row and ",2.5," in row
 
 
 @pytest.mark.slow
