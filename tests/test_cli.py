@@ -50,8 +50,17 @@ def test_help_and_cfg_job_answer_without_importing_torch_or_mlflow(module, args,
 def test_a_run_that_fails_with_loader_workers_running_ends_with_its_error(tmp_path):
     # The traceback's frames held the run's DataLoader, whose worker processes ignore SIGTERM (they leave it to the
     # training process): Python waited for them at exit, and the failed run never ended.
-    command = [sys.executable, "-m", "stereo_exp", *TINY_RUN, f"hydra.run.dir={tmp_path}/run", "loader.num_workers=2",
-               "schedule.warmup_steps=0", "schedule.lr=1e30", "train.max_nonfinite_steps=1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "stereo_exp",
+        *TINY_RUN,
+        f"hydra.run.dir={tmp_path}/run",
+        "loader.num_workers=2",
+        "schedule.warmup_steps=0",
+        "schedule.lr=1e30",
+        "train.max_nonfinite_steps=1",
+    ]
     done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "NonFiniteLossError: 1 consecutive steps" in done.stderr

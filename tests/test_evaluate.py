@@ -103,10 +103,17 @@ def compose_evaluate(tmp_path: Path, *overrides: str) -> DictConfig:
     """conf/evaluate.yaml shrunk for a CPU test: tiny model, tiny size, one grid cell, no MLflow."""
     register_configs()
     base = [
-        "model=raft_stereo_tiny", "tracking=none", f"paths.output={tmp_path / 'out'}",
-        f"checkpoints={tmp_path / 'outputs'}", "progress=false", "device=cpu", "num_threads=1",
-        "eval.size=[32,48]", "eval.n_cascades=[1]", "eval.n_iterations=[2]",
-    ]  # fmt: skip
+        "model=raft_stereo_tiny",
+        "tracking=none",
+        f"paths.output={tmp_path / 'out'}",
+        f"checkpoints={tmp_path / 'outputs'}",
+        "progress=false",
+        "device=cpu",
+        "num_threads=1",
+        "eval.size=[32,48]",
+        "eval.n_cascades=[1]",
+        "eval.n_iterations=[2]",
+    ]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="test"):
         return compose("evaluate", overrides=[*base, *overrides])
 
@@ -135,9 +142,15 @@ def test_batch_size_one_and_four_give_the_same_results(tmp_path):
     grids = {}
     for batch_size in (1, 4):
         grids[batch_size] = evaluate_grid(
-            loaded.model, dataset, n_cascades=[1, 2], n_iterations=[2], batch_size=batch_size, dist=DistEnv(),
-            device=torch.device("cpu"), progress=False,
-        )  # fmt: skip
+            loaded.model,
+            dataset,
+            n_cascades=[1, 2],
+            n_iterations=[2],
+            batch_size=batch_size,
+            dist=DistEnv(),
+            device=torch.device("cpu"),
+            progress=False,
+        )
     assert grids[1].num_images == grids[4].num_images == 5
     # The metric sums are batch-invariant bit for bit (test_metrics.py); the network's batched float32 kernels
     # are not, by ~1e-8 relative: far below the 3 decimals of the table, which must be identical.
@@ -150,21 +163,46 @@ def test_batch_size_one_and_four_give_the_same_results(tmp_path):
 def test_one_and_two_processes_under_torchrun_write_the_same_table(tmp_path):
     weights = write_checkpoint(tmp_path / "m.pth")
     overrides = [
-        "model=raft_stereo_tiny", "tracking=none", f"weights={weights}", "progress=false", "device=cpu",
-        "num_threads=1", "dataset=synthetic-val", "eval.size=[32,48]", "eval.n_cascades=[1]", "eval.n_iterations=[2]",
-        "eval.save_images=2", *SYNTHETIC,
-    ]  # fmt: skip
+        "model=raft_stereo_tiny",
+        "tracking=none",
+        f"weights={weights}",
+        "progress=false",
+        "device=cpu",
+        "num_threads=1",
+        "dataset=synthetic-val",
+        "eval.size=[32,48]",
+        "eval.n_cascades=[1]",
+        "eval.n_iterations=[2]",
+        "eval.save_images=2",
+        *SYNTHETIC,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name, launcher in (
         ("one", [sys.executable, "-m", "stereo_exp.evaluate"]),
-        ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                 "-m", "stereo_exp.evaluate"]),
-    ):  # fmt: skip
+        (
+            "two",
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                "2",
+                "-m",
+                "stereo_exp.evaluate",
+            ],
+        ),
+    ):
         out = tmp_path / name
         done = subprocess.run(
             [*launcher, *overrides, f"paths.output={out}", f"hydra.run.dir={out}/hydra"],
-            cwd=tmp_path, env=env, check=True, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            cwd=tmp_path,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         processes = 1 if name == "one" else 2
         assert f"Evaluating on {processes} process(es)" in done.stdout + done.stderr
     assert (tmp_path / "one" / "eval.log").read_text() == (tmp_path / "two" / "eval.log").read_text()
@@ -185,14 +223,26 @@ def test_samples_of_different_sizes_in_one_batch_are_an_error_that_says_what_to_
 
         def __getitem__(self, i: int) -> dict:
             h = 16 + 8 * i
-            return {"left": torch.zeros(3, h, 16), "right": torch.zeros(3, h, 16),
-                    "disparity": torch.ones(1, h, 16), "valid": torch.ones(1, h, 16, dtype=torch.bool)}  # fmt: skip
+            return {
+                "left": torch.zeros(3, h, 16),
+                "right": torch.zeros(3, h, 16),
+                "disparity": torch.ones(1, h, 16),
+                "valid": torch.ones(1, h, 16, dtype=torch.bool),
+            }
 
     torch.manual_seed(0)
     model = build_model(compose_evaluate(Path("/nonexistent")).model)
     with pytest.raises(ValueError, match=r"eval.batch_size=1 .*eval.size"):
-        evaluate_grid(model, TwoSizes(), n_cascades=[1], n_iterations=[1], batch_size=2, dist=DistEnv(),
-                      device=torch.device("cpu"), progress=False)  # fmt: skip
+        evaluate_grid(
+            model,
+            TwoSizes(),
+            n_cascades=[1],
+            n_iterations=[1],
+            batch_size=2,
+            dist=DistEnv(),
+            device=torch.device("cpu"),
+            progress=False,
+        )
 
 
 # ---- whole evaluations --------------------------------------------------------------------------------------------
@@ -221,10 +271,17 @@ def test_evaluate_on_a_tiny_middlebury_folder_writes_the_table_json_pictures_and
     weights = write_checkpoint(tmp_path / "m.pth", step=3)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = compose_evaluate(
-        tmp_path, "eval=middlebury", f"paths.data={tmp_path / 'data'}", f"weights={weights}", "tracking=mlflow",
-        f"tracking.uri={uri}", "eval.n_iterations=[1,2]", "eval.save_images=1", "eval.extras=[d1]",
+        tmp_path,
+        "eval=middlebury",
+        f"paths.data={tmp_path / 'data'}",
+        f"weights={weights}",
+        "tracking=mlflow",
+        f"tracking.uri={uri}",
+        "eval.n_iterations=[1,2]",
+        "eval.save_images=1",
+        "eval.extras=[d1]",
         "eval.gt_resize=reference_2022",
-    )  # fmt: skip
+    )
     grids = evaluate(cfg)
 
     # Known answer: the metrics of each scene by their definitions (metrics_by_definition), one image at a time,
@@ -328,15 +385,23 @@ def test_training_validation_flattens_the_metrics_and_draws_the_first_samples(tm
     torch.manual_seed(0)
     model = build_model(cfg.model)
     result = run_validation(
-        model, eval_cfg, data_root="unused", dataset_options=cfg.datasets, num_iters=2, dist=DistEnv(),
-        device=torch.device("cpu"), amp_dtype=None,
-    )  # fmt: skip
+        model,
+        eval_cfg,
+        data_root="unused",
+        dataset_options=cfg.datasets,
+        num_iters=2,
+        dist=DistEnv(),
+        device=torch.device("cpu"),
+        amp_dtype=None,
+    )
     names = ("synthetic-val", "motorcycle")
     assert sorted(result.metrics) == sorted(f"val/{d}/{m}" for d in names for m in CORE_METRICS)
     assert result.counts == {
-        "val/synthetic-val/images": 3, "val/synthetic-val/skipped_images": 0,  # max_samples=3 of 5
-        "val/motorcycle/images": 1, "val/motorcycle/skipped_images": 0,
-    }  # fmt: skip
+        "val/synthetic-val/images": 3,
+        "val/synthetic-val/skipped_images": 0,  # max_samples=3 of 5
+        "val/motorcycle/images": 1,
+        "val/motorcycle/skipped_images": 0,
+    }
     assert result.metrics["val/motorcycle/mae"] == result.grids["motorcycle"][1][2]["mae"]
     assert sorted(result.figures) == ["motorcycle/0000_c1_i2", "synthetic-val/0000_c1_i2", "synthetic-val/0001_c1_i2"]
     assert model.training  # the model's mode is restored for the next training step

@@ -31,8 +31,9 @@ def weights(tmp_path) -> Path:
         model_cfg = compose("evaluate", overrides=["model=raft_stereo_tiny", "tracking=none"]).model
     torch.manual_seed(0)
     config = {"model": OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True)}
-    return save_checkpoint(tmp_path / "m.pth", {"model": build_model(model_cfg).state_dict(), "step": 1,
-                                                 "config": config})  # fmt: skip
+    return save_checkpoint(
+        tmp_path / "m.pth", {"model": build_model(model_cfg).state_dict(), "step": 1, "config": config}
+    )
 
 
 def write_pair(folder: Path, *, size: tuple[int, int] = (HEIGHT, WIDTH), seed: int = 0) -> tuple[Path, Path]:
@@ -84,8 +85,11 @@ def test_glob_patterns_pair_sorted_matches_and_name_outputs_by_their_folder(tmp_
     out = tmp_path / "pred"
     assert main([pattern.format(0), pattern.format(1), "-o", str(out), "--weights", str(weights), "--iters", "1"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "Adirondack_im0.pfm", "Adirondack_im0.png", "Jadeplant_im0.pfm", "Jadeplant_im0.png",
-    ]  # fmt: skip
+        "Adirondack_im0.pfm",
+        "Adirondack_im0.png",
+        "Jadeplant_im0.pfm",
+        "Jadeplant_im0.png",
+    ]
 
 
 def test_images_of_different_sizes_are_an_error_naming_both_files_and_sizes(tmp_path, weights, capsys):
