@@ -1,4 +1,4 @@
-"""Optimizer from config, and the global-norm gradient clipping setting."""
+"""Optimizer from config (``OptimConfig`` in engine/config.py, also the global-norm gradient clipping setting)."""
 
 from __future__ import annotations
 
