@@ -23,18 +23,21 @@ runpy.run_module({module!r}, run_name="__main__", alter_sys=True)
 """
 
 
+# (entry point, arguments, a line its answer holds)
+START_UP_COMMANDS = [
+    ("stereo_exp", ["--help"], "== Configuration groups =="),
+    ("stereo_exp", ["--cfg", "job"], "name: crestereo_tiny"),  # the embedded default's model
+    ("stereo_exp.evaluate", ["--help"], "stereo_exp.evaluate: the cascade-evaluation grid"),
+    ("stereo_exp.evaluate", ["--cfg", "job"], "name: crestereo_tiny"),
+    ("stereo_exp.eda", ["--help"], "stereo_exp.eda: the disparity distribution of training crops"),
+    ("stereo_exp.eda", ["--cfg", "job"], "- synthetic"),  # the embedded mix
+    ("stereo_exp.predict", ["--help"], "usage: python -m stereo_exp.predict"),
+    ("stereo_exp.compare", ["--help"], "usage: python -m stereo_exp.compare"),
+]
+
+
 @pytest.mark.parametrize(
-    ("module", "args", "expected"),
-    [
-        ("stereo_exp", ["--help"], "== Configuration groups =="),
-        ("stereo_exp", ["--cfg", "job"], "name: crestereo_tiny"),  # the embedded default's model
-        ("stereo_exp.evaluate", ["--help"], "stereo_exp.evaluate: the cascade-evaluation grid"),
-        ("stereo_exp.evaluate", ["--cfg", "job"], "name: crestereo_tiny"),
-        ("stereo_exp.eda", ["--help"], "stereo_exp.eda: the disparity distribution of training crops"),
-        ("stereo_exp.eda", ["--cfg", "job"], "- synthetic"),  # the embedded mix
-        ("stereo_exp.predict", ["--help"], "usage: python -m stereo_exp.predict"),
-        ("stereo_exp.compare", ["--help"], "usage: python -m stereo_exp.compare"),
-    ],
+    ("module", "args", "expected"), START_UP_COMMANDS, ids=[f"{m} {' '.join(a)}" for m, a, _ in START_UP_COMMANDS]
 )
 def test_help_and_cfg_job_answer_without_importing_torch_or_mlflow(module, args, expected, tmp_path):
     # The config schemas live in torch-free modules and the packages load their heavy parts on first use
