@@ -35,7 +35,7 @@ from stereo_exp.config import register_configs
 log = logging.getLogger("stereo_exp.eda")
 
 # Hydra composes the config when main() is called; the schemas must be in the ConfigStore before that.
-register_configs()
+register_configs("eda")
 
 MIX_ROW = "mix"  # name of the weighted row of the report
 

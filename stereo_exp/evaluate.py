@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("stereo_exp.evaluate")
 
 # Hydra composes the config when main() is called; the schemas must be in the ConfigStore before that.
-register_configs()
+register_configs("evaluate")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

@@ -226,7 +226,7 @@ def _compose_config(args: argparse.Namespace) -> object:
 
     from stereo_exp.config import register_configs
 
-    register_configs()
+    register_configs("evaluate")
     overrides = ["tracking.backend=none"] if args.tracking_uri is None else [f"tracking.uri={args.tracking_uri}"]
     if args.model:
         overrides.append(f"model={args.model}")

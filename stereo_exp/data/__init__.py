@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from hydra.core.config_store import ConfigStore
 
 from stereo_exp import lazy_exports
-from stereo_exp.data.config import AugmentationConfig, EdaAppConfig, MixConfig
+from stereo_exp.data.config import AugmentationConfig, MixConfig
 
 if TYPE_CHECKING:
     from stereo_exp.data.loader import build_eval_dataset, build_train_loader
@@ -25,7 +25,6 @@ __getattr__ = lazy_exports(__name__, {"build_eval_dataset": "loader", "build_tra
 
 
 def register_configs(cs: ConfigStore) -> None:
-    """Store the ``mix`` and ``augmentation`` group schemas and the EDA's primary schema (conf/eda.yaml)."""
+    """Store the ``mix`` and ``augmentation`` group schemas (the EDA's primary schema: stereo_exp.config)."""
     cs.store(group="mix", name="mix_schema", node=MixConfig)
     cs.store(group="augmentation", name="augmentation_schema", node=AugmentationConfig)
-    cs.store(name="eda_schema", node=EdaAppConfig)

@@ -42,6 +42,5 @@ __getattr__ = lazy_exports(__name__, {**dict.fromkeys(_CASCADE, "cascade"), **di
 
 
 def register_configs(cs: ConfigStore) -> None:
-    """Store the ``eval`` group schema and the schema of ``conf/evaluate.yaml``."""
+    """Store the ``eval`` group schema (the schema of ``conf/evaluate.yaml``: stereo_exp.config)."""
     cs.store(group="eval", name="eval_schema", node=EvalConfig)
-    cs.store(name="evaluate_schema", node=EvaluateConfig)
