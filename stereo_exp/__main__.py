@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("stereo_exp")
 
 # Hydra composes the config when main() is called; the schemas must be in the ConfigStore before that.
-register_configs()
+register_configs("config")
 
 
 def run(cfg: DictConfig) -> TrainResult:

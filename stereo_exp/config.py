@@ -53,13 +53,24 @@ class Config:
     init_from: str | None = None  # weights-only start (fine-tuning): our checkpoint or a state_dict file
 
 
-def register_configs() -> None:
-    """Store the top-level schema and every group schema in Hydra's ConfigStore (idempotent)."""
+def register_configs(app: str | None = None) -> None:
+    """Store the primary schema of ``app`` (the name of its primary config: ``config`` for training, ``evaluate``,
+    ``eda``; None: all three) and every group schema in Hydra's ConfigStore (idempotent). An entry point stores only
+    its own primary schema: Hydra's ``--help`` copies the whole store once per config group (about 100 times)."""
     # Imported here so that importing stereo_exp.config stays cheap and free of import cycles.
     from stereo_exp import data, engine, evaluation, models, tracking
+    from stereo_exp.data.config import EdaAppConfig
+    from stereo_exp.evaluation.config import EvaluateConfig
 
     cs = ConfigStore.instance()
-    cs.store(name="base_config", node=Config)
+    primary_schemas = {
+        "config": ("base_config", Config),
+        "evaluate": ("evaluate_schema", EvaluateConfig),
+        "eda": ("eda_schema", EdaAppConfig),
+    }
+    for config_name, (schema_name, schema) in primary_schemas.items():
+        if app in (None, config_name):
+            cs.store(name=schema_name, node=schema)
     for package in (models, data, engine, evaluation, tracking):
         package.register_configs(cs)
 

@@ -28,8 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from stereo_exp.cli import clean_errors
 from stereo_exp.config import register_configs, to_plain
@@ -40,7 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("stereo_exp.eda")
 
 # Hydra composes the config when main() is called; the schemas must be in the ConfigStore before that.
-register_configs()
+register_configs("eda")
 
 MIX_ROW = "mix"  # name of the weighted row of the report
 
@@ -64,6 +62,9 @@ def run_eda(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _run(cfg: EdaAppConfig, tracker: Any) -> dict[str, Any]:
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
     from stereo_exp.data.disparity_stats import DisparityStats, format_table, histogram_figure
     from stereo_exp.data.loader import MixDataset, build_mix_datasets, seed_worker
     from stereo_exp.data.mix import Draw, MixSampler

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from stereo_exp.cli import clean_errors
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("stereo_exp.evaluate")
 
 # Hydra composes the config when main() is called; the schemas must be in the ConfigStore before that.
-register_configs()
+register_configs("evaluate")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -67,6 +66,8 @@ def eval_config(cfg: EvaluateConfig) -> EvalConfig:
 
 
 def _run(cfg: EvaluateConfig, eval_cfg: EvalConfig, dist: DistEnv, tracker: MlflowTracker) -> dict[str, Any]:
+    import torch
+
     from stereo_exp.data.catalog import check_dataset_root
     from stereo_exp.data.transforms import GtResize
     from stereo_exp.evaluation.cascade import evaluate_datasets, save_figures

@@ -18,10 +18,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:  # torch and PIL are imported where used: --help answers without loading them
+    import torch
 
 log = logging.getLogger("stereo_exp.predict")
 
@@ -120,6 +122,9 @@ def _expand(pattern: str, what: str) -> list[Path]:
 
 def read_image(path: Path) -> torch.Tensor:
     """An image file as a (3, H, W) float32 tensor in [-1, 1] (grey and RGBA images become RGB)."""
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
     if not path.is_file():
         raise InputError(f"Image {path} does not exist.")
     try:
@@ -202,6 +207,8 @@ def predict_pairs(
     vmax: float | None = None,
 ) -> list[Path]:
     """Predict each pair and write its disparity file and PNG; returns the files written."""
+    import torch
+
     from stereo_exp.evaluation.visualize import disparity_figure, figure_to_png
     from stereo_exp.models.inference import predict_disparity
 
@@ -241,7 +248,7 @@ def _compose_config(args: argparse.Namespace) -> object:
 
     from stereo_exp.config import register_configs
 
-    register_configs()
+    register_configs("evaluate")
     overrides = ["tracking.backend=none"] if args.tracking_uri is None else [f"tracking.uri={args.tracking_uri}"]
     if args.model:
         overrides.append(f"model={args.model}")

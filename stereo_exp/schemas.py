@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum, StrEnum
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -34,6 +36,8 @@ class Device(StrEnum):
 
 def amp_dtype(precision: Precision | str) -> torch.dtype | None:
     """Autocast dtype of a ``precision`` setting (None for fp32: no autocast)."""
+    import torch  # here, not at the top: the schemas are read without torch (every --help)
+
     return {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}[Precision(precision)]
 
 

@@ -67,8 +67,14 @@ class HeadlessChromium:
             os.dup2(high_out, 4)
 
         args = [binary, *FLAGS, f"--user-data-dir={self._profile}", f"--window-size={width},{height}", "about:blank"]
-        self._process = subprocess.Popen(args, preexec_fn=use_pipes, close_fds=False, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        self._process = subprocess.Popen(
+            args,
+            preexec_fn=use_pipes,
+            close_fds=False,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(commands_read)
         os.close(answers_write)
         self._commands = os.fdopen(commands_write, "wb", buffering=0)
@@ -83,8 +89,11 @@ class HeadlessChromium:
 
     def text(self) -> str:
         """The page's rendered text (``document.body.innerText``)."""
-        found = self._call("Runtime.evaluate", {"expression": "document.body ? document.body.innerText : ''",
-                                                "returnByValue": True}, session=True)  # fmt: skip
+        found = self._call(
+            "Runtime.evaluate",
+            {"expression": "document.body ? document.body.innerText : ''", "returnByValue": True},
+            session=True,
+        )
         return str(found["result"].get("value", ""))
 
     def wait_for_text(self, expected: Sequence[str], *, timeout_s: float) -> str:

@@ -43,8 +43,12 @@ CLUSTER_SCRIPT = REPO_ROOT / "launch" / "slurm_cluster.sh"
 CLIENT_TIMEOUT_S = 30  # one sinfo/sacct/sbatch call; the daemons answer in milliseconds when they are up
 # The two-node cluster's settings: its own state folder, name (the prefix of its namespaces and host names) and
 # ports, so that it runs beside the single-node cluster and its start and stop never touch that one.
-TWO_NODE_CLUSTER = {"SLURM_CLUSTER_DIR": "/tmp/stereo_exp_slurm2", "SLURM_CLUSTER_NAME": "stereo2",
-                    "SLURM_CLUSTER_PORT": "6917", "SLURM_CLUSTER_NODES": "2"}  # fmt: skip
+TWO_NODE_CLUSTER = {
+    "SLURM_CLUSTER_DIR": "/tmp/stereo_exp_slurm2",
+    "SLURM_CLUSTER_NAME": "stereo2",
+    "SLURM_CLUSTER_PORT": "6917",
+    "SLURM_CLUSTER_NODES": "2",
+}
 
 
 @dataclass(frozen=True)
@@ -130,8 +134,9 @@ class SlurmCluster:
             if state in FINAL_STATES:
                 return state
             time.sleep(poll_s)
-        details = subprocess.run([*self.client_prefix, "scontrol", "show", "job", job_id], capture_output=True,
-                                 text=True).stdout  # fmt: skip
+        details = subprocess.run(
+            [*self.client_prefix, "scontrol", "show", "job", job_id], capture_output=True, text=True
+        ).stdout
         raise TimeoutError(
             f"job {job_id} not finished after {timeout_s:.0f} s (sacct: {self.state(job_id)!r}):\n{details}"
         )
@@ -227,8 +232,9 @@ def start_cluster(args: list[str], env: dict[str, str], answers: Callable[[], bo
         _unavailable(f"starting the cluster needs root; {by_hand} first")
     result = subprocess.run([str(CLUSTER_SCRIPT), *args], env=env, capture_output=True, text=True, timeout=600)
     if result.returncode != 0 or not answers():
-        _unavailable(f"`{CLUSTER_SCRIPT} {' '.join(args)}` failed (code {result.returncode}):\n"
-                     f"{result.stdout}{result.stderr}")  # fmt: skip
+        _unavailable(
+            f"`{CLUSTER_SCRIPT} {' '.join(args)}` failed (code {result.returncode}):\n{result.stdout}{result.stderr}"
+        )
 
 
 def _describe(conf: Path, started_here: bool, client_prefix: tuple[str, ...] = ()) -> SlurmCluster:
@@ -238,9 +244,11 @@ def _describe(conf: Path, started_here: bool, client_prefix: tuple[str, ...] = (
     default = [p for p in partitions if p.endswith("*")] or partitions
     nodes = cluster.run("sinfo", "-h", "-N", "-o", "%N %c").splitlines()
     return dataclasses.replace(
-        cluster, partition=default[0].rstrip("*"), cpus=int(nodes[0].split()[1]),
+        cluster,
+        partition=default[0].rstrip("*"),
+        cpus=int(nodes[0].split()[1]),
         nodes=tuple(dict.fromkeys(line.split()[0] for line in nodes)),  # once each, in sinfo's (name) order
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="session")
@@ -249,8 +257,12 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     conf = _cluster_conf()
     started_here = False
     if not _answers(conf):
-        start_cluster(["start"], dict(os.environ), lambda: _answers(conf),
-               f"nothing answers at SLURM_CONF={conf}; run `sudo {CLUSTER_SCRIPT} start`")  # fmt: skip
+        start_cluster(
+            ["start"],
+            dict(os.environ),
+            lambda: _answers(conf),
+            f"nothing answers at SLURM_CONF={conf}; run `sudo {CLUSTER_SCRIPT} start`",
+        )
         started_here = True
 
     patch = pytest.MonkeyPatch()

@@ -1,18 +1,69 @@
-"""The entry points' endings: a failed run ends (its loader workers let go), a user mistake ends in one line."""
+"""The entry points' start and endings: ``--help`` and ``--cfg job`` answer without the heavy libraries, a failed
+run ends (its loader workers let go), a user mistake ends in one line."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import TINY_RUN, subprocess_env
+
+# Libraries that take seconds to import (torchvision ~1.5 s on top of torch ~1.4 s, MLflow ~1 s on a loaded 2-core
+# machine): --help and --cfg job need none of them (issue 15 asked for an answer within 2 s).
+HEAVY_LIBRARIES = ("torch", "torchvision", "mlflow", "PIL", "skimage", "matplotlib")
+
+# Runs one entry point as `python -m MODULE ARGS` does, and at exit lists the heavy libraries it imported.
+_RUN_AND_LIST_IMPORTS = """
+import atexit, runpy, sys
+atexit.register(lambda: print("imported:", *[name for name in {heavy!r} if name in sys.modules], file=sys.stderr))
+sys.argv = [{module!r}, *{args!r}]
+runpy.run_module({module!r}, run_name="__main__", alter_sys=True)
+"""
+
+
+# (entry point, arguments, a line its answer holds)
+START_UP_COMMANDS = [
+    ("stereo_exp", ["--help"], "== Configuration groups =="),
+    ("stereo_exp", ["--cfg", "job"], "name: crestereo_tiny"),  # the embedded default's model
+    ("stereo_exp.evaluate", ["--help"], "stereo_exp.evaluate: the cascade-evaluation grid"),
+    ("stereo_exp.evaluate", ["--cfg", "job"], "name: crestereo_tiny"),
+    ("stereo_exp.eda", ["--help"], "stereo_exp.eda: the disparity distribution of training crops"),
+    ("stereo_exp.eda", ["--cfg", "job"], "- synthetic"),  # the embedded mix
+    ("stereo_exp.predict", ["--help"], "usage: python -m stereo_exp.predict"),
+    ("stereo_exp.compare", ["--help"], "usage: python -m stereo_exp.compare"),
+]
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "expected"), START_UP_COMMANDS, ids=[f"{m} {' '.join(a)}" for m, a, _ in START_UP_COMMANDS]
+)
+def test_help_and_cfg_job_answer_without_importing_torch_or_mlflow(module, args, expected, tmp_path):
+    # The config schemas live in torch-free modules and the packages load their heavy parts on first use
+    # (stereo_exp.lazy_exports); one top-level `import torch` in a schema module or a package __init__ fails this.
+    code = _RUN_AND_LIST_IMPORTS.format(heavy=HEAVY_LIBRARIES, module=module, args=args)
+    command = [sys.executable, "-c", code]
+    done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert expected in done.stdout
+    assert done.stderr.splitlines()[-1] == "imported:"
 
 
 def test_a_run_that_fails_with_loader_workers_running_ends_with_its_error(tmp_path):
     # The traceback's frames held the run's DataLoader, whose worker processes ignore SIGTERM (they leave it to the
     # training process): Python waited for them at exit, and the failed run never ended.
-    command = [sys.executable, "-m", "stereo_exp", *TINY_RUN, f"hydra.run.dir={tmp_path}/run", "loader.num_workers=2",
-               "schedule.warmup_steps=0", "schedule.lr=1e30", "train.max_nonfinite_steps=1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "stereo_exp",
+        *TINY_RUN,
+        f"hydra.run.dir={tmp_path}/run",
+        "loader.num_workers=2",
+        "schedule.warmup_steps=0",
+        "schedule.lr=1e30",
+        "train.max_nonfinite_steps=1",
+    ]
     done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "NonFiniteLossError: 1 consecutive steps" in done.stderr

@@ -1,5 +1,9 @@
-"""The cluster infrastructure itself: the single-node SLURM cluster of launch/, submitit on it, the Hydra launcher
-configs in conf/hydra/launcher/, and the local MLflow server. Training through them is tested elsewhere."""
+"""The cluster infrastructure itself: the Hydra launcher configs in conf/hydra/launcher/, the single-node SLURM
+cluster of launch/slurm_cluster.sh, and the MLflow server of stereo_exp/tracking/server.py. Training through them is
+tested elsewhere (test_slurm_training.py, test_readme.py: the README's SLURM sweep, test_mlflow_server.py).
+
+A test here that exercises SLURM, submitit or MLflow themselves stays only where it pins a behaviour of theirs that
+the package or the tests rely on; its docstring says which and who relies on it."""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -67,6 +70,8 @@ def test_the_local_launcher_config_does_not_kill_runs_after_the_plugins_hour(tmp
 
 @pytest.mark.cluster
 def test_an_sbatch_job_runs_and_sacct_reports_it_completed(slurm_cluster: SlurmCluster, tmp_path):
+    """Pins sacct's COMPLETED and ExitCode 0:0 for a job that ended well (the sweep summary of launcher.py and the
+    fixtures' ``wait`` read them) and our cluster's task prolog (OMP_WAIT_POLICY=PASSIVE, launch/slurm_cluster.sh)."""
     job_id = slurm_cluster.sbatch(
         '#!/bin/bash\necho "job $SLURM_JOB_ID ran on $SLURM_JOB_NUM_NODES node: $SLURM_JOB_NODELIST" > out.txt\n'
         'echo "OMP_WAIT_POLICY=$OMP_WAIT_POLICY" >> out.txt\n',
@@ -80,6 +85,8 @@ def test_an_sbatch_job_runs_and_sacct_reports_it_completed(slurm_cluster: SlurmC
 
 @pytest.mark.cluster
 def test_a_failing_job_is_reported_failed_with_its_exit_code(slurm_cluster: SlurmCluster, tmp_path):
+    """Pins sacct's FAILED and ExitCode for a job that failed: what the sweep summary of launcher.py reports for a
+    failed job (the last round's sweep reported success while its jobs had failed)."""
     job_id = slurm_cluster.sbatch("#!/bin/bash\nexit 3\n", workdir=tmp_path, name="fails")
     assert slurm_cluster.wait(job_id, timeout_s=60) == "FAILED"
     assert slurm_cluster.exit_code(job_id) == "3:0"
@@ -87,6 +94,8 @@ def test_a_failing_job_is_reported_failed_with_its_exit_code(slurm_cluster: Slur
 
 @pytest.mark.cluster
 def test_a_requeued_job_runs_again_with_the_same_id_and_a_restart_count(slurm_cluster: SlurmCluster, tmp_path):
+    """Pins what preemption does on this cluster (``scontrol requeue``): SIGTERM to the job, then the same job id
+    runs again with SLURM_RESTART_COUNT. Resuming a requeued training job relies on it (test_slurm_training.py)."""
     script = textwrap.dedent(
         """\
         #!/bin/bash
@@ -113,6 +122,7 @@ def test_a_requeued_job_runs_again_with_the_same_id_and_a_restart_count(slurm_cl
 @pytest.mark.cluster
 @pytest.mark.slow
 def test_a_start_after_an_end_without_stop_cancels_the_jobs_whose_processes_are_gone(tmp_path):
+    """launch/slurm_cluster.sh's own behaviour (ours, not SLURM's)."""
     # CI once ran on an image of a machine whose cluster folder held four jobs that were running when the image was
     # taken. Recovered as RUNNING, they held the node for 32 minutes and failed the cluster tests; `start` now
     # cancels them. A cluster of its own (folder, name, ports), so that the shared test cluster is not touched.
@@ -123,8 +133,8 @@ def test_a_start_after_an_end_without_stop_cancels_the_jobs_whose_processes_are_
     settings = {"SLURM_CLUSTER_DIR": str(folder), "SLURM_CLUSTER_NAME": "leftover", "SLURM_CLUSTER_PORT": "6937"}
     conf = folder / "etc" / "slurm.conf"
     env = {**os.environ, **settings, "SLURM_CONF": str(conf)}
-    cluster = SlurmCluster(conf=conf, partition="debug", cpus=0, started_here=True,
-                           client_prefix=("env", f"SLURM_CONF={conf}"))  # fmt: skip
+    prefix = ("env", f"SLURM_CONF={conf}")
+    cluster = SlurmCluster(conf=conf, partition="debug", cpus=0, started_here=True, client_prefix=prefix)
 
     def start() -> str:
         done = subprocess.run([str(CLUSTER_SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=300)
@@ -140,8 +150,8 @@ def test_a_start_after_an_end_without_stop_cancels_the_jobs_whose_processes_are_
             time.sleep(0.5)
         # Everything of this cluster ends at once, as in a machine image: its daemons, MariaDB, the job's step and
         # processes (munged serves every cluster of the machine and stays).
-        daemons = [int((folder / "run" / f"{name}.pid").read_text()) for name in ("slurmctld", "slurmd", "slurmdbd",
-                   "mariadb")]  # fmt: skip
+        names = ("slurmctld", "slurmd", "slurmdbd", "mariadb")
+        daemons = [int((folder / "run" / f"{name}.pid").read_text()) for name in names]
         for pid in [*daemons, *_processes_with(f"SLURM_CONF={conf}")]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -185,6 +195,9 @@ def _all_reduce_rank_plus_one() -> dict[str, float | int]:
 
 @pytest.mark.cluster
 def test_the_two_tasks_of_a_job_see_each_other_through_gloo(slurm_cluster: SlurmCluster, tmp_path):
+    """Pins submitit's ``helpers.TorchDistributedEnvironment`` on SLURM tasks: rank, world size and local rank per
+    task, and a rendezvous that a gloo process group can join. The SLURM set-up of stereo_exp/distributed.py relies on
+    it (issue 15 moves that set-up onto this helper)."""
     executor = slurm_cluster.executor(tmp_path / "submitit", tasks_per_node=2)
     job = executor.submit(_all_reduce_rank_plus_one)
     results = job.results()  # one result per task, rank order
@@ -195,46 +208,13 @@ def test_the_two_tasks_of_a_job_see_each_other_through_gloo(slurm_cluster: Slurm
     assert slurm_cluster.wait(job.job_id, timeout_s=60) == "COMPLETED"
 
 
-@pytest.mark.cluster
-def test_a_two_by_two_hydra_sweep_through_the_slurm_launcher_runs_four_jobs(slurm_cluster: SlurmCluster, tmp_path):
-    (tmp_path / "demo.yaml").write_text(f"a: 0\nb: 0\nhydra:\n  searchpath:\n    - file://{CONF_DIR}\n")
-    app = tmp_path / "app.py"
-    app.write_text(
-        textwrap.dedent(
-            """
-            import os
-            from pathlib import Path
-            import hydra
-            from hydra.core.hydra_config import HydraConfig
-
-            @hydra.main(version_base="1.3", config_path=".", config_name="demo")
-            def main(cfg):
-                out = Path(HydraConfig.get().runtime.output_dir)
-                (out / "result.txt").write_text(f"{cfg.a * cfg.b} {os.environ['SLURM_ARRAY_JOB_ID']}")
-
-            if __name__ == "__main__":
-                main()
-            """
-        )
-    )
-    sweep_dir = tmp_path / "sweep"
-    cmd = [sys.executable, str(app), "-m", *slurm_cluster.hydra_launcher_overrides(), f"hydra.sweep.dir={sweep_dir}"]
-    result = subprocess.run([*cmd, "a=1,2", "b=3,4"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    contents = [(sweep_dir / str(num) / "result.txt").read_text().split() for num in range(4)]
-    # Job numbers follow the sweep order a=1,b=3 | a=1,b=4 | a=2,b=3 | a=2,b=4; all four are one SLURM job array.
-    assert [int(product) for product, _ in contents] == [3, 4, 6, 8]
-    (array_id,) = {array_id for _, array_id in contents}
-    for num in range(4):
-        # Hydra returns once the jobs' result files exist; SLURM's accounting records the ends moments later.
-        assert slurm_cluster.wait(f"{array_id}_{num}", timeout_s=60) == "COMPLETED"
-
-
 # --- the MLflow server ------------------------------------------------------------------------------------------
 
 
 @pytest.mark.network
 def test_the_mlflow_server_accepts_a_run_and_the_client_reads_it_back(shared_mlflow_server, tmp_path):
+    """Our server (tracking/server.py) with MLflow's client: params as strings, metric histories, and artifacts
+    stored through the server in its own folder. Jobs on other machines than the server's rely on the last."""
     assert shared_mlflow_server.uri.startswith("http://127.0.0.1:")
     client = MlflowClient(tracking_uri=shared_mlflow_server.uri)
     experiment_id = client.create_experiment("infra")
@@ -259,6 +239,8 @@ def test_the_mlflow_server_accepts_a_run_and_the_client_reads_it_back(shared_mlf
 
 @pytest.mark.network
 def test_the_mlflow_server_comes_back_on_the_same_port_with_its_runs_after_a_stop(mlflow_server):
+    """Our server (tracking/server.py) restarts on its URI with its runs: the runs and spools that log to it rely on
+    it."""
     client = MlflowClient(tracking_uri=mlflow_server.uri)
     run_id = client.create_run(client.create_experiment("restart")).info.run_id
     client.log_metric(run_id, "loss", 1.5, step=1)

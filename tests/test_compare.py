@@ -48,8 +48,14 @@ def store(tmp_path_factory):
         ("early", 30000, [(0, 9.0), (100, 2.5), (200, 3.0)]),  # final 3.0, best 2.5 at 100
         ("none", 0, [(0, 9.0), (100, 5.0), (200, 4.5)]),  # final 4.5
     ]:
-        add_run(client, experiment_id, name, sweep=sweep, overrides=f"{common} schedule.decay_after_steps={decay}",
-                history=history)  # fmt: skip
+        add_run(
+            client,
+            experiment_id,
+            name,
+            sweep=sweep,
+            overrides=f"{common} schedule.decay_after_steps={decay}",
+            history=history,
+        )
     add_run(client, experiment_id, "crashed", sweep=sweep, overrides=f"{common} schedule.decay_after_steps=60000")
     add_run(client, experiment_id, "other sweep", sweep="0123456789ab", overrides="seed=1", history=[(0, 1.0)])
     add_run(client, experiment_id, "evaluation", tags={"stereo_exp.task": "evaluate"}, history=[(0, 0.5)])
@@ -78,7 +84,10 @@ def test_the_table_of_a_sweep_folder_ranks_its_runs_by_the_final_key_metric_from
     with open(tmp_path / "out" / "val_kitti2015-train_mae.csv") as file:
         records = list(csv.DictReader(file))
     assert [(r["run"], float(r["final"]), float(r["best"]), int(r["best_step"])) for r in records] == [
-        ("early", 3.0, 2.5, 100), ("late", 3.5, 3.5, 200), ("none", 4.5, 4.5, 200)]  # fmt: skip
+        ("early", 3.0, 2.5, 100),
+        ("late", 3.5, 3.5, 200),
+        ("none", 4.5, 4.5, 200),
+    ]
     assert records[0]["overrides"] == "model=crestereo_base mix=cre_eth_mbl schedule.decay_after_steps=30000"
     png = (tmp_path / "out" / "val_kitti2015-train_mae.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 9 * 120  # 9 in at 120 dpi
@@ -96,8 +105,25 @@ def test_a_folder_of_sweeps_means_its_newest_sweep(store, tmp_path, monkeypatch,
 def test_max_mode_ranks_shares_where_higher_is_better(store, tmp_path):
     uri, sweep_dir = store
     output = tmp_path / "out"
-    assert compare_main(["--uri", uri, "--experiment", "schedules", "--sweep", sweep_id_of(sweep_dir),
-                         "--metric", MAE, "--mode", "max", "-o", str(output)]) == 0  # fmt: skip
+    assert (
+        compare_main(
+            [
+                "--uri",
+                uri,
+                "--experiment",
+                "schedules",
+                "--sweep",
+                sweep_id_of(sweep_dir),
+                "--metric",
+                MAE,
+                "--mode",
+                "max",
+                "-o",
+                str(output),
+            ]
+        )
+        == 0
+    )
     rows = (output / "val_kitti2015-train_mae.md").read_text().splitlines()[2:5]
     assert [row.split(" | ")[0] for row in rows] == ["| none", "| late", "| early"]  # final 4.5, 3.5, 3.0
     assert rows[0].split(" | ")[5] == "9.0000"  # the best of "none" is its highest value, at step 0

@@ -57,8 +57,16 @@ def test_the_mix_row_weights_datasets_by_their_share_of_steps():
 
 def test_the_eda_command_on_the_embedded_data_writes_its_report(tmp_path):
     out = tmp_path / "report"
-    command = [sys.executable, "-m", "stereo_exp.eda", "tracking=none", "eda.num_crops=6", "loader.num_workers=0",
-               f"paths.output={out}", f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "stereo_exp.eda",
+        "tracking=none",
+        "eda.num_crops=6",
+        "loader.num_workers=0",
+        f"paths.output={out}",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "synthetic" in result.stdout and "p50" in result.stdout  # the printed table

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -23,7 +24,7 @@ from stereo_exp.engine.checkpoint import save_checkpoint
 from stereo_exp.evaluate import evaluate
 from stereo_exp.evaluation.cascade import evaluate_grid, run_validation, shard_indices
 from stereo_exp.evaluation.config import EvalConfig
-from stereo_exp.evaluation.metrics import CORE_METRICS, per_image_metrics
+from stereo_exp.evaluation.metrics import CORE_METRICS
 from stereo_exp.evaluation.model_source import load_model
 from stereo_exp.evaluation.table import format_protocol, format_table, format_tables, results_to_json
 from stereo_exp.models import build_model
@@ -102,10 +103,17 @@ def compose_evaluate(tmp_path: Path, *overrides: str) -> DictConfig:
     """conf/evaluate.yaml shrunk for a CPU test: tiny model, tiny size, one grid cell, no MLflow."""
     register_configs()
     base = [
-        "model=raft_stereo_tiny", "tracking=none", f"paths.output={tmp_path / 'out'}",
-        f"checkpoints={tmp_path / 'outputs'}", "progress=false", "device=cpu", "num_threads=1",
-        "eval.size=[32,48]", "eval.n_cascades=[1]", "eval.n_iterations=[2]",
-    ]  # fmt: skip
+        "model=raft_stereo_tiny",
+        "tracking=none",
+        f"paths.output={tmp_path / 'out'}",
+        f"checkpoints={tmp_path / 'outputs'}",
+        "progress=false",
+        "device=cpu",
+        "num_threads=1",
+        "eval.size=[32,48]",
+        "eval.n_cascades=[1]",
+        "eval.n_iterations=[2]",
+    ]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="test"):
         return compose("evaluate", overrides=[*base, *overrides])
 
@@ -134,9 +142,15 @@ def test_batch_size_one_and_four_give_the_same_results(tmp_path):
     grids = {}
     for batch_size in (1, 4):
         grids[batch_size] = evaluate_grid(
-            loaded.model, dataset, n_cascades=[1, 2], n_iterations=[2], batch_size=batch_size, dist=DistEnv(),
-            device=torch.device("cpu"), progress=False,
-        )  # fmt: skip
+            loaded.model,
+            dataset,
+            n_cascades=[1, 2],
+            n_iterations=[2],
+            batch_size=batch_size,
+            dist=DistEnv(),
+            device=torch.device("cpu"),
+            progress=False,
+        )
     assert grids[1].num_images == grids[4].num_images == 5
     # The metric sums are batch-invariant bit for bit (test_metrics.py); the network's batched float32 kernels
     # are not, by ~1e-8 relative: far below the 3 decimals of the table, which must be identical.
@@ -149,21 +163,46 @@ def test_batch_size_one_and_four_give_the_same_results(tmp_path):
 def test_one_and_two_processes_under_torchrun_write_the_same_table(tmp_path):
     weights = write_checkpoint(tmp_path / "m.pth")
     overrides = [
-        "model=raft_stereo_tiny", "tracking=none", f"weights={weights}", "progress=false", "device=cpu",
-        "num_threads=1", "dataset=synthetic-val", "eval.size=[32,48]", "eval.n_cascades=[1]", "eval.n_iterations=[2]",
-        "eval.save_images=2", *SYNTHETIC,
-    ]  # fmt: skip
+        "model=raft_stereo_tiny",
+        "tracking=none",
+        f"weights={weights}",
+        "progress=false",
+        "device=cpu",
+        "num_threads=1",
+        "dataset=synthetic-val",
+        "eval.size=[32,48]",
+        "eval.n_cascades=[1]",
+        "eval.n_iterations=[2]",
+        "eval.save_images=2",
+        *SYNTHETIC,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name, launcher in (
         ("one", [sys.executable, "-m", "stereo_exp.evaluate"]),
-        ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                 "-m", "stereo_exp.evaluate"]),
-    ):  # fmt: skip
+        (
+            "two",
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                "2",
+                "-m",
+                "stereo_exp.evaluate",
+            ],
+        ),
+    ):
         out = tmp_path / name
         done = subprocess.run(
             [*launcher, *overrides, f"paths.output={out}", f"hydra.run.dir={out}/hydra"],
-            cwd=tmp_path, env=env, check=True, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            cwd=tmp_path,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         processes = 1 if name == "one" else 2
         assert f"Evaluating on {processes} process(es)" in done.stdout + done.stderr
     assert (tmp_path / "one" / "eval.log").read_text() == (tmp_path / "two" / "eval.log").read_text()
@@ -184,17 +223,46 @@ def test_samples_of_different_sizes_in_one_batch_are_an_error_that_says_what_to_
 
         def __getitem__(self, i: int) -> dict:
             h = 16 + 8 * i
-            return {"left": torch.zeros(3, h, 16), "right": torch.zeros(3, h, 16),
-                    "disparity": torch.ones(1, h, 16), "valid": torch.ones(1, h, 16, dtype=torch.bool)}  # fmt: skip
+            return {
+                "left": torch.zeros(3, h, 16),
+                "right": torch.zeros(3, h, 16),
+                "disparity": torch.ones(1, h, 16),
+                "valid": torch.ones(1, h, 16, dtype=torch.bool),
+            }
 
     torch.manual_seed(0)
     model = build_model(compose_evaluate(Path("/nonexistent")).model)
     with pytest.raises(ValueError, match=r"eval.batch_size=1 .*eval.size"):
-        evaluate_grid(model, TwoSizes(), n_cascades=[1], n_iterations=[1], batch_size=2, dist=DistEnv(),
-                      device=torch.device("cpu"), progress=False)  # fmt: skip
+        evaluate_grid(
+            model,
+            TwoSizes(),
+            n_cascades=[1],
+            n_iterations=[1],
+            batch_size=2,
+            dist=DistEnv(),
+            device=torch.device("cpu"),
+            progress=False,
+        )
 
 
 # ---- whole evaluations --------------------------------------------------------------------------------------------
+
+
+def metrics_by_definition(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+    """The core metrics and d1 of one (H, W) image, written out from their definitions (evaluation/metrics.py's
+    docstring, the published tables' conventions) in NumPy, over the valid pixels."""
+    d = np.abs(pred.double().numpy() - gt.double().numpy())[valid.numpy()]
+    g = gt.double().numpy()[valid.numpy()]
+    return {
+        "mae": d.mean(),
+        "rmse": np.sqrt((d**2).mean()),
+        "1px": (d < 1).mean(),
+        "3px": (d < 3).mean(),
+        "5px": (d < 5).mean(),
+        "relepe": (d / g).mean(),
+        "fl-all": 100 * ((d < 3) & (d < 0.05 * g)).mean(),
+        "d1": 100 * ((d > 3) & (d > 0.05 * g)).mean(),
+    }
 
 
 def test_evaluate_on_a_tiny_middlebury_folder_writes_the_table_json_pictures_and_mlflow_records(tmp_path, monkeypatch):
@@ -203,13 +271,21 @@ def test_evaluate_on_a_tiny_middlebury_folder_writes_the_table_json_pictures_and
     weights = write_checkpoint(tmp_path / "m.pth", step=3)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = compose_evaluate(
-        tmp_path, "eval=middlebury", f"paths.data={tmp_path / 'data'}", f"weights={weights}", "tracking=mlflow",
-        f"tracking.uri={uri}", "eval.n_iterations=[1,2]", "eval.save_images=1", "eval.extras=[d1]",
+        tmp_path,
+        "eval=middlebury",
+        f"paths.data={tmp_path / 'data'}",
+        f"weights={weights}",
+        "tracking=mlflow",
+        f"tracking.uri={uri}",
+        "eval.n_iterations=[1,2]",
+        "eval.save_images=1",
+        "eval.extras=[d1]",
         "eval.gt_resize=reference_2022",
-    )  # fmt: skip
+    )
     grids = evaluate(cfg)
 
-    # Known answer: the per-image metrics of each scene, computed here one image at a time, then averaged.
+    # Known answer: the metrics of each scene by their definitions (metrics_by_definition), one image at a time,
+    # then averaged over the images.
     loaded = load_model(str(weights), cfg.model, checkpoints="", tracking_uri="")
     dataset = build_eval_dataset(
         "middlebury2014-train", data_root=tmp_path / "data", size=(32, 48), gt_resize="reference_2022"
@@ -219,8 +295,7 @@ def test_evaluate_on_a_tiny_middlebury_folder_writes_the_table_json_pictures_and
         for index in range(len(dataset)):
             sample = dataset[index]
             pred = predict_disparity(loaded.model, sample["left"][None], sample["right"][None], num_iters=2)
-            values, _ = per_image_metrics(pred, sample["disparity"][None], sample["valid"][None], extras=["d1"])
-            per_image.append({name: float(v[0]) for name, v in values.items()})
+            per_image.append(metrics_by_definition(pred[0, 0], sample["disparity"][0], sample["valid"][0]))
     expected = {name: sum(m[name] for m in per_image) / len(per_image) for name in per_image[0]}
     assert grids["middlebury2014-train"][1][2] == pytest.approx(expected, rel=1e-9)
 
@@ -310,15 +385,23 @@ def test_training_validation_flattens_the_metrics_and_draws_the_first_samples(tm
     torch.manual_seed(0)
     model = build_model(cfg.model)
     result = run_validation(
-        model, eval_cfg, data_root="unused", dataset_options=cfg.datasets, num_iters=2, dist=DistEnv(),
-        device=torch.device("cpu"), amp_dtype=None,
-    )  # fmt: skip
+        model,
+        eval_cfg,
+        data_root="unused",
+        dataset_options=cfg.datasets,
+        num_iters=2,
+        dist=DistEnv(),
+        device=torch.device("cpu"),
+        amp_dtype=None,
+    )
     names = ("synthetic-val", "motorcycle")
     assert sorted(result.metrics) == sorted(f"val/{d}/{m}" for d in names for m in CORE_METRICS)
     assert result.counts == {
-        "val/synthetic-val/images": 3, "val/synthetic-val/skipped_images": 0,  # max_samples=3 of 5
-        "val/motorcycle/images": 1, "val/motorcycle/skipped_images": 0,
-    }  # fmt: skip
+        "val/synthetic-val/images": 3,
+        "val/synthetic-val/skipped_images": 0,  # max_samples=3 of 5
+        "val/motorcycle/images": 1,
+        "val/motorcycle/skipped_images": 0,
+    }
     assert result.metrics["val/motorcycle/mae"] == result.grids["motorcycle"][1][2]["mae"]
     assert sorted(result.figures) == ["motorcycle/0000_c1_i2", "synthetic-val/0000_c1_i2", "synthetic-val/0001_c1_i2"]
     assert model.training  # the model's mode is restored for the next training step

@@ -109,8 +109,9 @@ def stage_1_checkpoint(replica_root: Path, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_trains_two_steps_on_tiny_settings(experiment, replica_root, stage_1_checkpoint, tmp_path,
-                                                              monkeypatch):  # fmt: skip
+def test_every_experiment_trains_two_steps_on_tiny_settings(
+    experiment, replica_root, stage_1_checkpoint, tmp_path, monkeypatch
+):
     monkeypatch.setenv("STEREO_STAGE1_CHECKPOINT", str(stage_1_checkpoint))  # for the fine-tuning stage
     cfg = compose_experiment(experiment, *TINY, f"paths.data={replica_root}", f"paths.output={tmp_path}")
     result = train(cfg)

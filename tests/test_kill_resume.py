@@ -23,8 +23,16 @@ from stereo_exp.engine import checkpoint as ckpt
 from tests.conftest import TINY_RUN, subprocess_env
 
 STEPS = 24
-RUN = (*TINY_RUN, f"mix.dataset_steps=[{STEPS}]", "checkpoint.every=3", "checkpoint.keep_last=100",
-       "train.log_every=2", "train.val_every=8", "loader.num_workers=2", "tracking=mlflow")  # fmt: skip
+RUN = (
+    *TINY_RUN,
+    f"mix.dataset_steps=[{STEPS}]",
+    "checkpoint.every=3",
+    "checkpoint.keep_last=100",
+    "train.log_every=2",
+    "train.val_every=8",
+    "loader.num_workers=2",
+    "tracking=mlflow",
+)
 TIMINGS = ("train/samples_per_s", "train/data_wait_share", "val/seconds")  # differ between any two runs
 RANDOM_POINTS = 5  # besides the three awkward moments
 SEED = 11
@@ -47,9 +55,15 @@ def attempt(run_dir: Path, trigger: str, signum: int | None, wait_for: str | Non
     """Run the command; once ``wait_for`` (a glob under the run dir) matches, wait ``delay`` s, then send ``signum``
     to the process group (the run and its DataLoader workers, as a terminal or SLURM does)."""
     process = subprocess.Popen(
-        command(run_dir), cwd=run_dir.parent, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )  # fmt: skip
+        command(run_dir),
+        cwd=run_dir.parent,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     record = Attempt(trigger, None)
     if wait_for is not None:
         deadline = time.monotonic() + 240
@@ -125,9 +139,11 @@ def test_a_run_interrupted_at_many_moments_ends_with_the_weights_and_history_of_
         if result.signum == signal.SIGINT and "checkpoint written at step" in result.output:
             assert runs[0].info.status == "KILLED"  # Ctrl-C ends the MLflow run; the resume continues it
     kills = [a for a in attempts if a.signum is not None]
-    print(f"\nkill points tried: {len(kills)} ({', '.join(signal.Signals(a.signum).name for a in kills)}); "
-          f"checkpoints identical after {weights_ok}/{len(attempts)} attempts; "
-          f"MLflow histories consistent after {histories_ok}/{len(attempts)} attempts")  # fmt: skip
+    print(
+        f"\nkill points tried: {len(kills)} ({', '.join(signal.Signals(a.signum).name for a in kills)}); "
+        f"checkpoints identical after {weights_ok}/{len(attempts)} attempts; "
+        f"MLflow histories consistent after {histories_ok}/{len(attempts)} attempts"
+    )
     print(json.dumps([(a.trigger, a.signum and signal.Signals(a.signum).name, a.returncode) for a in attempts]))
 
     assert len(kills) >= len(plan) - 1  # at most one moment missed (e.g. a .tmp that came and went between polls)

@@ -31,13 +31,26 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def batches(data_root: Path, *, workers: int = 0, start: int = 0, stop: int = 10, batch_size: int = 4,
-            rank: int = 0, world_size: int = 1) -> list[dict]:  # fmt: skip
+def batches(
+    data_root: Path,
+    *,
+    workers: int = 0,
+    start: int = 0,
+    stop: int = 10,
+    batch_size: int = 4,
+    rank: int = 0,
+    world_size: int = 1,
+) -> list[dict]:
     loader = build_train_loader(
-        MIX, AUGMENT, LoaderConfig(num_workers=workers, persistent_workers=True, prefetch_factor=2),
-        data_root=data_root, dataset_options=OPTIONS, batch_size=batch_size, seed=5,
+        MIX,
+        AUGMENT,
+        LoaderConfig(num_workers=workers, persistent_workers=True, prefetch_factor=2),
+        data_root=data_root,
+        dataset_options=OPTIONS,
+        batch_size=batch_size,
+        seed=5,
         shard=Shard(rank=rank, world_size=world_size, start_step=start, stop_step=stop),
-    )  # fmt: skip
+    )
     return list(loader)
 
 
@@ -85,9 +98,14 @@ def test_a_missing_dataset_root_fails_before_any_sample_is_read(tmp_path):
     mix = MixConfig(datasets=["synthetic", "eth3d-train"], dataset_steps=[5, 5])
     with pytest.raises(DatasetRootError, match="eth3d-train"):
         build_train_loader(
-            mix, AUGMENT, LoaderConfig(num_workers=0), data_root=tmp_path, dataset_options=OPTIONS, batch_size=2,
+            mix,
+            AUGMENT,
+            LoaderConfig(num_workers=0),
+            data_root=tmp_path,
+            dataset_options=OPTIONS,
+            batch_size=2,
             seed=0,
-        )  # fmt: skip
+        )
 
 
 def test_a_run_longer_than_its_mix_is_refused(data_root):

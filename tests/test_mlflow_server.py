@@ -32,8 +32,12 @@ def history(client: MlflowClient, run_id: str, key: str = "train/loss") -> list[
 
 @pytest.mark.network
 def test_a_training_run_logs_params_metrics_and_its_checkpoint_to_the_server(shared_mlflow_server, tmp_path, capsys):
-    cfg = compose_train_config(tmp_path / "run", "tracking=mlflow", f"tracking.uri={shared_mlflow_server.uri}",
-                               "tracking.experiment=server-run")  # fmt: skip
+    cfg = compose_train_config(
+        tmp_path / "run",
+        "tracking=mlflow",
+        f"tracking.uri={shared_mlflow_server.uri}",
+        "tracking.experiment=server-run",
+    )
     result = train(cfg)
     # The summary points at the run's page on that server; no `mlflow ui` to start for a server.
     summary = capsys.readouterr().out
@@ -57,11 +61,22 @@ def test_a_run_keeps_training_while_the_server_is_down_warns_once_and_its_record
     mlflow_server: MlflowServer, tmp_path
 ):
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "stereo_exp", *TINY_RUN, f"hydra.run.dir={run_dir}", "mix.dataset_steps=[30]",
-               "checkpoint.every=5", "train.val_every=15", "tracking=mlflow", f"tracking.uri={mlflow_server.uri}",
-               "tracking.experiment=outage"]  # fmt: skip
-    process = subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "stereo_exp",
+        *TINY_RUN,
+        f"hydra.run.dir={run_dir}",
+        "mix.dataset_steps=[30]",
+        "checkpoint.every=5",
+        "train.val_every=15",
+        "tracking=mlflow",
+        f"tracking.uri={mlflow_server.uri}",
+        "tracking.experiment=outage",
+    ]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.monotonic() + 180
     while not (run_dir / "checkpoints" / "step_0000005.pth").exists():
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0][-4000:]
@@ -193,4 +208,7 @@ def test_a_hung_server_costs_probe_timeout_s_at_start_then_the_records_wait_in_t
     (warning,) = [r.getMessage() for r in caplog.records if UNREACHABLE in r.getMessage()]
     assert f"no answer to GET /health within {probe_timeout_s:g} s (tracking.probe_timeout_s)" in warning
     assert [record["op"] for _, record in Spool(tmp_path).pending(Spool(tmp_path).read_state())] == [
-        "create_run", "params", "metrics"]  # fmt: skip
+        "create_run",
+        "params",
+        "metrics",
+    ]

@@ -13,10 +13,11 @@ from PIL import Image
 from torchvision.datasets._stereo_matching import _read_pfm_file
 
 from stereo_exp.config import register_configs
+from stereo_exp.data.transforms import image_to_tensor, normalize
 from stereo_exp.engine.checkpoint import save_checkpoint
 from stereo_exp.models import build_model
 from stereo_exp.models.inference import predict_disparity
-from stereo_exp.predict import build_parser, main, read_image
+from stereo_exp.predict import build_parser, main
 from tests.conftest import CONF_DIR
 
 HEIGHT, WIDTH = 37, 53  # odd: neither divides the model's size multiple
@@ -30,8 +31,9 @@ def weights(tmp_path) -> Path:
         model_cfg = compose("evaluate", overrides=["model=raft_stereo_tiny", "tracking=none"]).model
     torch.manual_seed(0)
     config = {"model": OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True)}
-    return save_checkpoint(tmp_path / "m.pth", {"model": build_model(model_cfg).state_dict(), "step": 1,
-                                                 "config": config})  # fmt: skip
+    return save_checkpoint(
+        tmp_path / "m.pth", {"model": build_model(model_cfg).state_dict(), "step": 1, "config": config}
+    )
 
 
 def write_pair(folder: Path, *, size: tuple[int, int] = (HEIGHT, WIDTH), seed: int = 0) -> tuple[Path, Path]:
@@ -52,11 +54,13 @@ def test_an_odd_sized_pair_gives_a_pfm_of_the_same_size_and_a_png_with_a_colour_
 
     disparity = _read_pfm_file(out)  # torchvision's reader: the file is a real PFM
     assert disparity.shape == (1, HEIGHT, WIDTH)
-    # Known answer: the model run directly on the same pixels.
+    # Known answer: the model run directly on the pixels of the files, normalised as training and evaluation
+    # normalise them (data/transforms.py), not by predict's own reader.
     model = build_model(OmegaConf.create(torch.load(weights, weights_only=True)["config"]["model"]))
     model.load_state_dict(torch.load(weights, weights_only=True)["model"])
+    left_image, right_image = (normalize(image_to_tensor(np.asarray(Image.open(p))))[None] for p in (left, right))
     with torch.inference_mode():
-        expected = predict_disparity(model.eval(), read_image(left)[None], read_image(right)[None], num_iters=2)
+        expected = predict_disparity(model.eval(), left_image, right_image, num_iters=2)
     np.testing.assert_array_equal(disparity[0], expected[0, 0].numpy())
 
     png = Image.open(out.with_suffix(".png"))
@@ -81,8 +85,11 @@ def test_glob_patterns_pair_sorted_matches_and_name_outputs_by_their_folder(tmp_
     out = tmp_path / "pred"
     assert main([pattern.format(0), pattern.format(1), "-o", str(out), "--weights", str(weights), "--iters", "1"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "Adirondack_im0.pfm", "Adirondack_im0.png", "Jadeplant_im0.pfm", "Jadeplant_im0.png",
-    ]  # fmt: skip
+        "Adirondack_im0.pfm",
+        "Adirondack_im0.png",
+        "Jadeplant_im0.pfm",
+        "Jadeplant_im0.png",
+    ]
 
 
 def test_images_of_different_sizes_are_an_error_naming_both_files_and_sizes(tmp_path, weights, capsys):

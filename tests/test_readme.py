@@ -55,29 +55,45 @@ class Command:
 
 COMMANDS = [
     Command("python -m stereo_exp", SHORT),
-    Command("python -m stereo_exp mix=cre_eth_mbl schedule=early_cosine optim.clip_grad_norm=1.0 paths.data=/datasets",
-            stops_with=rf"^error: mix\.datasets: Dataset 'crestereo' is missing or incomplete under {DATA}"),
-    Command("python -m stereo_exp experiment=crestereo_eth_mbl paths.data=/datasets",
-            stops_with=rf"^error: mix\.datasets: Dataset 'crestereo' is missing or incomplete under {DATA}"),
+    Command(
+        "python -m stereo_exp mix=cre_eth_mbl schedule=early_cosine optim.clip_grad_norm=1.0 paths.data=/datasets",
+        stops_with=rf"^error: mix\.datasets: Dataset 'crestereo' is missing or incomplete under {DATA}",
+    ),
+    Command(
+        "python -m stereo_exp experiment=crestereo_eth_mbl paths.data=/datasets",
+        stops_with=rf"^error: mix\.datasets: Dataset 'crestereo' is missing or incomplete under {DATA}",
+    ),
     Command("python -m stereo_exp --cfg job mix=multiset"),
-    Command("python -m stereo_exp mix=cre_eth_mbl schedule=early_cosine paths.data=/datasets",
-            stops_with=rf"^error: mix\.datasets: Dataset 'crestereo' is missing or incomplete under {DATA}"),
-    Command("python -m stereo_exp experiment=crestereo_multiset_finetune init_from=STAGE1.pth paths.data=/datasets",
-            stops_with=r"^error: init_from=STAGE1\.pth: no such file"),
+    Command(
+        "python -m stereo_exp mix=cre_eth_mbl schedule=early_cosine paths.data=/datasets",
+        stops_with=rf"^error: mix\.datasets: Dataset 'crestereo' is missing or incomplete under {DATA}",
+    ),
+    Command(
+        "python -m stereo_exp experiment=crestereo_multiset_finetune init_from=STAGE1.pth paths.data=/datasets",
+        stops_with=r"^error: init_from=STAGE1\.pth: no such file",
+    ),
     Command("python -m stereo_exp hydra.run.dir=outputs/my_run", SHORT),
-    Command("torchrun --nproc_per_node 8 -m stereo_exp mix=cre_eth_mbl",
-            stops_with=rf"^error: mix\.datasets: Dataset 'crestereo' is missing or incomplete under {DATA}"),
+    Command(
+        "torchrun --nproc_per_node 8 -m stereo_exp mix=cre_eth_mbl",
+        stops_with=rf"^error: mix\.datasets: Dataset 'crestereo' is missing or incomplete under {DATA}",
+    ),
     Command(SWEEP, SHORT, needs="slurm"),
     Command("python -m stereo_exp.compare --sweep multirun", needs="slurm"),
     Command("mlflow ui --backend-store-uri sqlite:///mlflow.db", ("--port", "{port}"), server=True),
-    Command("python -m stereo_exp.evaluate weights=MEGVII_V1 model=crestereo_base dataset=middlebury2014-train",
-            stops_with=rf"^error: Dataset 'middlebury2014-train' is missing or incomplete under {DATA}"),
+    Command(
+        "python -m stereo_exp.evaluate weights=MEGVII_V1 model=crestereo_base dataset=middlebury2014-train",
+        stops_with=rf"^error: Dataset 'middlebury2014-train' is missing or incomplete under {DATA}",
+    ),
     Command("python -m stereo_exp.predict left.png right.png -o disparity.pfm"),
-    Command("python -m stereo_exp.eda mix=multiset augmentation=multiset",
-            stops_with=rf"^error: Dataset 'crestereo' is missing or incomplete under {DATA}"),
-    Command("python -m stereo_exp.compare --metric val/middlebury2014-train/mae",
-            stops_with=r"^error: none of the \d+ runs logged 'val/middlebury2014-train/mae'"),
-]  # fmt: skip
+    Command(
+        "python -m stereo_exp.eda mix=multiset augmentation=multiset",
+        stops_with=rf"^error: Dataset 'crestereo' is missing or incomplete under {DATA}",
+    ),
+    Command(
+        "python -m stereo_exp.compare --metric val/middlebury2014-train/mae",
+        stops_with=r"^error: none of the \d+ runs logged 'val/middlebury2014-train/mae'",
+    ),
+]
 
 
 def readme_commands() -> list[str]:
@@ -139,8 +155,10 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureR
             started = time.monotonic()
             if command.server:
                 log = open(folder / f"server-{port}.log", "w")  # noqa: SIM115 (closed with the server)
-                servers.append((subprocess.Popen(argv, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                                 start_new_session=True), log))  # fmt: skip
+                server = subprocess.Popen(
+                    argv, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+                servers.append((server, log))
                 ui_address = f"http://127.0.0.1:{port}"
                 outcomes[command.readme] = Outcome(None, _wait_healthy(ui_address, servers[-1][0]), "", 0.0)
                 continue
@@ -260,8 +278,12 @@ def test_the_readme_sweep_starts_four_jobs_at_once_and_all_four_runs_land_in_the
 
     # SLURM: four array tasks named after what they run, all started before the first one ended, all COMPLETED.
     array = slurm_cluster.multirun_job_ids(sweep)[0].split("_")[0]
-    listed = subprocess.run(["sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,JobName,State,Start,End"],
-                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    listed = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,JobName,State,Start,End"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     tasks = sorted(line.split("|") for line in listed.splitlines())
     assert [(job, name, state) for job, name, state, _, _ in tasks] == [
         (f"{array}_{num}", f"stereo_exp:crestereo_tiny #{num} {name}", "COMPLETED") for num, name in enumerate(NAMES)

@@ -27,19 +27,40 @@ pytest_plugins = ["tests.cluster_fixtures"]
 
 APP = REPO_ROOT / "tests" / "cluster_train_app.py"  # python -m stereo_exp + every rank saves its weights
 # Two tasks of one sample each (a global batch of 2), long enough for a signal to land mid-run.
-DDP_RUN = ("train.batch_size=1", "mix.dataset_steps=[40]", "checkpoint.every=5", "checkpoint.keep_last=10",
-           "train.val_every=20", "tracking=mlflow", "tracking.experiment=slurm")  # fmt: skip
+DDP_RUN = (
+    "train.batch_size=1",
+    "mix.dataset_steps=[40]",
+    "checkpoint.every=5",
+    "checkpoint.keep_last=10",
+    "train.val_every=20",
+    "tracking=mlflow",
+    "tracking.experiment=slurm",
+)
 FINAL = "checkpoints/step_0000040.pth"
 
 
 # What srun exports to task 5 of a job on nodes node03 and node04 with 4 tasks each (measured names, see
 # docs/CLUSTER.md "What a job sees").
 SLURM_TASK_5 = {
-    "SLURM_JOB_ID": "4512", "SLURM_JOB_NODELIST": "node[03-04]", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "8",
-    "SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS_PER_NODE": "4",
-}  # fmt: skip
-LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                      *SLURM_TASK_5, "SLURM_STEP_NODELIST", "SLURM_TASKS_PER_NODE")  # fmt: skip
+    "SLURM_JOB_ID": "4512",
+    "SLURM_JOB_NODELIST": "node[03-04]",
+    "SLURM_STEP_ID": "0",
+    "SLURM_NTASKS": "8",
+    "SLURM_PROCID": "5",
+    "SLURM_LOCALID": "1",
+    "SLURM_NTASKS_PER_NODE": "4",
+}
+LAUNCHER_VARIABLES = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    *SLURM_TASK_5,
+    "SLURM_STEP_NODELIST",
+    "SLURM_TASKS_PER_NODE",
+)
 
 
 @pytest.fixture
@@ -60,12 +81,23 @@ def test_a_task_of_a_two_node_job_takes_its_rank_from_slurm_and_meets_the_others
 
 
 def test_torchrun_inside_a_slurm_job_takes_precedence_over_the_slurm_variables(clean_env):
-    for name, value in {**SLURM_TASK_5, "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3",
-                        "MASTER_ADDR": "10.0.0.9", "MASTER_PORT": "29400"}.items():  # fmt: skip
+    for name, value in {
+        **SLURM_TASK_5,
+        "RANK": "3",
+        "WORLD_SIZE": "4",
+        "LOCAL_RANK": "3",
+        "MASTER_ADDR": "10.0.0.9",
+        "MASTER_PORT": "29400",
+    }.items():
         clean_env.setenv(name, value)
     dist = DistEnv.from_environment("cpu")
     assert (dist.source, dist.rank, dist.world_size, dist.master_addr, dist.master_port) == (
-        "torchrun", 3, 4, "10.0.0.9", 29400)  # fmt: skip
+        "torchrun",
+        3,
+        4,
+        "10.0.0.9",
+        29400,
+    )
 
 
 def test_the_batch_script_of_a_multi_task_job_is_a_single_process(clean_env):
@@ -78,11 +110,20 @@ def test_the_batch_script_of_a_multi_task_job_is_a_single_process(clean_env):
 
 def launch(cluster: SlurmCluster, sweep_dir: Path, *overrides: str) -> subprocess.Popen:
     """A one-point multirun of 2 tasks through hydra/launcher=slurm, logging to a SQLite file beside the sweep."""
-    command = [sys.executable, str(APP), "-m", *TINY_RUN, *DDP_RUN, f"tracking.uri=sqlite:///{sweep_dir}.db",
-               f"hydra.sweep.dir={sweep_dir}", *cluster.hydra_launcher_overrides(tasks_per_node=2),
-               *overrides]  # fmt: skip
-    return subprocess.Popen(command, cwd=sweep_dir.parent, env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    command = [
+        sys.executable,
+        str(APP),
+        "-m",
+        *TINY_RUN,
+        *DDP_RUN,
+        f"tracking.uri=sqlite:///{sweep_dir}.db",
+        f"hydra.sweep.dir={sweep_dir}",
+        *cluster.hydra_launcher_overrides(tasks_per_node=2),
+        *overrides,
+    ]
+    return subprocess.Popen(
+        command, cwd=sweep_dir.parent, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def finish(process: subprocess.Popen, timeout_s: float = 300) -> str:
@@ -160,8 +201,10 @@ def test_a_job_requeued_by_the_time_limit_signal_resumes_and_ends_with_the_unint
 
     run, reference = sweep_dir / "0", uninterrupted / "0"
     for rank in (0, 1):
-        assert_same_weights(torch.load(run / f"rank{rank}_weights.pt", weights_only=True),
-                            torch.load(reference / f"rank{rank}_weights.pt", weights_only=True))  # fmt: skip
+        assert_same_weights(
+            torch.load(run / f"rank{rank}_weights.pt", weights_only=True),
+            torch.load(reference / f"rank{rank}_weights.pt", weights_only=True),
+        )
     # One MLflow run across both attempts, every step once, with the uninterrupted run's values.
     runs, history = mlflow_history(sweep_dir)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"

@@ -15,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from stereo_exp.compare import main as compare_main
 from stereo_exp.tracking import MlflowTracker, TrackingConfig
 from stereo_exp.tracking.sweep import (
     SweepInfo,
@@ -38,28 +39,55 @@ def multirun_config(task: list[str], sweeper_params: dict[str, str] | None = Non
 
 
 def test_the_plan_of_a_sweep_is_its_keys_of_several_values_from_the_command_line_and_the_sweeper_params():
-    plan = SweepPlan.from_config(multirun_config(
-        ["schedule.decay_after_steps=0,30000", "optim.clip_grad_norm=null,1.0", "seed=range(0,3)", "paths.data=/d",
-         "tracking.uri=http\\://127.0.0.1:5000"],
-        {"optim.clip_grad_norm": "null,1.0,2.0", "schedule.lr": "1e-4,4e-4"},
-    ))  # fmt: skip
+    plan = SweepPlan.from_config(
+        multirun_config(
+            [
+                "schedule.decay_after_steps=0,30000",
+                "optim.clip_grad_norm=null,1.0",
+                "seed=range(0,3)",
+                "paths.data=/d",
+                "tracking.uri=http\\://127.0.0.1:5000",
+            ],
+            {"optim.clip_grad_norm": "null,1.0,2.0", "schedule.lr": "1e-4,4e-4"},
+        )
+    )
     # The command line replaces a swept key of the sweeper's params (clip: 2 values, not 3), as Hydra's sweeper does;
     # values are spelled as Hydra passes them to the jobs (1e-4 -> 0.0001).
-    assert plan.values == {"optim.clip_grad_norm": ["null", "1.0"], "schedule.lr": ["0.0001", "0.0004"],
-                           "schedule.decay_after_steps": ["0", "30000"], "seed": ["0", "1", "2"]}  # fmt: skip
+    assert plan.values == {
+        "optim.clip_grad_norm": ["null", "1.0"],
+        "schedule.lr": ["0.0001", "0.0004"],
+        "schedule.decay_after_steps": ["0", "30000"],
+        "seed": ["0", "1", "2"],
+    }
     assert plan.num_jobs == 2 * 2 * 2 * 3
-    assert plan.short_keys() == {"optim.clip_grad_norm": "clip_grad_norm", "schedule.lr": "lr",
-                                 "schedule.decay_after_steps": "decay_after_steps", "seed": "seed"}  # fmt: skip
+    assert plan.short_keys() == {
+        "optim.clip_grad_norm": "clip_grad_norm",
+        "schedule.lr": "lr",
+        "schedule.decay_after_steps": "decay_after_steps",
+        "seed": "seed",
+    }
     # A glob over config groups cannot be counted without Hydra's config loader: a sweep of unknown size.
     assert SweepPlan.from_config(multirun_config(["experiment=glob(*)"])) == SweepPlan({"experiment": ["glob(*)"]})
     assert SweepPlan.from_config(multirun_config(["seed=1"])) == SweepPlan({}, num_jobs=1)
 
 
 def test_a_job_is_named_by_its_swept_values_and_keeps_its_overrides_unescaped():
-    plan = SweepPlan({"schedule.decay_after_steps": ["0", "30000"], "model": ["crestereo_tiny", "raft_stereo_tiny"],
-                      "data.scale": ["1", "2"], "augmentation.scale": ["1", "2"]}, num_jobs=16)  # fmt: skip
-    overrides = ["tracking.uri=http\\://127.0.0.1\\:5000", "schedule.decay_after_steps=30000", "model=raft_stereo_tiny",
-                 "augmentation.scale=2", "+data.scale=1"]  # fmt: skip
+    plan = SweepPlan(
+        {
+            "schedule.decay_after_steps": ["0", "30000"],
+            "model": ["crestereo_tiny", "raft_stereo_tiny"],
+            "data.scale": ["1", "2"],
+            "augmentation.scale": ["1", "2"],
+        },
+        num_jobs=16,
+    )
+    overrides = [
+        "tracking.uri=http\\://127.0.0.1\\:5000",
+        "schedule.decay_after_steps=30000",
+        "model=raft_stereo_tiny",
+        "augmentation.scale=2",
+        "+data.scale=1",
+    ]
     job = SweepInfo("id", "/sweep", 3, "7_3", tuple(plain_override(o) for o in overrides), plan)
     assert job.overrides[0] == "tracking.uri=http://127.0.0.1:5000"
     # In the plan's order; a last part shared by two keys keeps the whole key.
@@ -95,8 +123,10 @@ def test_jobs_that_start_together_on_a_new_sqlite_store_make_one_store_one_paren
     uri, sweep_dir = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "multirun"
     logs = [open(tmp_path / f"job{num}.log", "w+") for num in range(4)]  # noqa: SIM115 (closed below)
     command = [sys.executable, "-c", JOB, uri, str(sweep_dir)]
-    jobs = [subprocess.Popen([*command, str(num)], env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
-            for num, log in enumerate(logs)]  # fmt: skip
+    jobs = [
+        subprocess.Popen([*command, str(num)], env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
+        for num, log in enumerate(logs)
+    ]
     for job in jobs:
         job.wait(timeout=300)
     outputs = [(log.seek(0), log.read(), log.close())[1] for log in logs]
@@ -115,19 +145,22 @@ def test_jobs_that_start_together_on_a_new_sqlite_store_make_one_store_one_paren
     assert (record.parent_run_id, record.tracking_uri, record.experiment) == (parent.info.run_id, uri, "race")
 
 
-def test_a_one_job_multirun_has_no_parent_run_but_its_sweep_record(tmp_path):
+def test_a_one_job_multirun_has_no_parent_run_and_compare_finds_its_run_from_the_sweep_folder(tmp_path, capsys):
     uri, sweep_dir = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "multirun"
     sweep = SweepInfo(sweep_id_of(sweep_dir), str(sweep_dir), 0, "", ("seed=1",), SweepPlan({}, num_jobs=1))
     tracker = MlflowTracker(TrackingConfig(uri=uri), spool_dir=tmp_path / "run")
     run_id = tracker.start(params={"seed": 1}, sweep=sweep)
+    tracker.log_metrics({"val/motorcycle/mae": 2.5}, step=3)
     tracker.end()
     client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("stereo_exp").experiment_id])
-    assert run.info.run_id == run_id
+    (run,) = client.search_runs([client.get_experiment_by_name("stereo_exp").experiment_id])  # no parent run
     assert "mlflow.parentRunId" not in run.data.tags
-    assert run.data.tags["stereo_exp.sweep_id"] == sweep.sweep_id
-    (record,) = [read_record(path) for path in record_files(sweep_dir)]
-    assert record.parent_run_id is None  # compare --sweep still finds the store, the experiment and the id
+    # The user's way back to the run: compare finds the store, the experiment and the sweep from the folder alone.
+    output = tmp_path / "compare"
+    assert compare_main(["--sweep", str(sweep_dir), "--metric", "val/motorcycle/mae", "-o", str(output)]) == 0
+    assert f"val/motorcycle/mae of 1 runs ({uri}, experiment stereo_exp, sweep " in capsys.readouterr().out
+    (row,) = (output / "val_motorcycle_mae.csv").read_text().splitlines()[1:]
+    assert run_id in row and ",2.5," in row
 
 
 @pytest.mark.slow
@@ -138,8 +171,18 @@ def test_a_local_sweep_of_four_jobs_with_the_default_store_records_every_run_and
     # rate that makes the weights infinite after one step: that job fails, the others finish. A loader worker per
     # job: a failed job whose workers were still alive never ended.
     overrides = [o for o in TINY_RUN if not o.startswith("tracking=")]
-    command = [sys.executable, "-m", "stereo_exp", "-m", "hydra/launcher=local", *overrides, "loader.num_workers=1",
-               "schedule.warmup_steps=0", "train.max_nonfinite_steps=1", "schedule.lr=1e-4,2e-4,4e-4,1e30"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "stereo_exp",
+        "-m",
+        "hydra/launcher=local",
+        *overrides,
+        "loader.num_workers=1",
+        "schedule.warmup_steps=0",
+        "train.max_nonfinite_steps=1",
+        "schedule.lr=1e-4,2e-4,4e-4,1e30",
+    ]
     done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -162,7 +205,8 @@ def test_a_local_sweep_of_four_jobs_with_the_default_store_records_every_run_and
 def test_the_jobs_of_a_local_sweep_let_their_openmp_threads_sleep_while_waiting(tmp_path):
     # They share this machine's cores; spinning threads made two 2-thread trainings on 2 cores 10x slower.
     (tmp_path / "app.yaml").write_text(f"a: 0\nhydra:\n  searchpath:\n    - file://{CONF_DIR}\n")
-    (tmp_path / "app.py").write_text(textwrap.dedent("""
+    (tmp_path / "app.py").write_text(
+        textwrap.dedent("""
         import os
         from pathlib import Path
 
@@ -174,11 +218,13 @@ def test_the_jobs_of_a_local_sweep_let_their_openmp_threads_sleep_while_waiting(
 
         if __name__ == "__main__":
             main()
-        """))  # fmt: skip
+        """)
+    )
     env = {key: value for key, value in subprocess_env().items() if key != "OMP_WAIT_POLICY"}
     command = [sys.executable, str(tmp_path / "app.py"), "-m", "hydra/launcher=local", "a=1,2"]
-    done = subprocess.run(command, cwd=tmp_path, env={**env, "ROOT": str(tmp_path)}, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    done = subprocess.run(
+        command, cwd=tmp_path, env={**env, "ROOT": str(tmp_path)}, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert [(tmp_path / f"policy_{a}.txt").read_text() for a in (1, 2)] == ["PASSIVE", "PASSIVE"]
 
@@ -196,7 +242,8 @@ def test_a_slurm_job_whose_task_fails_is_failed_in_sacct_and_listed_by_the_submi
     # Hydra keeps a failed task's exception in its JobReturn; without the launcher raising it again the job exits 0
     # and sacct says COMPLETED. A tiny Hydra app on the repository's launcher config: one point fails, one does not.
     (tmp_path / "app.yaml").write_text(f"a: 0\nhydra:\n  searchpath:\n    - file://{CONF_DIR}\n")
-    (tmp_path / "app.py").write_text(textwrap.dedent("""
+    (tmp_path / "app.py").write_text(
+        textwrap.dedent("""
         import hydra
 
         @hydra.main(version_base="1.3", config_path=".", config_name="app")
@@ -206,9 +253,17 @@ def test_a_slurm_job_whose_task_fails_is_failed_in_sacct_and_listed_by_the_submi
 
         if __name__ == "__main__":
             main()
-        """))  # fmt: skip
-    command = [sys.executable, str(tmp_path / "app.py"), "-m", "hydra/launcher=slurm", "hydra.launcher.timeout_min=10",
-               f"hydra.launcher.partition={slurm_cluster.partition}", "a=1,2"]  # fmt: skip
+        """)
+    )
+    command = [
+        sys.executable,
+        str(tmp_path / "app.py"),
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.timeout_min=10",
+        f"hydra.launcher.partition={slurm_cluster.partition}",
+        "a=1,2",
+    ]
     done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stdout + done.stderr
     (sweep,) = (tmp_path / "multirun").glob("*/*")

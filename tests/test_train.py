@@ -303,8 +303,15 @@ def test_steps_between_log_validation_and_checkpoint_steps_read_nothing_from_the
         return stats
 
     monkeypatch.setattr(trainer, "train_step", counted_step)
-    cfg = compose_train_config(tmp_path, "mix.dataset_steps=[8]", "optim=sgd", "optim.implementation=fused",
-                               "train.log_every=4", "train.val_every=4", "checkpoint.every=4")  # fmt: skip
+    cfg = compose_train_config(
+        tmp_path,
+        "mix.dataset_steps=[8]",
+        "optim=sgd",
+        "optim.implementation=fused",
+        "train.log_every=4",
+        "train.val_every=4",
+        "checkpoint.every=4",
+    )
     train(cfg)
     assert steps_done[0] == 8
     assert {step for step, _ in reads} <= {0, 4, 8}, sorted(set(reads))
@@ -422,12 +429,25 @@ def mlflow_history(uri: str, key: str) -> list[tuple[int, float]]:
 
 @pytest.mark.slow
 def test_two_process_ddp_stopped_by_sigterm_resumes_to_the_weights_and_history_of_an_uninterrupted_run(tmp_path):
-    run = ("train.batch_size=1", "mix.dataset_steps=[12]", "checkpoint.every=3", "checkpoint.keep_last=10",
-           "train.log_every=4", "train.val_every=6", "tracking=mlflow")  # fmt: skip
+    run = (
+        "train.batch_size=1",
+        "mix.dataset_steps=[12]",
+        "checkpoint.every=3",
+        "checkpoint.keep_last=10",
+        "train.log_every=4",
+        "train.val_every=6",
+        "tracking=mlflow",
+    )
     worker = str(REPO_ROOT / "tests" / "ddp_worker.py")
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    done = subprocess.run(torchrun(worker, str(straight), *run, f"tracking.uri=sqlite:///{tmp_path}/straight.db"),
-                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        torchrun(worker, str(straight), *run, f"tracking.uri=sqlite:///{tmp_path}/straight.db"),
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = (torch.load(straight / f"rank{r}_weights.pt", weights_only=True) for r in (0, 1))
     assert_same_weights(rank0, rank1)
@@ -436,15 +456,23 @@ def test_two_process_ddp_stopped_by_sigterm_resumes_to_the_weights_and_history_o
     # SIGTERM to every process (torchrun and both ranks, as SLURM signals a job) between two log steps: each rank's
     # share of the log window travels in the checkpoint, so the resumed run logs the uninterrupted run's values.
     stop_command = torchrun(worker, str(stopped), *run, f"tracking.uri=sqlite:///{tmp_path}/stopped.db")
-    process = subprocess.Popen(stop_command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    process = subprocess.Popen(
+        stop_command,
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     wait_for(stopped / "checkpoints" / "step_0000006.pth", process)
     os.killpg(process.pid, signal.SIGTERM)
     output = process.communicate(timeout=120)[0]
     assert "checkpoint written at step" in output, output[-3000:]
     assert 6 <= ckpt.load_checkpoint(ckpt.latest_checkpoint(stopped))["step"] < 12
-    resumed = subprocess.run(stop_command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
-                             timeout=300)  # fmt: skip
+    resumed = subprocess.run(
+        stop_command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_weights(rank0, weights_of(stopped / "checkpoints" / "step_0000012.pth"))
     for key in ("train/loss", "train/grad_norm", "val/synthetic-val/mae"):
@@ -474,8 +502,11 @@ def test_a_full_disk_fails_naming_the_checkpoint_and_the_space_keeps_the_previou
     done = run_cli(tmp_path, disk / "run", "loader.num_workers=2", "checkpoint.keep_last=2")  # default workers
     assert done.returncode == 1, done.stderr[-3000:]
     last_line = done.stderr.strip().splitlines()[-1]
-    assert re.search(r"Could not write checkpoint \S+step_0000004\.pth \(No space left on device: [\d,]+ bytes "
-                     r"needed, [\d,]+ free", last_line), done.stderr[-3000:]  # fmt: skip
+    assert re.search(
+        r"Could not write checkpoint \S+step_0000004\.pth \(No space left on device: [\d,]+ bytes "
+        r"needed, [\d,]+ free",
+        last_line,
+    ), done.stderr[-3000:]
     assert "The newest checkpoint is still" in last_line and "step_0000002.pth" in last_line
     assert [p.name for p in (disk / "run" / "checkpoints").iterdir()] == ["step_0000002.pth"]  # no .tmp left
     assert ckpt.load_checkpoint(disk / "run" / "checkpoints" / "step_0000002.pth")["step"] == 2

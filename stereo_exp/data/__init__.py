@@ -6,16 +6,25 @@ config.py (schemas of the ``mix`` and ``augmentation`` groups and the EDA app), 
 (``datasets.*`` per-dataset options), disparity_stats.py (the EDA's statistics, table and figure).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from hydra.core.config_store import ConfigStore
 
-from stereo_exp.data.config import AugmentationConfig, EdaAppConfig, MixConfig
-from stereo_exp.data.loader import build_eval_dataset, build_train_loader
+from stereo_exp import lazy_exports
+from stereo_exp.data.config import AugmentationConfig, MixConfig
+
+if TYPE_CHECKING:
+    from stereo_exp.data.loader import build_eval_dataset, build_train_loader
 
 __all__ = ["AugmentationConfig", "MixConfig", "build_eval_dataset", "build_train_loader", "register_configs"]
 
+# The loaders import torchvision: loaded on first use, not when the config is composed.
+__getattr__ = lazy_exports(__name__, {"build_eval_dataset": "loader", "build_train_loader": "loader"})
+
 
 def register_configs(cs: ConfigStore) -> None:
-    """Store the ``mix`` and ``augmentation`` group schemas and the EDA's primary schema (conf/eda.yaml)."""
+    """Store the ``mix`` and ``augmentation`` group schemas (the EDA's primary schema: stereo_exp.config)."""
     cs.store(group="mix", name="mix_schema", node=MixConfig)
     cs.store(group="augmentation", name="augmentation_schema", node=AugmentationConfig)
-    cs.store(name="eda_schema", node=EdaAppConfig)

@@ -10,7 +10,7 @@ code differs from what its arguments say, the comment gives the value it effecti
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Any
 
 from omegaconf import MISSING
@@ -191,3 +191,11 @@ class EdaAppConfig:
     loader: LoaderConfig = field(default_factory=LoaderConfig)  # worker processes reading the crops
     datasets: DatasetOptions = field(default_factory=DatasetOptions)  # per-dataset options, as training's datasets.*
     seed: int = 0  # the run seed whose crops are drawn (same seed as a training run: the same first crops)
+
+
+class GtResize(str, Enum):
+    """How evaluation resizes the ground-truth disparity to ``eval.size`` (images are resized the same way in all)."""
+
+    valid = "valid"  # bilinear among valid pixels only: no value blended with an unknown pixel's
+    reference_2022 = "reference_2022"  # bilinear, unknown pixels as 0, no antialias: the published tables' protocol
+    reference_today = "reference_today"  # the same with antialias: torchvision's reference run with torchvision >= 0.17

@@ -31,104 +31,18 @@ embedded augmentation's scaling by up to 1.5 (conf/augmentation/embedded.yaml) c
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import skimage.data
 from torch.utils.data import Dataset
+
+from stereo_exp.data.options import SyntheticConfig, check_synthetic_config
 
 SPLITS = {"train": 0, "val": 1}  # split name -> random stream id (disjoint seed sequences)
 DATASET_NAMES = {"train": "synthetic", "val": "synthetic-val"}  # catalog names reported in raw samples
 SHAPE_EXPONENTS = (1.0, 2.0, 4.0)  # superellipse outlines: diamond, ellipse, rounded rectangle (cheap integer powers)
-# Photos bundled with scikit-image (no download). Not the motorcycle pair: it is the embedded default's validation.
-PHOTOS = (
-    "astronaut",
-    "brick",
-    "camera",
-    "cell",
-    "chelsea",
-    "clock",
-    "coffee",
-    "coins",
-    "grass",
-    "gravel",
-    "immunohistochemistry",
-    "moon",
-    "page",
-    "rocket",
-    "text",
-)
 _DOMAIN_MARGIN = 2.0  # px of texture beyond every point a view can sample, so bilinear lookups never clamp
-
-
-@dataclass
-class SyntheticConfig:
-    height: int = 160  # image height in px
-    width: int = 208  # image width in px
-    train_samples: int = 4000  # length of the "train" split (catalog name synthetic)
-    val_samples: int = 32  # length of the "val" split (catalog name synthetic-val)
-    seed: int = 0  # scene seed, independent of the run seed so that every run sees the same data set
-    num_layers: list[int] = field(default_factory=lambda: [2, 6])  # min, max layers in front of the background
-    disparity_range: list[float] = field(default_factory=lambda: [2.0, 40.0])  # min, max disparity of any surface, px
-    background_share: float = 0.5  # the background's disparity lies in the lowest this share of disparity_range
-    max_slant: float = 0.1  # max |b|, |c| of a plane d = a + b x + c y (px of disparity per px); < 1
-    layer_size: list[float] = field(default_factory=lambda: [0.1, 0.35])  # min, max layer radius, share of the width
-    layer_aspect: list[float] = field(default_factory=lambda: [0.5, 2.0])  # min, max width/height ratio of a layer
-    noise_spacings: list[float] = field(default_factory=lambda: [32.0, 16.0, 8.0, 4.0, 2.0])  # octave grid steps, px
-    noise_persistence: float = 0.7  # amplitude ratio of each finer octave to the next coarser one
-    noise_amplitude: float = 0.3  # peak colour amplitude of the summed noise (images in [0, 1])
-    patch_spacing: float = 12.0  # grid step of the field whose threshold cuts the two-colour patches, px
-    patch_share: float = 0.5  # about this share of each surface takes its second colour (sharp edges inside layers)
-    colour_range: list[float] = field(default_factory=lambda: [0.15, 0.85])  # min, max of each base colour channel
-    photo_share: float = 0.5  # chance that a surface carries a photo instead of the procedural texture
-    photos: list[str] = field(default_factory=lambda: list(PHOTOS))  # skimage.data images that photo textures use
-    photo_zoom: list[float] = field(default_factory=lambda: [0.5, 2.0])  # min, max scene px per photo px (log-uniform)
-    photo_tint: float = 0.3  # each colour channel of a photo is scaled by a factor in [1 - tint, 1 + tint]
-    occluded_valid: bool = True  # keep occluded / out-of-frame pixels valid (dense truth); false marks them invalid
-
-    def __post_init__(self) -> None:
-        check_synthetic_config(self)
-
-
-def check_synthetic_config(cfg: SyntheticConfig) -> None:
-    """Raise ``ValueError`` naming the key when a value of ``cfg`` cannot generate scenes."""
-    problems = []
-    if cfg.height < 8 or cfg.width < 8:
-        problems.append(f"height, width must be >= 8 px, got {cfg.height}, {cfg.width}")
-    if len(cfg.num_layers) != 2 or not 0 <= cfg.num_layers[0] <= cfg.num_layers[1]:
-        problems.append(f"num_layers must be [min, max] with 0 <= min <= max, got {list(cfg.num_layers)}")
-    if len(cfg.disparity_range) != 2 or not 0 < cfg.disparity_range[0] < cfg.disparity_range[1]:
-        problems.append(f"disparity_range must be [min, max] with 0 < min < max, got {list(cfg.disparity_range)}")
-    if not 0 <= cfg.background_share <= 1:
-        problems.append(f"background_share must be in [0, 1], got {cfg.background_share}")
-    if not 0 <= cfg.max_slant < 1:
-        problems.append(f"max_slant must be in [0, 1) (a view would fold over), got {cfg.max_slant}")
-    if len(cfg.layer_size) != 2 or not 0 < cfg.layer_size[0] <= cfg.layer_size[1]:
-        problems.append(f"layer_size must be [min, max] with 0 < min <= max, got {list(cfg.layer_size)}")
-    if len(cfg.layer_aspect) != 2 or not 0 < cfg.layer_aspect[0] <= cfg.layer_aspect[1]:
-        problems.append(f"layer_aspect must be [min, max] with 0 < min <= max, got {list(cfg.layer_aspect)}")
-    if not cfg.noise_spacings or min(cfg.noise_spacings) <= 0 or cfg.patch_spacing <= 0:
-        problems.append(
-            f"noise_spacings and patch_spacing must be > 0, got {list(cfg.noise_spacings)}, {cfg.patch_spacing}"
-        )
-    if not 0 <= cfg.patch_share <= 1:
-        problems.append(f"patch_share must be in [0, 1], got {cfg.patch_share}")
-    if len(cfg.colour_range) != 2 or not 0 <= cfg.colour_range[0] <= cfg.colour_range[1] <= 1:
-        problems.append(f"colour_range must be [min, max] within [0, 1], got {list(cfg.colour_range)}")
-    if not 0 <= cfg.photo_share <= 1:
-        problems.append(f"photo_share must be in [0, 1], got {cfg.photo_share}")
-    unknown = [name for name in cfg.photos if name not in PHOTOS]
-    if unknown or (cfg.photo_share > 0 and not cfg.photos):
-        problems.append(f"photos must be a non-empty subset of {list(PHOTOS)}, got {list(cfg.photos)}")
-    if len(cfg.photo_zoom) != 2 or not 0 < cfg.photo_zoom[0] <= cfg.photo_zoom[1]:
-        problems.append(f"photo_zoom must be [min, max] with 0 < min <= max, got {list(cfg.photo_zoom)}")
-    if not 0 <= cfg.photo_tint < 1:
-        problems.append(f"photo_tint must be in [0, 1), got {cfg.photo_tint}")
-    if cfg.train_samples < 0 or cfg.val_samples < 0:
-        problems.append(f"train_samples, val_samples must be >= 0, got {cfg.train_samples}, {cfg.val_samples}")
-    if problems:
-        raise ValueError("invalid synthetic config (datasets.synthetic): " + "; ".join(problems))
 
 
 @dataclass
@@ -143,6 +57,8 @@ class _Photo:
 @functools.cache
 def load_photo(name: str) -> np.ndarray:
     """``skimage.data.<name>()`` as float32 (3, H, W) RGB in [0, 1] (grey photos repeated), read once per process."""
+    import skimage.data  # here, not at the top: composing a config (every --help) need not load scikit-image
+
     image = np.asarray(getattr(skimage.data, name)())
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)

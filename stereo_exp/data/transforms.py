@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -43,7 +42,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch import Tensor
 
-from stereo_exp.data.config import AugmentationConfig, check_augmentation_config
+from stereo_exp.data.config import AugmentationConfig, GtResize, check_augmentation_config
 from stereo_exp.random_streams import Stream, torch_seed
 
 # Contract: images reach the models normalised to [-1, 1] = (x - 0.5) / 0.5 for x in [0, 1].
@@ -425,14 +424,6 @@ class TrainTransform:
 # ----------------------------------------------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------------------------------------------
-
-
-class GtResize(str, Enum):
-    """How evaluation resizes the ground-truth disparity to ``eval.size`` (images are resized the same way in all)."""
-
-    valid = "valid"  # bilinear among valid pixels only: no value blended with an unknown pixel's
-    reference_2022 = "reference_2022"  # bilinear, unknown pixels as 0, no antialias: the published tables' protocol
-    reference_today = "reference_today"  # the same with antialias: torchvision's reference run with torchvision >= 0.17
 
 
 GT_RESIZE_DESCRIPTIONS = {

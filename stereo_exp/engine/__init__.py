@@ -2,9 +2,7 @@
 
 from hydra.core.config_store import ConfigStore
 
-from stereo_exp.engine.loss import LossConfig
-from stereo_exp.engine.optim import OptimConfig
-from stereo_exp.engine.schedule import ScheduleConfig
+from stereo_exp.engine.config import LossConfig, OptimConfig, ScheduleConfig
 
 
 def register_configs(cs: ConfigStore) -> None:

@@ -15,33 +15,13 @@ have one channel either way, as in the reference. docs/REFERENCE.md lists every 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from stereo_exp.engine.config import LossConfig, LossNormalization
 from stereo_exp.models.registry import unwrap_ddp
-
-
-class LossNormalization(str, Enum):
-    valid = "valid"  # mean over valid pixels
-    all = "all"  # mean over all pixels (and channels) with the valid mask multiplied in: torchvision's reference
-
-
-@dataclass
-class LossConfig:
-    gamma: float = 0.8  # weight of prediction i of N is gamma**(N-1-i): later refinements count more
-    max_disparity: float | None = None  # ground truth at or above this many pixels is left out; null = keep all
-    normalization: LossNormalization = LossNormalization.valid  # valid: mean over valid px | all: all px (reference)
-    vertical: bool = False  # also supervise a 2-D flow model's vertical channel towards 0 (CREStereo; reference: on)
-
-    def __post_init__(self) -> None:
-        if not 0 < self.gamma <= 1:
-            raise ValueError(f"loss.gamma must lie in (0, 1]; got {self.gamma}.")
-        if self.max_disparity is not None and self.max_disparity <= 0:
-            raise ValueError(f"loss.max_disparity must be > 0 or null; got {self.max_disparity}.")
 
 
 def forward_options(model: nn.Module, cfg: LossConfig | Any) -> dict[str, bool]:

@@ -1,46 +1,12 @@
-"""Optimizer from config, and the global-norm gradient clipping setting."""
+"""Optimizer from config (``OptimConfig`` in engine/config.py, also the global-norm gradient clipping setting)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
-from enum import Enum
 
 import torch
 from torch import nn
 from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
-
-class OptimizerName(str, Enum):
-    adamw = "adamw"
-    adam = "adam"
-    sgd = "sgd"
-
-
-class Implementation(str, Enum):
-    """How torch runs the update of every parameter (same formula; float rounding may differ in the last bit)."""
-
-    auto = "auto"  # fused where torch has a fused kernel for the parameters' device (cuda, cpu, ...), else for_loop
-    fused = "fused"  # one kernel for all parameters: on a GPU one launch instead of several per parameter
-    foreach = "foreach"  # one multi-tensor op per formula step (GPU); on a CPU the same as for_loop
-    for_loop = "for_loop"  # a few ops per parameter (torch's default on CPU)
-
-
-@dataclass
-class OptimConfig:
-    name: OptimizerName = OptimizerName.adam  # adam (the published recipes) | adamw | sgd; lr: schedule group
-    weight_decay: float = 0.0  # decoupled for adamw, L2 for adam/sgd; never applied to biases and norm weights
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam/adamw moment decay rates
-    eps: float = 1e-8  # adam/adamw denominator guard
-    momentum: float = 0.9  # sgd momentum
-    nesterov: bool = False  # sgd Nesterov momentum
-    clip_grad_norm: float | None = None  # clip the global gradient norm to this value; null = no clipping
-    implementation: Implementation = Implementation.auto  # auto (fused where available) | fused | foreach | for_loop
-
-    def __post_init__(self) -> None:
-        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
-            raise ValueError(f"optim.clip_grad_norm must be > 0 or null; got {self.clip_grad_norm}.")
-        if len(self.betas) != 2:
-            raise ValueError(f"optim.betas must hold two values; got {list(self.betas)}.")
+from stereo_exp.engine.config import Implementation, OptimConfig, OptimizerName
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:

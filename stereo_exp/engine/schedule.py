@@ -14,39 +14,11 @@ here ``lr_at`` returns the learning rate and ``build_scheduler`` wraps ``lr_at /
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from enum import Enum
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-
-class Decay(str, Enum):
-    cosine = "cosine"
-    linear = "linear"
-    exponential = "exponential"
-
-
-@dataclass
-class ScheduleConfig:
-    lr: float = 4e-4  # peak learning rate (after warm-up, before decay)
-    min_lr: float = 2e-5  # learning rate at the last step
-    warmup_steps: int = 0  # linear ramp from warmup_factor*lr to lr over these steps (0 = no warm-up)
-    warmup_factor: float = 0.02  # learning rate at step 0, as a fraction of lr
-    decay_after_steps: int = 0  # lr is held constant until this step (decay starts after the warm-up at the earliest)
-    decay: Decay = Decay.cosine  # cosine | linear | exponential: shape of the decay from lr to min_lr
-
-    def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ValueError(f"schedule.lr must be > 0 (the peak learning rate); got {self.lr}.")
-        if not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"schedule.min_lr ({self.min_lr}) must lie in [0, schedule.lr ({self.lr})].")
-        if self.decay == Decay.exponential and self.min_lr <= 0:
-            raise ValueError("schedule.decay=exponential needs schedule.min_lr > 0 (it decays by a constant ratio).")
-        if self.warmup_steps < 0 or self.decay_after_steps < 0:
-            raise ValueError("schedule.warmup_steps and schedule.decay_after_steps must be >= 0.")
-        if not 0 < self.warmup_factor <= 1:
-            raise ValueError(f"schedule.warmup_factor must lie in (0, 1]; got {self.warmup_factor}.")
+from stereo_exp.engine.config import Decay, ScheduleConfig
 
 
 def lr_at(step: int, cfg: ScheduleConfig, total_steps: int) -> float:

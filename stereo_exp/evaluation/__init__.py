@@ -1,11 +1,24 @@
 """Evaluation: metrics, the cascade grid (also training validation), the published table layout and disparity
 pictures."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from hydra.core.config_store import ConfigStore
 
-from stereo_exp.evaluation.cascade import GridResult, ValidationResult, evaluate_datasets, evaluate_grid, run_validation
+from stereo_exp import lazy_exports
 from stereo_exp.evaluation.config import EvalConfig, EvaluateConfig
-from stereo_exp.evaluation.metrics import CORE_METRICS, EXTRA_METRICS, MetricSums, per_image_metrics, reduce_metrics
+
+if TYPE_CHECKING:
+    from stereo_exp.evaluation.cascade import (
+        GridResult,
+        ValidationResult,
+        evaluate_datasets,
+        evaluate_grid,
+        run_validation,
+    )
+    from stereo_exp.evaluation.metrics import CORE_METRICS, EXTRA_METRICS, MetricSums, per_image_metrics, reduce_metrics
 
 __all__ = [
     "CORE_METRICS",
@@ -23,8 +36,12 @@ __all__ = [
     "run_validation",
 ]
 
+# cascade.py and metrics.py import torch and the data loaders: loaded on first use, not when the config is composed.
+_CASCADE = ("GridResult", "ValidationResult", "evaluate_datasets", "evaluate_grid", "run_validation")
+_METRICS = ("CORE_METRICS", "EXTRA_METRICS", "MetricSums", "per_image_metrics", "reduce_metrics")
+__getattr__ = lazy_exports(__name__, {**dict.fromkeys(_CASCADE, "cascade"), **dict.fromkeys(_METRICS, "metrics")})
+
 
 def register_configs(cs: ConfigStore) -> None:
-    """Store the ``eval`` group schema and the schema of ``conf/evaluate.yaml``."""
+    """Store the ``eval`` group schema (the schema of ``conf/evaluate.yaml``: stereo_exp.config)."""
     cs.store(group="eval", name="eval_schema", node=EvalConfig)
-    cs.store(name="evaluate_schema", node=EvaluateConfig)

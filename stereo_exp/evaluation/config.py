@@ -7,9 +7,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from stereo_exp.data.config import GtResize
 from stereo_exp.data.options import DatasetOptions
-from stereo_exp.data.transforms import GtResize
-from stereo_exp.evaluation.metrics import EXTRA_METRICS
 from stereo_exp.schemas import Device, PathsConfig, Precision
 
 
@@ -42,6 +41,8 @@ class EvalConfig:
             raise ValueError(f"eval.max_samples must be >= 1 or null; got {self.max_samples}.")
         if self.batch_size < 1:
             raise ValueError(f"eval.batch_size must be >= 1; got {self.batch_size}.")
+        from stereo_exp.evaluation.metrics import EXTRA_METRICS  # here: metrics.py imports torch, composing does not
+
         unknown = [name for name in self.extras if name not in EXTRA_METRICS]
         if unknown:
             raise ValueError(f"eval.extras has unknown metrics {unknown}; expected a subset of {list(EXTRA_METRICS)}.")

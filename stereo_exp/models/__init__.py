@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from hydra.core.config_store import ConfigStore
 
+from stereo_exp import lazy_exports
 from stereo_exp.models.config import MODEL_VARIANTS, CREStereoConfig, ModelConfig, RaftStereoConfig
-from stereo_exp.models.inference import predict_disparity
 from stereo_exp.models.registry import (
     as_model_config,
     build_model,
@@ -14,8 +16,11 @@ from stereo_exp.models.registry import (
     model_config,
     register_model,
 )
-from stereo_exp.models.speed import prepare_for_training
-from stereo_exp.models.weights import load_weights
+
+if TYPE_CHECKING:
+    from stereo_exp.models.inference import predict_disparity
+    from stereo_exp.models.speed import prepare_for_training
+    from stereo_exp.models.weights import load_weights
 
 __all__ = [
     "ModelConfig",
@@ -30,6 +35,12 @@ __all__ = [
     "register_configs",
     "register_model",
 ]
+
+# These import torch: loaded on first use, so that composing a config (--help, --cfg job) does not.
+__getattr__ = lazy_exports(
+    __name__,
+    {"predict_disparity": "inference", "prepare_for_training": "speed", "load_weights": "weights"},
+)
 
 
 def register_configs(cs: ConfigStore) -> None:
