@@ -52,6 +52,10 @@ class Config:
     resume: str | None = "auto"  # auto: continue the latest checkpoint in paths.output if any | PATH | null: never
     init_from: str | None = None  # weights-only start (fine-tuning): our checkpoint or a state_dict file
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.seed < 2**32:  # random_streams.py: larger seeds would overlap the streams
+            raise ValueError(f"seed must lie in [0, 2**32); got {self.seed}.")
+
 
 def register_configs(app: str | None = None) -> None:
     """Store the primary schema of ``app`` (the name of its primary config: ``config`` for training, ``evaluate``,

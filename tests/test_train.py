@@ -20,12 +20,16 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
+from stereo_exp import evaluation
 from stereo_exp.data.loader import Shard, build_train_loader
+from stereo_exp.distributed import DistEnv
 from stereo_exp.engine import checkpoint as ckpt
 from stereo_exp.engine import trainer
 from stereo_exp.engine.resume import RunDirectoryError
 from stereo_exp.engine.schedule import build_scheduler
+from stereo_exp.engine.state import AveragedWeights
 from stereo_exp.engine.trainer import NonFiniteLossError, StepOptions, train, train_step
+from stereo_exp.evaluation.model_source import load_checkpoint_model
 from stereo_exp.models import build_model, register_model
 from tests.conftest import (
     REPO_ROOT,
@@ -71,6 +75,49 @@ def test_a_short_run_validates_checkpoints_and_returns_metrics(tmp_path):
     assert state["config"]["model"]["name"] == "crestereo_tiny"  # the resolved config travels with the weights
     assert set(result.metrics) >= {"val/synthetic-val/mae", "val/synthetic-val/fl-all"}
     assert (tmp_path / "config.yaml").is_file()
+
+
+def test_averaged_weights_are_the_exponential_moving_average_of_the_steps():
+    network = torch.nn.BatchNorm1d(2)  # a float parameter, float buffers and an integer buffer
+    start = network.weight.detach().clone()
+    averaged = AveragedWeights(network, decay=0.9)
+    with torch.no_grad():
+        for value in (1.0, 3.0):  # two optimizer steps that set the weight
+            network.weight.fill_(value)
+            network.num_batches_tracked += 5
+            averaged.update(network)
+    # By hand: 0.9 * (0.9 * start + 0.1 * 1) + 0.1 * 3
+    expected = 0.81 * start + 0.09 * 1.0 + 0.1 * 3.0
+    assert torch.allclose(averaged.network.weight, expected, atol=1e-6)
+    assert averaged.network.num_batches_tracked == 0  # integer buffers are not averaged
+    assert network.weight.eq(3.0).all()  # the trained network is left as it is
+
+
+def test_a_run_with_averaged_weights_validates_and_evaluates_those_weights(tmp_path):
+    result = train(compose_train_config(tmp_path / "avg", "schedule.average_decay=0.5"))
+    state = ckpt.load_checkpoint(result.checkpoint)
+    trained, averaged = state["model"], state["model_averaged"]
+    assert any(not torch.equal(trained[k], averaged[k]) for k in trained)
+    # evaluate / predict / init_from read the averaged weights of the checkpoint
+    loaded = load_checkpoint_model(result.checkpoint)
+    assert_same_weights(loaded.model.state_dict(), averaged)
+    assert "averaged weights" in loaded.source
+    # and they reproduce the run's last validation
+    config = OmegaConf.to_object(compose_train_config(tmp_path / "avg", "schedule.average_decay=0.5"))
+    again = evaluation.run_validation(
+        loaded.model,
+        config.eval,
+        data_root=config.paths.data,
+        dataset_options=config.datasets,
+        num_iters=config.model.eval_iters,
+        dist=DistEnv(),
+        device=torch.device("cpu"),
+        amp_dtype=None,
+    )
+    assert again.metrics["val/synthetic-val/mae"] == result.metrics["val/synthetic-val/mae"]
+    # without averaging, a checkpoint holds the trained weights only
+    plain = train(compose_train_config(tmp_path / "plain", "schedule.average_decay=null"))
+    assert "model_averaged" not in ckpt.load_checkpoint(plain.checkpoint)
 
 
 def test_same_config_and_seed_give_identical_weights_and_a_new_seed_does_not(tmp_path):
@@ -173,6 +220,8 @@ def test_bad_config_values_stop_at_composition_naming_the_key(tmp_path, override
         ("schedule.min_lr=1.0", "schedule.min_lr"),
         ("mix.dataset_steps=[1,2]", "mix.dataset_steps"),
         ("train.batch_size=0", "train.batch_size"),
+        ("seed=4294967296", "seed must lie in"),  # random_streams.py: the streams would overlap
+        ("schedule.average_decay=1.0", "schedule.average_decay"),
     ],
 )
 def test_inconsistent_values_stop_the_run_before_training_naming_the_key(tmp_path, override, message):

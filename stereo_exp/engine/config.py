@@ -23,6 +23,7 @@ class ScheduleConfig:
     warmup_factor: float = 0.02  # learning rate at step 0, as a fraction of lr
     decay_after_steps: int = 0  # lr is held constant until this step (decay starts after the warm-up at the earliest)
     decay: Decay = Decay.cosine  # cosine | linear | exponential: shape of the decay from lr to min_lr
+    average_decay: float | None = None  # validate and keep weights averaged over steps (EMA); null = trained ones
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -35,6 +36,11 @@ class ScheduleConfig:
             raise ValueError("schedule.warmup_steps and schedule.decay_after_steps must be >= 0.")
         if not 0 < self.warmup_factor <= 1:
             raise ValueError(f"schedule.warmup_factor must lie in (0, 1]; got {self.warmup_factor}.")
+        if self.average_decay is not None and not 0 < self.average_decay < 1:
+            raise ValueError(
+                f"schedule.average_decay must lie in (0, 1) (e.g. 0.995: about the last 200 steps) or be null; "
+                f"got {self.average_decay}."
+            )
 
 
 class OptimizerName(str, Enum):

@@ -45,7 +45,7 @@ from stereo_exp.engine.loss import LossConfig, forward_options, sequence_loss
 from stereo_exp.engine.optim import build_optimizer
 from stereo_exp.engine.preflight import check_run
 from stereo_exp.engine.schedule import build_scheduler
-from stereo_exp.engine.state import LogWindow, StepStats, TrainState
+from stereo_exp.engine.state import AveragedWeights, LogWindow, StepStats, TrainState
 from stereo_exp.models.weights import load_weights
 from stereo_exp.schemas import Precision, amp_dtype
 from stereo_exp.tracking import MlflowTracker, SweepInfo, default_run_name
@@ -86,7 +86,7 @@ class NonFiniteLossError(RuntimeError):
 @dataclasses.dataclass
 class TrainResult:
     metrics: dict[str, float]  # final validation metrics, {"val/<dataset>/<metric>": value}
-    model: nn.Module  # the trained network (unwrapped from DDP), identical on every rank
+    model: nn.Module  # the network the metrics measure (averaged weights with schedule.average_decay), unwrapped
     checkpoint: Path | None  # the final checkpoint (None on ranks other than 0)
     run_id: str | None  # the MLflow run (None without tracking and on ranks other than 0)
 
@@ -158,6 +158,8 @@ def _run(cfg: Config, dist: DistEnv, output: Path, tracker: MlflowTracker, hydra
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == Precision.fp16)
     threads = torch.get_num_threads()
     state = TrainState(model, optimizer, scheduler, scaler, LogWindow(device), resolved, dist.world_size, threads)
+    if cfg.schedule.average_decay is not None:
+        state.averaged = AveragedWeights(model, cfg.schedule.average_decay)
     if start.state is not None:
         state.load_state_dict(start.state, dist)
         log.info("Resumed from step %d", state.step)
@@ -201,7 +203,7 @@ def _run(cfg: Config, dist: DistEnv, output: Path, tracker: MlflowTracker, hydra
         _print_summary(state.validation, final_checkpoint, tracker)
     metrics = {k: v for k, v in state.validation.get("last", {}).items() if k != "step"}
     checkpoint = final_checkpoint if dist.is_main else None
-    return TrainResult(metrics=metrics, model=model, checkpoint=checkpoint, run_id=tracker.run_id)
+    return TrainResult(metrics=metrics, model=state.evaluated_model, checkpoint=checkpoint, run_id=tracker.run_id)
 
 
 def _train(
@@ -242,6 +244,8 @@ def _train(
             data_wait = time.perf_counter() - tic
             lr = state.optimizer.param_groups[0]["lr"]  # this step's learning rate, a Python float
             stats = train_step(train_model, batch, state.optimizer, state.scheduler, state.scaler, step_options)
+            if state.averaged is not None:
+                state.averaged.update(state.model)
             state.window.add(stats, data_wait)
             state.count_nonfinite(stats.skipped, step, cfg.train.max_nonfinite_steps)
             state.step = done = step + 1
@@ -375,7 +379,7 @@ def _validate(cfg: Config, dist: DistEnv, state: TrainState, tracker: MlflowTrac
     _wait_for_device(dist.device)  # the steps queued so far count as training time, not validation time
     tic = time.perf_counter()
     result = evaluation.run_validation(
-        state.model,
+        state.evaluated_model,
         cfg.eval,
         data_root=cfg.paths.data,
         dataset_options=cfg.datasets,

@@ -27,7 +27,7 @@ from torch import nn
 from stereo_exp import models
 from stereo_exp.engine import checkpoint as ckpt
 from stereo_exp.models.config import ModelConfig
-from stereo_exp.models.weights import read_weights_only
+from stereo_exp.models.weights import checkpoint_weights, read_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +122,12 @@ def load_checkpoint_model(path: str | Path, state: dict[str, Any] | None = None)
     model_cfg = dict(config["model"], weights=None)  # the checkpoint's own weights replace any initial ones
     model = models.build_model(model_cfg)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(checkpoint_weights(state))
     except RuntimeError as error:
         raise RuntimeError(f"Checkpoint {path}: its weights do not fit its model config {model_cfg['name']}") from error
     step = int(state["step"]) if "step" in state else None
-    source = f"checkpoint {path} (step {step})"
+    averaged = " (averaged weights)" if "model_averaged" in state else ""
+    source = f"checkpoint {path} (step {step}){averaged}"
     return LoadedModel(model=model.eval(), model_cfg=model_cfg, source=source, step=step, tags={"weights": str(path)})
 
 

@@ -348,15 +348,22 @@ def read_weights_only(path: str | os.PathLike[str], *, what: str, hint: str = ""
         ) from error
 
 
+def checkpoint_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The network weights a training checkpoint of ours offers to evaluation and fine-tuning: the averaged ones
+    when the run kept them (``schedule.average_decay``: what its validation measured), else the trained ones."""
+    return checkpoint.get("model_averaged", checkpoint["model"])
+
+
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """The state_dict stored in ``path`` (a state_dict, or our training checkpoint's ``model`` entry), read with
-    ``read_weights_only`` on the CPU, with DDP / torch.compile key prefixes removed and every tensor checked finite."""
+    """The state_dict stored in ``path`` (a state_dict, or our training checkpoint's weights: ``checkpoint_weights``),
+    read with ``read_weights_only`` on the CPU, with DDP / torch.compile key prefixes removed and every tensor checked
+    finite."""
     hint = (
         " (model.weights expects a published name, e.g. MEGVII_V1, or the path of a state_dict / training checkpoint)"
     )
     content: Any = read_weights_only(path, what="weights file", hint=hint)
     if isinstance(content, dict) and isinstance(content.get("model"), dict):
-        content = content["model"]  # a training checkpoint of ours
+        content = checkpoint_weights(content)  # a training checkpoint of ours
     if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
         raise ValueError(
             f"{path} holds a {type(content).__name__}, not a state_dict (a dict of tensors) or a training checkpoint "
