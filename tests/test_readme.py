@@ -38,7 +38,7 @@ pytest_plugins = ["tests.cluster_fixtures"]
 
 # Appended to the training commands to make them seconds long: TINY_RUN's small crops, synthetic pairs and
 # validation, but the default tracking (the point of running them as a user would) and the default schedule, cut
-# short by train.max_steps (the schedule still spans the mix's 3000 steps, so the README's sweep values stay valid).
+# short by train.max_steps (the schedule still spans the mix's 3600 steps, so the README's sweep values stay valid).
 SHORT = (*[o for o in TINY_RUN if not o.startswith(("tracking=", "mix.dataset_steps="))], "train.max_steps=6")
 DATA = r"paths\.data='(/datasets|data)'"  # where the dataset errors point
 SWEEP = "python -m stereo_exp -m hydra/launcher=slurm schedule.decay_after_steps=0,1500 optim.clip_grad_norm=null,1.0"
