@@ -31,6 +31,7 @@ from stereo_exp.engine.state import AveragedWeights
 from stereo_exp.engine.trainer import NonFiniteLossError, StepOptions, train, train_step
 from stereo_exp.evaluation.model_source import load_checkpoint_model
 from stereo_exp.models import build_model, register_model
+from stereo_exp.models.weights import checkpoint_weights
 from tests.conftest import (
     REPO_ROOT,
     TINY_RUN,
@@ -500,7 +501,8 @@ def test_two_process_ddp_stopped_by_sigterm_resumes_to_the_weights_and_history_o
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = (torch.load(straight / f"rank{r}_weights.pt", weights_only=True) for r in (0, 1))
     assert_same_weights(rank0, rank1)
-    assert_same_weights(rank0, weights_of(straight / "checkpoints" / "step_0000012.pth"))  # rank 0 wrote it
+    # rank 0 wrote the checkpoint; result.model is what validation measured (the averaged weights)
+    assert_same_weights(rank0, checkpoint_weights(ckpt.load_checkpoint(straight / "checkpoints" / "step_0000012.pth")))
 
     # SIGTERM to every process (torchrun and both ranks, as SLURM signals a job) between two log steps: each rank's
     # share of the log window travels in the checkpoint, so the resumed run logs the uninterrupted run's values.
@@ -523,7 +525,11 @@ def test_two_process_ddp_stopped_by_sigterm_resumes_to_the_weights_and_history_o
         stop_command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_weights(rank0, weights_of(stopped / "checkpoints" / "step_0000012.pth"))
+    straight_final, stopped_final = (
+        ckpt.load_checkpoint(run / "checkpoints" / "step_0000012.pth") for run in (straight, stopped)
+    )
+    assert_same_weights(straight_final["model"], stopped_final["model"])
+    assert_same_weights(straight_final["model_averaged"], stopped_final["model_averaged"])  # the average resumes too
     for key in ("train/loss", "train/grad_norm", "val/synthetic-val/mae"):
         assert mlflow_history(f"sqlite:///{tmp_path}/stopped.db", key) == mlflow_history(
             f"sqlite:///{tmp_path}/straight.db", key
@@ -547,7 +553,7 @@ def test_under_torchrun_a_refused_resume_is_the_last_thing_printed_and_changes_n
 def test_a_full_disk_fails_naming_the_checkpoint_and_the_space_keeps_the_previous_one_and_logs_the_traceback(
     tmp_path, small_filesystem
 ):
-    disk = small_filesystem("9m")  # a real tmpfs: the first 6 MB checkpoint fits, the second does not
+    disk = small_filesystem("15m")  # a real tmpfs: the first 10 MB checkpoint fits, the second does not
     done = run_cli(tmp_path, disk / "run", "loader.num_workers=2", "checkpoint.keep_last=2")  # default workers
     assert done.returncode == 1, done.stderr[-3000:]
     last_line = done.stderr.strip().splitlines()[-1]
