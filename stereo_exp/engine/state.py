@@ -140,7 +140,7 @@ class AveragedWeights:
     ``avg <- decay * avg + (1 - decay) * weight``, so a weight of k steps ago counts ``(1 - decay) * decay**k``
     (0.995: about the last 200 steps). Validation and evaluation use these weights; training goes on from the
     network's own. Averaging smooths the noise of the last steps that a short run ends in (the embedded default:
-    motorcycle mae 4.30 -> 3.9 px at the same step, docs/REFERENCE.md).
+    motorcycle mae 4.30 -> 3.96 px at the same step; docs/REFERENCE.md, "The embedded default").
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
