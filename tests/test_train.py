@@ -86,7 +86,7 @@ def test_averaged_weights_are_the_exponential_moving_average_of_the_steps():
         for value in (1.0, 3.0):  # two optimizer steps that set the weight
             network.weight.fill_(value)
             network.num_batches_tracked += 5
-            averaged.update(network)
+            averaged.update()
     # By hand: 0.9 * (0.9 * start + 0.1 * 1) + 0.1 * 3
     expected = 0.81 * start + 0.09 * 1.0 + 0.1 * 3.0
     assert torch.allclose(averaged.network.weight, expected, atol=1e-6)

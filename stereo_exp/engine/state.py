@@ -146,12 +146,16 @@ class AveragedWeights:
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
         self.network = copy.deepcopy(model).requires_grad_(False)  # starts at the network's weights
+        # The pairs are listed once: training and loading a checkpoint change the tensors in place, never replace them.
+        pairs = zip(self._tensors(self.network), self._tensors(model), strict=True)
+        floating = [(averaged, current) for averaged, current in pairs if averaged.is_floating_point()]
+        self._averaged = [averaged for averaged, _ in floating]
+        self._current = [current for _, current in floating]
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        averaged = [t for t in self._tensors(self.network) if t.is_floating_point()]
-        current = [t for t in self._tensors(model) if t.is_floating_point()]
-        torch._foreach_lerp_(averaged, current, 1.0 - self.decay)  # one fused pass over every tensor
+    def update(self) -> None:
+        """Move the average towards the network's current weights (after each optimizer step)."""
+        torch._foreach_lerp_(self._averaged, self._current, 1.0 - self.decay)  # one fused pass over every tensor
 
     @staticmethod
     def _tensors(model: nn.Module) -> list[Tensor]:

@@ -245,7 +245,7 @@ def _train(
             lr = state.optimizer.param_groups[0]["lr"]  # this step's learning rate, a Python float
             stats = train_step(train_model, batch, state.optimizer, state.scheduler, state.scaler, step_options)
             if state.averaged is not None:
-                state.averaged.update(state.model)
+                state.averaged.update()
             state.window.add(stats, data_wait)
             state.count_nonfinite(stats.skipped, step, cfg.train.max_nonfinite_steps)
             state.step = done = step + 1
