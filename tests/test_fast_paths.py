@@ -17,10 +17,13 @@ from benchmarks.common import Timing, count_flops, format_table
 from stereo_exp.config import register_configs
 from stereo_exp.models import build_model
 from stereo_exp.models.blocks import (
+    CPU_REWRITE_MIN_CHANNELS,
     ConvGRU,
     SeparableConvGRU,
     grid_sample_pixels,
     sample_pixels_channels_last,
+    swap_height_width,
+    tanh_fast,
     to_channels_last,
 )
 from stereo_exp.models.crestereo import (
@@ -28,6 +31,7 @@ from stereo_exp.models.crestereo import (
     SearchWindow,
     crestereo_base,
     crestereo_tiny,
+    deformable_window_correlation,
     fixed_window_correlation,
     fixed_window_correlation_fast,
 )
@@ -146,12 +150,62 @@ def test_gru_fast_path_with_raft_context_gates_equals_the_gru_with_context():
     torch.testing.assert_close(fast, plain, atol=1e-6, rtol=0)
 
 
-def test_separable_gru_fast_path_equals_both_cells_on_the_full_input():
+def test_separable_gru_fast_path_equals_both_cells_on_the_full_input_values_and_gradients():
     torch.manual_seed(0)
-    gru = SeparableConvGRU(input_size=10, hidden_size=6, kernel_length=5)
-    h, static, dynamic = _randn(1, 6, 9, 8, seed=1), _randn(1, 4, 9, 8, seed=2), _randn(1, 6, 9, 8, seed=3)
+    gru = SeparableConvGRU(input_size=10, hidden_size=CPU_REWRITE_MIN_CHANNELS, kernel_length=5)
+    shapes = ((CPU_REWRITE_MIN_CHANNELS, 1), (4, 2), (6, 3))
+    h, static, dynamic = (_randn(1, c, 9, 8, seed=s).requires_grad_() for c, s in shapes)
     plain = gru(h, torch.cat([static, dynamic], dim=1))
-    torch.testing.assert_close(gru.forward_fast(h, dynamic, gru.input_gates(static)), plain, atol=1e-6, rtol=0)
+    gates = gru.input_gates(static)
+    assert gates[1].transposed  # on a CPU the vertical cell runs on transposed maps with (1 x 5) kernels
+    fast = gru.forward_fast(h, dynamic, gates)
+    torch.testing.assert_close(fast, plain, atol=1e-6, rtol=0)
+    assert fast.is_contiguous(memory_format=torch.channels_last)
+    grad = _randn(*plain.shape, seed=4)
+    inputs = (h, static, dynamic, *gru.parameters())
+    for fast_grad, plain_grad in zip(
+        torch.autograd.grad(fast, inputs, grad), torch.autograd.grad(plain, inputs, grad), strict=True
+    ):
+        torch.testing.assert_close(fast_grad, plain_grad, atol=1e-5, rtol=0)
+
+
+def test_swap_height_width_transposes_values_and_hands_back_a_channels_last_gradient():
+    x = _randn(2, 3, 4, 5, seed=1).requires_grad_()
+    swapped = swap_height_width(x)
+    assert swapped.shape == (2, 3, 5, 4) and swapped.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(swapped, x.transpose(2, 3))
+    grad = _randn(2, 3, 5, 4, seed=2)
+    (x_grad,) = torch.autograd.grad(swapped, x, grad)
+    assert torch.equal(x_grad, grad.transpose(2, 3)) and x_grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_tanh_fast_equals_tanh_values_and_gradient():
+    x = torch.linspace(-20, 20, 64 * CPU_REWRITE_MIN_CHANNELS).view(1, CPU_REWRITE_MIN_CHANNELS, -1).requires_grad_()
+    torch.testing.assert_close(tanh_fast(x), torch.tanh(x), atol=3e-7, rtol=0)
+    (fast_grad,) = torch.autograd.grad(tanh_fast(x).sum(), x)
+    (plain_grad,) = torch.autograd.grad(torch.tanh(x).sum(), x)
+    torch.testing.assert_close(fast_grad, plain_grad, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format], ids=["nhwc", "nchw"])
+def test_fast_deformable_correlation_equals_the_plain_one_values_and_gradients(memory_format):
+    window = SearchWindow((1, 9))
+    channels = CPU_REWRITE_MIN_CHANNELS  # narrower maps take the plain path
+    left = _randn(2, channels, 5, 7, seed=1).contiguous(memory_format=memory_format).requires_grad_()
+    right = _randn(2, channels, 5, 7, seed=2).contiguous(memory_format=memory_format).requires_grad_()
+    flow = (_randn(2, 2, 5, 7, seed=3) * 2).requires_grad_()
+    offsets = _randn(2, 2 * window.num_candidates, 5, 7, seed=4).requires_grad_()
+    results = [
+        deformable_window_correlation(left, right, flow, offsets, groups=4, window=window, fast=fast)
+        for fast in (False, True)
+    ]
+    assert results[1].shape == results[0].shape == (2, 4 * 9, 5, 7)
+    torch.testing.assert_close(results[1], results[0], atol=1e-6, rtol=0)
+    grad = _randn(2, 36, 5, 7, seed=5)
+    inputs = (left, right, flow, offsets)
+    plain_grads, fast_grads = (torch.autograd.grad(result, inputs, grad) for result in results)
+    for fast_grad, plain_grad in zip(fast_grads, plain_grads, strict=True):
+        torch.testing.assert_close(fast_grad, plain_grad, atol=1e-5, rtol=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -40,8 +40,11 @@ __all__ = [
     "UpdateBlock",
     "convex_upsample",
     "coords_grid",
+    "cpu_rewrite_applies",
     "grid_sample_pixels",
     "sample_pixels_channels_last",
+    "swap_height_width",
+    "tanh_fast",
     "to_channels_last",
     "upsample_flow",
 ]
@@ -309,21 +312,25 @@ class ConvGRU(nn.Module):
         """The z, r, q biases as one (1, 3 * hidden_size, 1, 1) tensor, to add to precomputed gates."""
         return torch.cat([self.convz.bias, self.convr.bias, self.convq.bias]).view(1, -1, 1, 1)
 
-    def fast_gates(self, gates: Tensor, static_channels: int = 0) -> FastGates:
+    def fast_gates(self, gates: Tensor, static_channels: int = 0, *, transposed: bool = False) -> FastGates:
         """What ``forward_fast`` reads, from ``gates`` (B, 3 * hidden_size, H, W): the z, r, q pre-activations
-        (biases included) of the first ``static_channels`` input channels, the same for every update."""
+        (biases included) of the first ``static_channels`` input channels, the same for every update.
+        ``transposed``: the maps are (B, C, W, H), height and width swapped (``swap_height_width``), and the kernels
+        are swapped to match."""
         n = self.hidden_size
 
         def dynamic_weight(conv: nn.Conv2d) -> Tensor:  # the kernels of h's and the changing input channels
             return torch.cat([conv.weight[:, :n], conv.weight[:, n + static_channels :]], dim=1)
 
-        if static_channels == 0:
+        if static_channels == 0 and not transposed:
             # convq's weight is used as it is; passing the parameter itself around would make it an input of the
             # update block, which module hooks (e.g. FlopCounterMode's) cannot follow under inference mode.
             zr_weight, q_weight = torch.cat([self.convz.weight, self.convr.weight]), None
         else:
             zr_weight = torch.cat([dynamic_weight(self.convz), dynamic_weight(self.convr)])
             q_weight = dynamic_weight(self.convq)
+        if transposed:
+            zr_weight, q_weight = _transpose_kernel(zr_weight), _transpose_kernel(q_weight)
         zr, q = gates.split([2 * n, n], dim=1)
         return FastGates(
             # Contiguous once here: every update adds them to a fresh channels-last convolution output.
@@ -332,14 +339,23 @@ class ConvGRU(nn.Module):
             zr_weight=zr_weight,
             q_weight=q_weight,
             static_channels=static_channels,
+            transposed=transposed,
         )
 
-    def input_gates(self, static: Tensor) -> FastGates:
+    def input_gates(self, static: Tensor, *, transposed: bool = False) -> FastGates:
         """``fast_gates`` of ``static`` (B, S, H, W), the first S channels of every ``x`` this cell will read; pass
-        the result to ``forward_fast`` with the remaining channels."""
+        the result to ``forward_fast`` with the remaining channels. ``transposed``: ``static`` is (B, S, W, H) and
+        so will be every ``h`` and ``x`` passed with the result."""
         n, s = self.hidden_size, static.shape[1]
         weight = torch.cat([conv.weight[:, n : n + s] for conv in (self.convz, self.convr, self.convq)])
-        return self.fast_gates(F.conv2d(static, weight, self.gate_biases().flatten(), padding=self.convz.padding), s)
+        weight = _transpose_kernel(weight) if transposed else weight
+        gates = F.conv2d(static, weight, self.gate_biases().flatten(), padding=self._padding(transposed))
+        return self.fast_gates(gates, s, transposed=transposed)
+
+    def _padding(self, transposed: bool) -> tuple[int, int]:
+        """The gate convolutions' padding, height and width swapped for transposed maps."""
+        ph, pw = self.convz.padding
+        return (pw, ph) if transposed else (ph, pw)
 
     def forward_fast(self, h: Tensor, x: Tensor, gates: FastGates) -> Tensor:
         """``forward(h, cat([static, x]))`` for ``gates = input_gates(static)`` (S >= 0 static channels), or
@@ -350,12 +366,19 @@ class ConvGRU(nn.Module):
                 f"ConvGRU.forward_fast: {gates.static_channels} static + {x.shape[1]} input channels != the cell's "
                 f"{self.convz.in_channels - n}."
             )
-        zr = torch.sigmoid(F.conv2d(torch.cat([h, x], dim=1), gates.zr_weight, padding=self.convz.padding) + gates.zr)
+        padding = self._padding(gates.transposed)
+        zr = torch.sigmoid(F.conv2d(torch.cat([h, x], dim=1), gates.zr_weight, padding=padding) + gates.zr)
         z, r = zr.split(n, dim=1)
         q_weight = self.convq.weight if gates.q_weight is None else gates.q_weight
-        q_in = F.conv2d(torch.cat([r * h, x], dim=1), q_weight, padding=self.convq.padding)
-        q = torch.tanh(q_in + gates.q)
+        q_in = F.conv2d(torch.cat([r * h, x], dim=1), q_weight, padding=padding)
+        q = tanh_fast(q_in + gates.q)
         return h + z * (q - h)
+
+
+def _transpose_kernel(weight: Tensor) -> Tensor:
+    """(O, I, kh, kw) -> (O, I, kw, kh), contiguous: torch's slow_conv2d (chosen for some small maps) refuses the
+    gradient of a transposed view, and of a channels-last (O, I, 1, k) kernel, as not contiguous."""
+    return weight.transpose(2, 3).contiguous()
 
 
 class FastGates(NamedTuple):
@@ -367,6 +390,7 @@ class FastGates(NamedTuple):
     zr_weight: Tensor  # (2 * hidden, hidden + dynamic channels, kh, kw) z and r kernels of h and the changing channels
     q_weight: Tensor | None  # (hidden, hidden + dynamic channels, kh, kw) q kernels; None: all of convq's (S = 0)
     static_channels: int  # input channels folded into zr and q
+    transposed: bool  # maps and kernels with height and width swapped (``SeparableConvGRU.forward_fast``)
 
 
 class SeparableConvGRU(nn.Module):
@@ -390,12 +414,27 @@ class SeparableConvGRU(nn.Module):
         return self.convgru2(self.convgru1(h, x), x)
 
     def input_gates(self, static: Tensor) -> tuple[FastGates, FastGates]:
-        """Both cells' ``ConvGRU.input_gates`` for the leading input channels ``static``."""
-        return self.convgru1.input_gates(static), self.convgru2.input_gates(static)
+        """Both cells' ``ConvGRU.input_gates`` for the leading input channels ``static``. On a CPU the vertical
+        cell's are transposed for a wide hidden state (see ``forward_fast`` and ``cpu_rewrite_applies``)."""
+        if cpu_rewrite_applies(static, self.hidden_size):
+            vertical = self.convgru2.input_gates(swap_height_width(static), transposed=True)
+        else:
+            vertical = self.convgru2.input_gates(static)
+        return self.convgru1.input_gates(static), vertical
 
     def forward_fast(self, h: Tensor, x: Tensor, gates: tuple[FastGates, FastGates]) -> Tensor:
-        """``forward(h, cat([static, x]))`` for ``gates = input_gates(static)``."""
-        return self.convgru2.forward_fast(self.convgru1.forward_fast(h, x, gates[0]), x, gates[1])
+        """``forward(h, cat([static, x]))`` for ``gates = input_gates(static)``.
+
+        With transposed vertical gates (CPU) the vertical cell runs on height and width swapped, its (k x 1) kernels
+        as (1 x k) ones: the same sums, but oneDNN's weight gradient of a (1 x 5) convolution runs at 1.5x the rate
+        of the (5 x 1) one (CREStereo base, 256 channels at 64x80: 17 vs 25 ms), more than the three transposing
+        copies of h and x cost (about 0.3 ms each).
+        """
+        h = self.convgru1.forward_fast(h, x, gates[0])
+        if not gates[1].transposed:
+            return self.convgru2.forward_fast(h, x, gates[1])
+        h = self.convgru2.forward_fast(swap_height_width(h), swap_height_width(x), gates[1])
+        return swap_height_width(h)
 
 
 class FlowHead(nn.Module):
@@ -646,6 +685,65 @@ class _SparseBilinear(torch.autograd.Function):
             by_x, by_y = ((m @ pixels).mul_(grad).sum(dim=1) for m in derivatives)
             grad_coords = torch.stack([by_x, by_y], dim=-1).view(ctx.coords_shape)
         return grad_image, grad_coords
+
+
+# The fast paths' CPU rewrites (the sparse warp of the 1/4 level, the transposed vertical GRU, tanh from the sigmoid,
+# linear layers as oneDNN convolutions, the written-out candidate correlation) pay on wide maps and cost more than they
+# save on narrow ones, where their extra calls and copies dominate. Train step on 2 cores: crestereo_base (128-256
+# channels, 256x320) 4% faster with them; crestereo_tiny (24-48 channels, 128x160, the embedded default) 4% slower.
+# The warp alone, forward + backward on one core: 48 channels at 32x40, grid_sample 1.1 ms vs sparse 1.6 ms; 128
+# channels at 64x80, 17.8 vs 6.6 ms; 256 channels, 45 vs 14 ms.
+CPU_REWRITE_MIN_CHANNELS = 64
+
+
+def cpu_rewrite_applies(x: Tensor, channels: int) -> bool:
+    """Whether the fast paths rewrite an operation on ``x`` for the CPU: ``x`` is on a CPU and has ``channels`` >=
+    ``CPU_REWRITE_MIN_CHANNELS`` channels."""
+    return x.device.type == "cpu" and channels >= CPU_REWRITE_MIN_CHANNELS
+
+
+class _SwapHeightWidth(torch.autograd.Function):
+    """(B, C, H, W) -> (B, C, W, H) channels-last, and the gradient back the same way: autograd's own backward of
+    transpose + contiguous would hand on a gradient with transposed strides, which every later elementwise kernel and
+    convolution would then read in the slow order (or copy)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x.transpose(2, 3).contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad.transpose(2, 3).contiguous(memory_format=torch.channels_last)
+
+
+def swap_height_width(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, C, W, H), channels-last in memory (a transposing copy; its gradient too)."""
+    return _SwapHeightWidth.apply(x)
+
+
+class _TanhFromSigmoid(torch.autograd.Function):
+    """tanh(x) = 2 sigmoid(2x) - 1, differentiated as tanh. torch's CPU tanh is about 10x slower than its sigmoid
+    (1.4 vs 0.14 ms for a (2, 128, 64, 80) map on 2 cores); the identity differs from it by ~1e-7."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        y = torch.sigmoid(2 * x).mul_(2).sub_(1)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)
+
+
+def tanh_fast(x: Tensor) -> Tensor:
+    """``torch.tanh(x)`` up to float rounding, computed through the sigmoid for wide float32 maps (B, C, ...) on a
+    CPU (``_TanhFromSigmoid``, ``cpu_rewrite_applies``). Not for bf16: its sigmoid rounds to 8 bits before the
+    subtraction, which near 0 is far coarser than a rounded tanh."""
+    if x.dtype == torch.float32 and cpu_rewrite_applies(x, x.shape[1]):
+        return _TanhFromSigmoid.apply(x)
+    return torch.tanh(x)
 
 
 def to_channels_last(x: Tensor) -> Tensor:

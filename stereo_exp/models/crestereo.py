@@ -47,8 +47,10 @@ from stereo_exp.models.blocks import (
     UpdateBlock,
     convex_upsample,
     coords_grid,
+    cpu_rewrite_applies,
     grid_sample_pixels,
     sample_pixels_channels_last,
+    tanh_fast,
     to_channels_last,
     upsample_flow,
 )
@@ -219,13 +221,21 @@ class _WindowCorrelation(torch.autograd.Function):
 
 
 def deformable_window_correlation(
-    left: Tensor, right: Tensor, flow: Tensor, extra_offsets: Tensor, *, groups: int, window: SearchWindow
+    left: Tensor,
+    right: Tensor,
+    flow: Tensor,
+    extra_offsets: Tensor,
+    *,
+    groups: int,
+    window: SearchWindow,
+    fast: bool = False,
 ) -> Tensor:
     """Group-wise correlation over a window whose candidates are moved by learned offsets (deformable search).
 
     ``left``, ``right``: (B, C, H, W); ``flow``: (B, 2, H, W); ``extra_offsets``: (B, 2K, H, W) per-candidate (x, y)
     shifts in pixels, candidate-major. Right features are sampled bilinearly (zeros outside). Returns
-    (B, groups * K, H, W) in the channel order of ``fixed_window_correlation``.
+    (B, groups * K, H, W) in the channel order of ``fixed_window_correlation``. ``fast``: the products and sums
+    with a written-out backward (``_CandidateCorrelation``) for wide maps on a CPU, same values up to float rounding.
     """
     b, c, h, w = left.shape
     k = window.num_candidates
@@ -234,25 +244,55 @@ def deformable_window_correlation(
     centres = (coords_grid(b, h, w, device=left.device) + flow).permute(0, 2, 3, 1).unsqueeze(1)  # (B, 1, H, W, 2)
     # All K candidate maps come from one grid_sample call: stack them along the sampled rows.
     sampled = grid_sample_pixels(right, (centres + offsets).reshape(b, k * h, w, 2))  # (B, C, K*H, W)
-    sampled = sampled.reshape(b, groups, c // groups, k, h, w)
-    correlation = (left.reshape(b, groups, c // groups, 1, h, w) * sampled).mean(dim=2)  # (B, groups, K, H, W)
+    if fast and cpu_rewrite_applies(left, c):
+        correlation = _CandidateCorrelation.apply(left, sampled.view(b, c, k, h, w), groups)
+    else:
+        sampled = sampled.reshape(b, groups, c // groups, k, h, w)
+        correlation = (left.reshape(b, groups, c // groups, 1, h, w) * sampled).mean(dim=2)  # (B, groups, K, H, W)
     return correlation.reshape(b, groups * k, h, w)
+
+
+class _CandidateCorrelation(torch.autograd.Function):
+    """Group correlation of ``left`` (B, C, H, W) with K sampled candidates ``sampled`` (B, C, K, H, W) ->
+    (B, groups, K, H, W), the mean over each group's channels of their products.
+
+    Autograd's backward of ``(left * sampled).mean(dim=2)`` materialises the gradient of the mean at full size
+    (B, C, K, H, W), divides it, multiplies it with ``sampled`` and copies it into ``grid_sample``'s layout. Written
+    out, the gradient of the mean stays (B, groups, K, H, W) and each input's gradient is one broadcast product (the
+    1/8 level of crestereo_base at 256x320: 34 -> 20 ms per update, forward and backward).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, left: Tensor, sampled: Tensor, groups: int) -> Tensor:
+        b, c, k, h, w = sampled.shape
+        ctx.shapes = left.shape, sampled.shape
+        left = left.contiguous().view(b, groups, c // groups, 1, h * w)
+        sampled = sampled.view(b, groups, c // groups, k, h * w)
+        ctx.save_for_backward(left, sampled)
+        return (left * sampled).sum(dim=2).div_(c // groups).view(b, groups, k, h, w)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        left, sampled = ctx.saved_tensors
+        left_shape, sampled_shape = ctx.shapes
+        b, groups, width, k, hw = sampled.shape
+        grad = grad.reshape(b, groups, 1, k, hw) / width
+        grad_left = grad_sampled = None
+        if ctx.needs_input_grad[0]:
+            grad_left = (sampled * grad).sum(dim=3).view(left_shape).to(left.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_sampled = (left * grad).view(sampled_shape).to(sampled.dtype)
+        return grad_left, grad_sampled, None
 
 
 def _sample_fast(image: Tensor, coords: Tensor) -> Tensor:
     """Bilinear samples of ``image`` at pixel ``coords`` (B, h, w, 2) for the fast path's warp: the sparse-matrix
-    sampler (``sample_pixels_channels_last``, channels-last out) on a CPU for maps of ``SPARSE_SAMPLING_MIN_CHANNELS``
-    channels or more, ``grid_sample`` (channels-first out) otherwise: on a GPU its kernels gather and scatter in
-    parallel, and on narrow maps building the sparse matrix costs more than the sampling it speeds up."""
-    if image.device.type == "cpu" and image.shape[1] >= SPARSE_SAMPLING_MIN_CHANNELS:
+    sampler (``sample_pixels_channels_last``, channels-last out) for wide maps on a CPU (``cpu_rewrite_applies``),
+    ``grid_sample`` (channels-first out) otherwise: on a GPU its kernels gather and scatter in parallel, and on narrow
+    maps building the sparse matrix costs more than the sampling it speeds up."""
+    if cpu_rewrite_applies(image, image.shape[1]):
         return sample_pixels_channels_last(image, coords)
     return grid_sample_pixels(image, coords)
-
-
-# Below this many feature channels the CPU warp stays with grid_sample. Forward + backward on one core: 48 channels
-# (crestereo_tiny) at 32x40, grid_sample 1.1 ms vs sparse 1.6 ms; 128 channels at 64x80, 17.8 vs 6.6 ms; 256
-# channels (crestereo_base), 45 vs 14 ms.
-SPARSE_SAMPLING_MIN_CHANNELS = 64
 
 
 class AttentionOffsetCorrelation(nn.Module):
@@ -272,8 +312,19 @@ class AttentionOffsetCorrelation(nn.Module):
             return left, right
         return self.attention_module.forward_maps(left, right)
 
-    def forward(self, left: Tensor, right: Tensor, flow: Tensor, extra_offsets: Tensor, window: SearchWindow) -> Tensor:
-        return deformable_window_correlation(left, right, flow, extra_offsets, groups=self.groups, window=window)
+    def forward(
+        self,
+        left: Tensor,
+        right: Tensor,
+        flow: Tensor,
+        extra_offsets: Tensor,
+        window: SearchWindow,
+        *,
+        fast: bool = False,
+    ) -> Tensor:
+        return deformable_window_correlation(
+            left, right, flow, extra_offsets, groups=self.groups, window=window, fast=fast
+        )
 
 
 class AdaptiveGroupCorrelation(nn.Module):
@@ -308,7 +359,7 @@ class AdaptiveGroupCorrelation(nn.Module):
         fast: bool = False,
     ) -> Tensor:
         if extra_offsets is not None:
-            return self.attention_offset_correlation_layer(left, right, flow, extra_offsets, window)
+            return self.attention_offset_correlation_layer(left, right, flow, extra_offsets, window, fast=fast)
         b, _, h, w = left.shape
         coords = (coords_grid(b, h, w, device=left.device) + flow).permute(0, 2, 3, 1)  # (B, H, W, 2)
         if fast:
@@ -382,13 +433,27 @@ class FeatureTransformerLayer(nn.Module):
     def forward(self, x: Tensor, source: Tensor) -> Tensor:
         b, length, dim = x.shape
         heads = self.num_heads
-        queries = self.query_proj(x).reshape(b, length, heads, dim // heads)
-        keys = self.key_proj(source).reshape(b, source.shape[1], heads, dim // heads)
-        values = self.value_proj(source).reshape(b, source.shape[1], heads, dim // heads)
+        # Wide layers on a CPU run as oneDNN convolutions (``_linear``); the layer width decides for all of them.
+        linear = partial(_linear, as_convolution=cpu_rewrite_applies(x, dim))
+        queries = linear(self.query_proj, x).reshape(b, length, heads, dim // heads)
+        keys = linear(self.key_proj, source).reshape(b, source.shape[1], heads, dim // heads)
+        values = linear(self.value_proj, source).reshape(b, source.shape[1], heads, dim // heads)
         message = self.attention(queries, keys, values).reshape(b, length, dim)
-        message = self.attention_norm(self.merge(message))
-        message = self.ffn_norm(self.ffn(torch.cat([x, message], dim=2)))
+        message = self.attention_norm(linear(self.merge, message))
+        hidden = torch.relu(linear(self.ffn[0], torch.cat([x, message], dim=2)))
+        message = self.ffn_norm(linear(self.ffn[2], hidden))
         return x + message
+
+
+def _linear(layer: nn.Linear, x: Tensor, *, as_convolution: bool) -> Tensor:
+    """``layer(x)`` for ``x`` (B, L, C). ``as_convolution`` (a bias-free layer): as a 1x1 convolution of the
+    (B, C, L, 1) channels-last view of ``x`` (no copy), which runs on oneDNN on a CPU: torch's CPU matmul runs on MKL,
+    which on AMD processors reaches about half of oneDNN's rate (256 -> 256 channels of 640 tokens, forward and
+    backward, 2 cores: 1.2 vs 0.7 ms). Same sums in another order."""
+    if not as_convolution or layer.bias is not None:
+        return layer(x)
+    as_map = x.unsqueeze(2).permute(0, 3, 1, 2)  # (B, C, L, 1), strides of channels-last memory
+    return F.conv2d(as_map, layer.weight[:, :, None, None]).permute(0, 2, 3, 1).squeeze(2)
 
 
 class FeatureTransformer(nn.Module):
@@ -596,7 +661,7 @@ class CREStereo(nn.Module):
             features = to_channels_last(features)
         left_features, right_features = features.chunk(2, dim=0)  # (B, C, H/4, W/4)
         hidden, context = torch.split(left_features, [self.hidden_size, features.shape[1] - self.hidden_size], dim=1)
-        hidden, context = torch.tanh(hidden), torch.relu(context)
+        hidden, context = (tanh_fast(hidden) if self.fast_paths else torch.tanh(hidden)), torch.relu(context)
 
         if flow_init is None:
             predictions, flow = self._coarse_levels(left_features, right_features, hidden, context, num_iters)
