@@ -95,8 +95,9 @@ def _ground_truth(disparity: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray,
 
 
 def image_to_tensor(image: np.ndarray) -> Tensor:
-    """uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    """uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1]. A read-only array (a decoded file may be one) is copied
+    first: torch warns on wrapping it, although the conversion to float32 only reads it."""
+    return torch.from_numpy(np.require(image, requirements=("C", "W"))).permute(2, 0, 1).float().div_(255.0)
 
 
 def normalize(image: Tensor) -> Tensor:
