@@ -7,28 +7,32 @@ import contextlib
 import gc
 import logging
 import os
+import shutil
 import sys
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message says what to change in the command or the data: missing or broken datasets, a
-    file named in the config that does not exist (weights, init_from)."""
+    file named in the config that does not exist (weights, init_from), a run the preflight checks refuse."""
     from stereo_exp.data.catalog import DatasetFileError
+    from stereo_exp.engine.preflight import RunRefused
     from stereo_exp.engine.resume import RunDirectoryError
 
     # DatasetRootError is a FileNotFoundError; RunDirectoryError: the run folder does not fit the command
-    return FileNotFoundError, DatasetFileError, RunDirectoryError
+    return FileNotFoundError, DatasetFileError, RunDirectoryError, RunRefused
 
 
 @contextlib.contextmanager
 def clean_errors(cfg: DictConfig, what: str = "Training") -> Iterator[None]:
     """Check ``cfg`` (every schema's own checks, before anything is done), then run the block. A failure's traceback
     goes to the run's log file and its cause to torchrun's failure summary (``report_failure``). In a single run a
-    failed check or a user error then ends the process with ``error: <message>`` (exit code 1), any other error
+    failed check or a user error then ends the process with ``error: <message>`` (exit code 1; no traceback, and a
+    run folder it left untouched is removed: ``discard_untouched_run_folder``), any other error
     with ``<what> failed`` and its cause as the last lines; in a multirun it goes to the launcher, which lists it in
     the sweep's summary (stereo_exp/launcher.py). ``HYDRA_FULL_ERROR=1`` keeps the traceback, as for Hydra's own
     errors."""
@@ -42,26 +46,30 @@ def clean_errors(cfg: DictConfig, what: str = "Training") -> Iterator[None]:
     except ValueError as error:
         if not clean:
             raise
+        discard_untouched_run_folder()
         sys.exit(f"error: {error}")
     try:
         yield
     except Exception as error:
-        where = report_failure(error, what)
+        refused = clean and isinstance(error, user_errors())  # the message says it all: no traceback in the log
+        where = report_failure(error, what, log_traceback=not refused)
         drop_failed_run(error)
+        if refused:
+            discard_untouched_run_folder()
+            sys.exit(f"error: {error}")
         if not clean:
             raise
-        if isinstance(error, user_errors()):
-            sys.exit(f"error: {error}")
         print(f"\n{what} failed{where}:\n{cause(error)}", file=sys.stderr, flush=True)
         sys.exit(1)
 
 
-def report_failure(error: BaseException, what: str) -> str:
-    """Write ``error``'s traceback to the run's log file (Hydra's ``<run dir>/<job>.log``) and its cause to torchrun's
-    failure summary, so that the terminal can end with the cause alone. Returns `` (traceback in FILE)`` or ``""``."""
+def report_failure(error: BaseException, what: str, *, log_traceback: bool = True) -> str:
+    """Write ``error``'s traceback to the run's log file (Hydra's ``<run dir>/<job>.log``; unless ``log_traceback`` is
+    false) and its cause to torchrun's failure summary, so that the terminal can end with the cause alone. Returns
+    `` (traceback in FILE)`` or ``""``."""
     from stereo_exp.distributed import record_launcher_error
 
-    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    files = [h for h in logging.getLogger().handlers if log_traceback and isinstance(h, logging.FileHandler)]
     record = logging.getLogger("stereo_exp").makeRecord(
         "stereo_exp", logging.ERROR, __file__, 0, "%s failed", (what,), (type(error), error, error.__traceback__)
     )
@@ -83,3 +91,46 @@ def drop_failed_run(error: BaseException) -> None:
     stays (its frames keep their lines, not their local variables)."""
     traceback.clear_frames(error.__traceback__)
     gc.collect()
+
+
+def discard_untouched_run_folder() -> None:
+    """Remove the run folder Hydra made for a single run that was refused before it wrote anything, so that a
+    refused command leaves no trace (Hydra creates the folder, its ``.hydra/`` records and the job's log file before
+    the config can be checked).
+
+    Only a folder holding nothing but those records and an empty log is removed: a folder that already held a run
+    (``hydra.run.dir`` of an earlier run) has more, and one shared with another run started in the same second has
+    that run's log lines. Then its parents, while they are empty, up to the working directory (``outputs/<date>/``
+    of the default ``hydra.run.dir``).
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    folder = Path(hydra_cfg.runtime.output_dir).resolve()
+    hydra_files = {folder / f"{hydra_cfg.job.name}.log"}
+    if hydra_cfg.output_subdir is not None:  # hydra.output_subdir=null: no .hydra/ records
+        records = folder / hydra_cfg.output_subdir
+        hydra_files |= {records, *(records / name for name in ("config.yaml", "hydra.yaml", "overrides.yaml"))}
+    log_file = folder / f"{hydra_cfg.job.name}.log"
+    try:
+        if not set(folder.rglob("*")) <= hydra_files:
+            return
+        if log_file.exists() and log_file.stat().st_size > 0:
+            return
+    except OSError:
+        return
+    for handler in list(logging.getLogger().handlers):  # the job log's handler holds the file open
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).resolve() == log_file:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    shutil.rmtree(folder, ignore_errors=True)
+    cwd = Path.cwd().resolve()
+    for parent in folder.parents:
+        if parent == cwd or cwd not in parent.parents:
+            break
+        try:
+            parent.rmdir()  # only if empty
+        except OSError:
+            break

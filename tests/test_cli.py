@@ -69,9 +69,37 @@ def test_a_run_that_fails_with_loader_workers_running_ends_with_its_error(tmp_pa
     assert "NonFiniteLossError: 1 consecutive steps" in done.stderr
 
 
-def test_a_wrong_value_ends_a_single_run_in_one_line_before_anything_is_written(tmp_path):
-    command = [sys.executable, "-m", "stereo_exp", *TINY_RUN, f"hydra.run.dir={tmp_path}/run", "schedule.min_lr=1"]
+WRONG_INPUTS = [
+    # (override, the one line that ends the run): a schema's check, a preflight check, a missing dataset
+    ("schedule.min_lr=1", "error: schedule.min_lr (1.0) must lie in [0, schedule.lr (0.0004)]."),
+    ("mix.datasets=[synthetc]", "error: mix.datasets: Unknown dataset 'synthetc'; the catalog has: "),
+    ("eval.datasets=[eth3d-train]", "error: eval.datasets: Dataset 'eth3d-train' is missing or incomplete under "),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), WRONG_INPUTS, ids=[o.split("=")[0] for o, _ in WRONG_INPUTS])
+def test_a_wrong_value_ends_a_single_run_in_one_line_and_leaves_no_folder(tmp_path, override, message):
+    # With the default hydra.run.dir: Hydra makes outputs/<date>/<time>/ (its records, the job log) before the config
+    # can be checked; a refused command removes it again, and the date folder and outputs/ when they are empty.
+    command = [sys.executable, "-m", "stereo_exp", *TINY_RUN, f"paths.data={tmp_path / 'data'}", override]
     done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
-    assert done.stderr.strip() == "error: schedule.min_lr (1.0) must lie in [0, schedule.lr (0.0004)]."
-    assert not (tmp_path / "run" / "config.yaml").exists()
+    assert done.stderr.startswith(message), done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_command_keeps_the_folder_of_the_run_it_names_and_other_runs_of_the_day(tmp_path):
+    earlier_run = tmp_path / "outputs" / "2026-01-01" / "00-00-00" / "checkpoints" / "step_0000002.pth"
+    earlier_run.parent.mkdir(parents=True)
+    earlier_run.write_bytes(b"a checkpoint")
+    named = tmp_path / "named"
+    (named / "checkpoints").mkdir(parents=True)
+    (named / "checkpoints" / "step_0000004.pth").write_bytes(b"another")
+    for run_dir in ([], [f"hydra.run.dir={named}"]):
+        command = [sys.executable, "-m", "stereo_exp", *TINY_RUN, *run_dir, "schedule.min_lr=1"]
+        done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1 and done.stderr.startswith("error: schedule.min_lr"), done.stderr
+    assert earlier_run.read_bytes() == b"a checkpoint"
+    assert (named / "checkpoints" / "step_0000004.pth").read_bytes() == b"another"
+    assert sorted(path.name for path in (tmp_path / "outputs").iterdir()) == ["2026-01-01"]

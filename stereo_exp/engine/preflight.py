@@ -26,8 +26,22 @@ if TYPE_CHECKING:
     from stereo_exp.models.config import ModelConfig
 
 
+class RunRefused(ValueError):
+    """A run that cannot start as configured; the message names the key or file at fault and what to change."""
+
+
 def check_run(cfg: Config) -> None:
-    """Raise naming the key or file at fault unless ``cfg`` describes a run that can start."""
+    """Raise ``RunRefused`` (or ``FileNotFoundError`` for a file or dataset folder that is not there) naming the key
+    or file at fault unless ``cfg`` describes a run that can start."""
+    try:
+        _check_run(cfg)
+    except RunRefused:
+        raise
+    except ValueError as error:
+        raise RunRefused(str(error)) from error
+
+
+def _check_run(cfg: Config) -> None:
     run_steps = sum(cfg.mix.dataset_steps)
     check_schedule_length(cfg.schedule, run_steps)
     skeleton = model_skeleton(cfg.model)
