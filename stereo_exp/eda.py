@@ -48,6 +48,7 @@ def run_eda(cfg: DictConfig) -> dict[str, Any]:
     from stereo_exp.tracking import MlflowTracker
 
     config: EdaAppConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]  # typed once: every schema's checks
+    _check_datasets(config)  # before the MLflow store or run exists
     tracker = MlflowTracker(config.tracking)
     status = "FAILED"
     try:
@@ -59,6 +60,19 @@ def run_eda(cfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         tracker.end(status)
+
+
+def _check_datasets(cfg: EdaAppConfig) -> None:
+    """Refuse (``RunRefused``, ``FileNotFoundError``) a mix whose datasets are unknown, incomplete or empty, naming
+    ``mix.datasets`` and the dataset."""
+    from stereo_exp.data.checks import check_datasets
+    from stereo_exp.engine.preflight import RunRefused
+
+    names = [name for name, steps in zip(cfg.mix.datasets, cfg.mix.dataset_steps, strict=True) if steps > 0]
+    try:
+        check_datasets(names, key="mix.datasets", data_root=cfg.paths.data, options=cfg.datasets)
+    except ValueError as error:
+        raise RunRefused(str(error)) from error
 
 
 def _run(cfg: EdaAppConfig, tracker: Any) -> dict[str, Any]:

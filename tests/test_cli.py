@@ -70,18 +70,23 @@ def test_a_run_that_fails_with_loader_workers_running_ends_with_its_error(tmp_pa
 
 
 WRONG_INPUTS = [
-    # (override, the one line that ends the run): a schema's check, a preflight check, a missing dataset
-    ("schedule.min_lr=1", "error: schedule.min_lr (1.0) must lie in [0, schedule.lr (0.0004)]."),
-    ("mix.datasets=[synthetc]", "error: mix.datasets: Unknown dataset 'synthetc'; the catalog has: "),
-    ("eval.datasets=[eth3d-train]", "error: eval.datasets: Dataset 'eth3d-train' is missing or incomplete under "),
+    # (entry point, arguments, the one line that ends it): a schema's check, a preflight check, a missing dataset
+    ("stereo_exp", [*TINY_RUN, "schedule.min_lr=1"], "error: schedule.min_lr (1.0) must lie in [0, schedule.lr "),
+    ("stereo_exp", [*TINY_RUN, "mix.datasets=[synthetc]"], "error: mix.datasets: Unknown dataset 'synthetc'; "),
+    ("stereo_exp", [*TINY_RUN, "eval.datasets=[eth3d-train]"], "error: eval.datasets: Dataset 'eth3d-train' is "),
+    ("stereo_exp.eda", ["mix.datasets=[synthetc]"], "error: mix.datasets: Unknown dataset 'synthetc'; "),
+    ("stereo_exp.evaluate", ["dataset=synthetc"], "error: Unknown dataset 'synthetc'; the catalog has: "),
 ]
 
 
-@pytest.mark.parametrize(("override", "message"), WRONG_INPUTS, ids=[o.split("=")[0] for o, _ in WRONG_INPUTS])
-def test_a_wrong_value_ends_a_single_run_in_one_line_and_leaves_no_folder(tmp_path, override, message):
-    # With the default hydra.run.dir: Hydra makes outputs/<date>/<time>/ (its records, the job log) before the config
-    # can be checked; a refused command removes it again, and the date folder and outputs/ when they are empty.
-    command = [sys.executable, "-m", "stereo_exp", *TINY_RUN, f"paths.data={tmp_path / 'data'}", override]
+@pytest.mark.parametrize(
+    ("module", "args", "message"), WRONG_INPUTS, ids=[f"{m} {a[-1].split('=')[0]}" for m, a, _ in WRONG_INPUTS]
+)
+def test_a_wrong_value_ends_a_single_run_in_one_line_and_leaves_no_folder(tmp_path, module, args, message):
+    # With the default hydra.run.dir: Hydra makes outputs/.../<date>/<time>/ (its records, the job log) before the
+    # config can be checked; a refused command removes it again, and its parents up to the working directory when
+    # they are empty. No MLflow store either (mlflow.db of the default tracking.uri).
+    command = [sys.executable, "-m", module, *args, f"paths.data={tmp_path / 'data'}"]
     done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert done.stderr.startswith(message), done.stderr
