@@ -87,7 +87,7 @@ COMMANDS = [
     Command("python -m stereo_exp.predict left.png right.png -o disparity.pfm"),
     Command(
         "python -m stereo_exp.eda mix=multiset augmentation=multiset",
-        stops_with=rf"^error: Dataset 'crestereo' is missing or incomplete under {DATA}",
+        stops_with=rf"^error: mix.datasets: Dataset 'crestereo' is missing or incomplete under {DATA}",
     ),
     Command(
         "python -m stereo_exp.compare --metric val/middlebury2014-train/mae",
