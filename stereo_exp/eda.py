@@ -66,13 +66,11 @@ def _check_datasets(cfg: EdaAppConfig) -> None:
     """Refuse (``RunRefused``, ``FileNotFoundError``) a mix whose datasets are unknown, incomplete or empty, naming
     ``mix.datasets`` and the dataset."""
     from stereo_exp.data.checks import check_datasets
-    from stereo_exp.engine.preflight import RunRefused
+    from stereo_exp.engine.preflight import refusing
 
     names = [name for name, steps in zip(cfg.mix.datasets, cfg.mix.dataset_steps, strict=True) if steps > 0]
-    try:
+    with refusing():
         check_datasets(names, key="mix.datasets", data_root=cfg.paths.data, options=cfg.datasets)
-    except ValueError as error:
-        raise RunRefused(str(error)) from error
 
 
 def _run(cfg: EdaAppConfig, tracker: Any) -> dict[str, Any]:

@@ -70,7 +70,7 @@ def _run(cfg: EvaluateConfig, eval_cfg: EvalConfig, dist: DistEnv, tracker: Mlfl
 
     from stereo_exp.data.catalog import check_dataset_root
     from stereo_exp.data.transforms import GtResize
-    from stereo_exp.engine.preflight import RunRefused
+    from stereo_exp.engine.preflight import refusing
     from stereo_exp.evaluation.cascade import evaluate_datasets, save_figures
     from stereo_exp.evaluation.model_source import load_model
     from stereo_exp.evaluation.table import format_protocol, format_tables, results_to_json
@@ -81,10 +81,8 @@ def _run(cfg: EvaluateConfig, eval_cfg: EvalConfig, dist: DistEnv, tracker: Mlfl
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)  # only matters for a model without weights
     for name in eval_cfg.datasets:  # a missing dataset stops the run before weights are downloaded or loaded
-        try:
+        with refusing():  # an unknown name: one line, no traceback (stereo_exp.cli.user_errors)
             check_dataset_root(name, cfg.paths.data, cfg.datasets)
-        except ValueError as error:  # an unknown name: the command is refused (stereo_exp.cli.user_errors)
-            raise RunRefused(str(error)) from error
     loaded = load_model(cfg.weights, cfg.model, checkpoints=cfg.checkpoints, tracking_uri=cfg.tracking.uri)
     log.info("Model: %s", loaded.source)
     log.info("Evaluating on %d process(es), device %s", dist.world_size, dist.device)

@@ -9,8 +9,10 @@ datasets; it reads the weights files it checks, but downloads nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,18 +29,26 @@ if TYPE_CHECKING:
 
 
 class RunRefused(ValueError):
-    """A run that cannot start as configured; the message names the key or file at fault and what to change."""
+    """A run that cannot start as configured; the message names the key or file at fault and what to change. The
+    entry points end such a run with that message alone (``stereo_exp.cli.user_errors``)."""
+
+
+@contextlib.contextmanager
+def refusing() -> Iterator[None]:
+    """Raise the ``ValueError`` of a check in the block as ``RunRefused``."""
+    try:
+        yield
+    except RunRefused:
+        raise
+    except ValueError as error:
+        raise RunRefused(str(error)) from error
 
 
 def check_run(cfg: Config) -> None:
     """Raise ``RunRefused`` (or ``FileNotFoundError`` for a file or dataset folder that is not there) naming the key
     or file at fault unless ``cfg`` describes a run that can start."""
-    try:
+    with refusing():
         _check_run(cfg)
-    except RunRefused:
-        raise
-    except ValueError as error:
-        raise RunRefused(str(error)) from error
 
 
 def _check_run(cfg: Config) -> None:
