@@ -109,11 +109,11 @@ def discard_untouched_run_folder() -> None:
         return
     hydra_cfg = HydraConfig.get()
     folder = Path(hydra_cfg.runtime.output_dir).resolve()
-    hydra_files = {folder / f"{hydra_cfg.job.name}.log"}
+    log_file = folder / f"{hydra_cfg.job.name}.log"
+    hydra_files = {log_file}
     if hydra_cfg.output_subdir is not None:  # hydra.output_subdir=null: no .hydra/ records
         records = folder / hydra_cfg.output_subdir
         hydra_files |= {records, *(records / name for name in ("config.yaml", "hydra.yaml", "overrides.yaml"))}
-    log_file = folder / f"{hydra_cfg.job.name}.log"
     try:
         if not set(folder.rglob("*")) <= hydra_files:
             return

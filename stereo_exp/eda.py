@@ -45,10 +45,12 @@ MIX_ROW = "mix"  # name of the weighted row of the report
 
 def run_eda(cfg: DictConfig) -> dict[str, Any]:
     """Analyse as the composed ``cfg`` (conf/eda.yaml) says; returns the report (the content of ``eda.json``)."""
+    from stereo_exp.engine.preflight import check_mix_datasets, refusing
     from stereo_exp.tracking import MlflowTracker
 
     config: EdaAppConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]  # typed once: every schema's checks
-    _check_datasets(config)  # before the MLflow store or run exists
+    with refusing():  # before the MLflow store or run exists
+        check_mix_datasets(config.mix, data_root=config.paths.data, options=config.datasets)
     tracker = MlflowTracker(config.tracking)
     status = "FAILED"
     try:
@@ -60,17 +62,6 @@ def run_eda(cfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         tracker.end(status)
-
-
-def _check_datasets(cfg: EdaAppConfig) -> None:
-    """Refuse (``RunRefused``, ``FileNotFoundError``) a mix whose datasets are unknown, incomplete or empty, naming
-    ``mix.datasets`` and the dataset."""
-    from stereo_exp.data.checks import check_datasets
-    from stereo_exp.engine.preflight import refusing
-
-    names = [name for name, steps in zip(cfg.mix.datasets, cfg.mix.dataset_steps, strict=True) if steps > 0]
-    with refusing():
-        check_datasets(names, key="mix.datasets", data_root=cfg.paths.data, options=cfg.datasets)
 
 
 def _run(cfg: EdaAppConfig, tracker: Any) -> dict[str, Any]:

@@ -181,6 +181,7 @@ def test_swap_height_width_transposes_values_and_hands_back_a_channels_last_grad
 
 def test_tanh_fast_equals_tanh_values_and_gradient():
     x = torch.linspace(-20, 20, 64 * CPU_REWRITE_MIN_CHANNELS).view(1, CPU_REWRITE_MIN_CHANNELS, -1).requires_grad_()
+    assert not torch.equal(tanh_fast(x), torch.tanh(x))  # the sigmoid form ran, not torch.tanh
     torch.testing.assert_close(tanh_fast(x), torch.tanh(x), atol=3e-7, rtol=0)
     (fast_grad,) = torch.autograd.grad(tanh_fast(x).sum(), x)
     (plain_grad,) = torch.autograd.grad(torch.tanh(x).sum(), x)
@@ -200,6 +201,7 @@ def test_fast_deformable_correlation_equals_the_plain_one_values_and_gradients(m
         for fast in (False, True)
     ]
     assert results[1].shape == results[0].shape == (2, 4 * 9, 5, 7)
+    assert "_CandidateCorrelationBackward" in str(results[1].grad_fn.next_functions)  # the written-out path ran
     torch.testing.assert_close(results[1], results[0], atol=1e-6, rtol=0)
     grad = _randn(2, 36, 5, 7, seed=5)
     inputs = (left, right, flow, offsets)

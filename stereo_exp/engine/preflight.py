@@ -24,6 +24,8 @@ from stereo_exp.models.weights import load_weights, parameter_count, resolve_pub
 
 if TYPE_CHECKING:
     from stereo_exp.config import Config
+    from stereo_exp.data.config import MixConfig
+    from stereo_exp.data.options import DatasetOptions
     from stereo_exp.engine.schedule import ScheduleConfig
     from stereo_exp.models.config import ModelConfig
 
@@ -65,9 +67,15 @@ def _check_run(cfg: Config) -> None:
         check_weights(cfg.model.weights, "model.weights", skeleton)
     if cfg.init_from is not None:
         check_weights(cfg.init_from, "init_from", skeleton)
-    training_sets = [name for name, steps in zip(cfg.mix.datasets, cfg.mix.dataset_steps, strict=True) if steps > 0]
-    check_datasets(training_sets, key="mix.datasets", data_root=cfg.paths.data, options=cfg.datasets)
+    check_mix_datasets(cfg.mix, data_root=cfg.paths.data, options=cfg.datasets)
     check_datasets(cfg.eval.datasets, key="eval.datasets", data_root=cfg.paths.data, options=cfg.datasets)
+
+
+def check_mix_datasets(mix: MixConfig, *, data_root: str, options: DatasetOptions) -> None:
+    """The mix's datasets that get steps are catalog names, complete under ``data_root`` and not empty (errors name
+    ``mix.datasets``). Shared by training and the EDA, which reads the same mix."""
+    names = [name for name, steps in zip(mix.datasets, mix.dataset_steps, strict=True) if steps > 0]
+    check_datasets(names, key="mix.datasets", data_root=data_root, options=options)
 
 
 def check_schedule_length(schedule: ScheduleConfig, run_steps: int) -> None:
