@@ -254,6 +254,41 @@ def test_crestereo_base_fast_paths_equal_the_plain_computation_with_the_publishe
         torch.testing.assert_close(q, p, atol=ATOL, rtol=0)
 
 
+def test_crestereo_base_fast_paths_train_like_the_plain_computation():
+    # crestereo_base's 128-256 channel maps take every CPU rewrite of the fast paths (cpu_rewrite_applies), which
+    # crestereo_tiny's 24-48 channels do not: the sparse warp, the transposed vertical GRU, tanh from the sigmoid, the
+    # written-out candidate correlation.
+    plain, fast = _plain_and_fast(crestereo_base)
+    left, right = _pair(64, 96, batch=2)
+    results = []
+    for model in (plain, fast):
+        predictions = model.train()(left, right, num_iters=4)  # 2 updates at 1/16, 2 at 1/8, 4 at 1/4
+        loss = sum(p.abs().mean() for p in predictions)
+        results.append((predictions, _autograd_node_names(loss)))
+        loss.backward()
+    (expected, plain_nodes), (got, fast_nodes) = results
+    rewrites = {
+        f"_{name}Backward" for name in ("SparseBilinear", "SwapHeightWidth", "TanhFromSigmoid", "CandidateCorrelation")
+    }
+    assert rewrites <= fast_nodes and not rewrites & plain_nodes  # the fast model ran every rewrite, the plain none
+    for p, q in zip(expected, got, strict=True):
+        torch.testing.assert_close(q, p, atol=ATOL, rtol=0)
+    _assert_gradients_close(plain, fast)
+
+
+def _autograd_node_names(output: torch.Tensor) -> set[str]:
+    """The names of every node of ``output``'s autograd graph."""
+    names, seen, stack = set(), set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
 def test_raft_stereo_fast_paths_train_like_the_plain_computation():
     plain, fast = _plain_and_fast(raft_stereo_tiny)  # 3 GRU levels with slow-fast updates: every path of the update
     left, right = _pair(32, 64, batch=2)
