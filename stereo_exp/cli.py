@@ -93,10 +93,43 @@ def drop_failed_run(error: BaseException) -> None:
     gc.collect()
 
 
+# Hydra's records of a command (the composed config, Hydra's own config, the command line's overrides), in the
+# command's run folder under Hydra's usual name. The apps set hydra.output_subdir=null, so Hydra does not write them
+# before the command is checked, and write them here once it is accepted (save_hydra_records).
+HYDRA_RECORDS = ".hydra"
+
+
+def save_hydra_records(cfg: DictConfig, *, replace: bool) -> None:
+    """Write ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml`` to this job's Hydra run folder, as Hydra
+    itself would (``cfg``: the composed config the app received; a value the app has set since, such as training's
+    ``paths.output`` of rank 0, shows as set). Hydra writes them before the app can check the
+    command, so a refused command in an earlier run's folder replaced that run's records; the apps therefore turn
+    Hydra's writing off (``hydra.output_subdir: null``) and call this once the command is accepted, before its first
+    output. ``replace``: false keeps records already there (a resumed training run keeps those of the command that
+    started it); true replaces them (an evaluation or EDA rerun in its folder replaces its results too). No-op outside
+    a Hydra app, or with ``hydra.output_subdir`` set (Hydra wrote them)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or HydraConfig.get().output_subdir is not None:
+        return
+    hydra_cfg = HydraConfig.get()
+    records = Path(hydra_cfg.runtime.output_dir) / HYDRA_RECORDS
+    if records.exists() and not replace:
+        return
+    records.mkdir(parents=True, exist_ok=True)
+    contents = {
+        "config.yaml": cfg,
+        "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg}),
+        "overrides.yaml": hydra_cfg.overrides.task,
+    }
+    for name, content in contents.items():
+        (records / name).write_text(OmegaConf.to_yaml(content))
+
+
 def discard_untouched_run_folder() -> None:
     """Remove the run folder Hydra made for a single run that was refused before it wrote anything, so that a
-    refused command leaves no trace (Hydra creates the folder, its ``.hydra/`` records and the job's log file before
-    the config can be checked).
+    refused command leaves no trace (Hydra creates the folder and the job's log file before the config can be
+    checked, and its ``.hydra/`` records too where ``hydra.output_subdir`` is set).
 
     Only a folder holding nothing but those records and an empty log is removed: a folder that already held a run
     (``hydra.run.dir`` of an earlier run) has more, and one shared with another run started in the same second has

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from stereo_exp.cli import clean_errors
+from stereo_exp.cli import clean_errors, save_hydra_records
 from stereo_exp.config import register_configs, to_plain
 
 if TYPE_CHECKING:
@@ -126,6 +126,7 @@ def _run(cfg: EdaAppConfig, tracker: Any) -> dict[str, Any]:
 
     output = Path(cfg.paths.output)
     output.mkdir(parents=True, exist_ok=True)
+    save_hydra_records(cfg, replace=True)
     table = format_table(rows)
     setup = (
         f"crop {aug.crop_size[0]}x{aug.crop_size[1]}, scale {aug.scale_range[0]:g}-{aug.scale_range[1]:g} "

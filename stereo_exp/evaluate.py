@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from stereo_exp.cli import clean_errors
+from stereo_exp.cli import clean_errors, save_hydra_records
 from stereo_exp.config import register_configs, to_plain
 
 if TYPE_CHECKING:
@@ -117,6 +117,7 @@ def _run(cfg: EvaluateConfig, eval_cfg: EvalConfig, dist: DistEnv, tracker: Mlfl
         document = results_to_json(grids, size, extra={**extra, "model": loaded.model_cfg, "counts": counts})
         output = Path(cfg.paths.output)
         output.mkdir(parents=True, exist_ok=True)
+        save_hydra_records(cfg, replace=True)
         (output / "eval.log").write_text(table)
         (output / "eval.json").write_text(document)
         pictures = save_figures(figures, output / "pictures")

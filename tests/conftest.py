@@ -79,13 +79,13 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def file_checksums(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``folder`` but Hydra's records of each launch: .hydra/ (rewritten) and the job
-    log (appended to)."""
+def file_checksums(folder: Path, *, with_logs: bool = False) -> dict[str, str]:
+    """SHA-256 of every file under ``folder``; without ``with_logs`` not the job logs, which every accepted launch
+    appends to."""
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log"
+        if p.is_file() and (with_logs or p.suffix != ".log")
     }
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import TINY_RUN, subprocess_env
+from tests.conftest import TINY_RUN, file_checksums, subprocess_env
 
 # Libraries that take seconds to import (torchvision ~1.5 s on top of torch ~1.4 s, MLflow ~1 s on a loaded 2-core
 # machine): --help and --cfg job need none of them (issue 15 asked for an answer within 2 s).
@@ -83,8 +83,8 @@ WRONG_INPUTS = [
     ("module", "args", "message"), WRONG_INPUTS, ids=[f"{m} {a[-1].split('=')[0]}" for m, a, _ in WRONG_INPUTS]
 )
 def test_a_wrong_value_ends_a_single_run_in_one_line_and_leaves_no_folder(tmp_path, module, args, message):
-    # With the default hydra.run.dir: Hydra makes outputs/.../<date>/<time>/ (its records, the job log) before the
-    # config can be checked; a refused command removes it again, and its parents up to the working directory when
+    # With the default hydra.run.dir: Hydra makes outputs/.../<date>/<time>/ (and the job log) before the config can
+    # be checked; a refused command removes it again, and its parents up to the working directory when
     # they are empty. No MLflow store either (mlflow.db of the default tracking.uri).
     command = [sys.executable, "-m", module, *args, f"paths.data={tmp_path / 'data'}"]
     done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
@@ -108,3 +108,29 @@ def test_a_refused_command_keeps_the_folder_of_the_run_it_names_and_other_runs_o
     assert earlier_run.read_bytes() == b"a checkpoint"
     assert (named / "checkpoints" / "step_0000004.pth").read_bytes() == b"another"
     assert sorted(path.name for path in (tmp_path / "outputs").iterdir()) == ["2026-01-01"]
+
+
+def test_a_refused_command_in_a_run_folder_changes_no_byte_of_it_and_a_resume_keeps_its_hydra_records(tmp_path):
+    # Hydra writes .hydra/ before the config can be checked: a refused command in a run's folder used to replace that
+    # run's records with its own (README: "a command with another config there is refused, changing nothing").
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "stereo_exp", *TINY_RUN, f"hydra.run.dir={run}"]
+
+    def launch(*overrides: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*command, *overrides], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=180
+        )
+
+    assert launch().returncode == 0
+    started_by = (run / ".hydra" / "overrides.yaml").read_text()
+    assert "- train.log_every=1\n" in started_by  # TINY_RUN's overrides, as Hydra writes them
+    assert "seed: 0" in (run / ".hydra" / "config.yaml").read_text()
+    before = file_checksums(run, with_logs=True)
+
+    refused = launch("seed=7")
+    assert refused.returncode == 1 and refused.stderr.startswith(f"error: Cannot resume {run}"), refused.stderr
+    assert file_checksums(run, with_logs=True) == before  # not a byte changed, the job log included
+
+    resumed = launch("train.log_every=3")  # how the run is observed: accepted (the run is complete: nothing to do)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (run / ".hydra" / "overrides.yaml").read_text() == started_by  # the records of the command that started it

@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from stereo_exp import evaluation, models
+from stereo_exp.cli import save_hydra_records
 from stereo_exp.config import Config, to_plain
 from stereo_exp.data.loader import Shard, build_train_loader
 from stereo_exp.distributed import DistEnv
@@ -175,6 +176,7 @@ def _run(cfg: Config, dist: DistEnv, output: Path, tracker: MlflowTracker, hydra
     if dist.is_main:
         if start.claim:
             resume.claim(output, resolved, start.run_key)
+        save_hydra_records(cfg, replace=False)  # the command that started the run, kept by every resume
         checkpointer.remove_partial_writes()
     sweep = SweepInfo.from_hydra()  # None unless this is a job of a multirun: then tagged and grouped
     run_name = cfg.tracking.run_name or default_run_name(sweep)
