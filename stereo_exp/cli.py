@@ -12,6 +12,7 @@ import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -93,21 +94,19 @@ def drop_failed_run(error: BaseException) -> None:
     gc.collect()
 
 
-# Hydra's records of a command (the composed config, Hydra's own config, the command line's overrides), in the
-# command's run folder under Hydra's usual name. The apps set hydra.output_subdir=null, so Hydra does not write them
-# before the command is checked, and write them here once it is accepted (save_hydra_records).
-HYDRA_RECORDS = ".hydra"
+HYDRA_RECORDS = ".hydra"  # Hydra's usual folder for its records of a command, in the run folder (save_hydra_records)
 
 
-def save_hydra_records(cfg: DictConfig, *, replace: bool) -> None:
+def save_hydra_records(cfg: Any, *, replace: bool) -> None:
     """Write ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml`` to this job's Hydra run folder, as Hydra
-    itself would (``cfg``: the composed config the app received; a value the app has set since, such as training's
-    ``paths.output`` of rank 0, shows as set). Hydra writes them before the app can check the
-    command, so a refused command in an earlier run's folder replaced that run's records; the apps therefore turn
-    Hydra's writing off (``hydra.output_subdir: null``) and call this once the command is accepted, before its first
-    output. ``replace``: false keeps records already there (a resumed training run keeps those of the command that
-    started it); true replaces them (an evaluation or EDA rerun in its folder replaces its results too). No-op outside
-    a Hydra app, or with ``hydra.output_subdir`` set (Hydra wrote them)."""
+    would, with ``cfg`` as ``config.yaml`` (the composed config as the app holds it: typed, interpolations resolved).
+
+    Hydra writes them before the app can check the command, so a refused command in an earlier run's folder replaced
+    that run's records; the apps therefore turn Hydra's writing off (``hydra.output_subdir: null``) and call this once
+    the command is accepted, before its first output. ``replace``: false keeps records already there (a resumed
+    training run keeps those of the command that started it); true replaces them (an evaluation or EDA rerun in its
+    folder replaces its results too). No-op outside a Hydra app, or with ``hydra.output_subdir`` set (Hydra wrote
+    them)."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized() or HydraConfig.get().output_subdir is not None:
