@@ -83,9 +83,9 @@ WRONG_INPUTS = [
     ("module", "args", "message"), WRONG_INPUTS, ids=[f"{m} {a[-1].split('=')[0]}" for m, a, _ in WRONG_INPUTS]
 )
 def test_a_wrong_value_ends_a_single_run_in_one_line_and_leaves_no_folder(tmp_path, module, args, message):
-    # With the default hydra.run.dir: Hydra makes outputs/.../<date>/<time>/ (and the job log) before the config can
-    # be checked; a refused command removes it again, and its parents up to the working directory when
-    # they are empty. No MLflow store either (mlflow.db of the default tracking.uri).
+    # With the default hydra.run.dir: Hydra makes outputs/.../<date>/<time>/ and its job log before the config can be
+    # checked; a refused command removes it again, and its parents up to the working directory when they are empty.
+    # No MLflow store either (mlflow.db of the default tracking.uri).
     command = [sys.executable, "-m", module, *args, f"paths.data={tmp_path / 'data'}"]
     done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
