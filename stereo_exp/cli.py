@@ -157,6 +157,25 @@ def discard_untouched_run_folder() -> None:
         if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).resolve() == log_file:
             logging.getLogger().removeHandler(handler)
             handler.close()
+    _remove_with_empty_parents(folder)
+
+
+def discard_untouched_sweep_folder(sweep_dir: Path) -> None:
+    """Remove the folder of a multirun refused before any job started, so that it leaves no trace: Hydra's sweeper
+    writes ``multirun.yaml`` there before the launcher can check the jobs. Only a folder holding nothing but that
+    file is removed (one shared with a sweep started in the same second has its jobs' folders), then its parents
+    while they are empty, up to the working directory (``multirun/<date>/``)."""
+    folder = sweep_dir.resolve()
+    try:
+        if [path.name for path in folder.iterdir()] != ["multirun.yaml"]:
+            return
+    except OSError:
+        return
+    _remove_with_empty_parents(folder)
+
+
+def _remove_with_empty_parents(folder: Path) -> None:
+    """Remove ``folder``, then its parents while they are empty, up to the working directory (never above it)."""
     shutil.rmtree(folder, ignore_errors=True)
     cwd = Path.cwd().resolve()
     for parent in folder.parents:

@@ -46,7 +46,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import OmegaConf, open_dict, read_write
 
-from stereo_exp.cli import drop_failed_run
+from stereo_exp.cli import discard_untouched_sweep_folder, drop_failed_run
 
 if TYPE_CHECKING:
     from stereo_exp.tracking.sweep import SweepInfo, SweepRecord
@@ -142,6 +142,7 @@ class SweepLauncher:
             self._check_configs(nums, job_overrides)
             params = self._resources(dict(self.params))
         except LaunchError as error:
+            discard_untouched_sweep_folder(sweep_dir)
             sys.exit(f"error: {error}")
         params["name"] = f"stereo_exp:{_label(self.config)}"
         names = {num: _run_name(sweep, overrides) for num, overrides in zip(nums, job_overrides, strict=True)}

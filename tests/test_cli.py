@@ -134,3 +134,12 @@ def test_a_refused_command_in_a_run_folder_changes_no_byte_of_it_and_a_resume_ke
     resumed = launch("train.log_every=3")  # how the run is observed: accepted (the run is complete: nothing to do)
     assert resumed.returncode == 0, resumed.stderr
     assert (run / ".hydra" / "overrides.yaml").read_text() == started_by  # the records of the command that started it
+
+
+def test_a_sweep_with_a_wrong_value_ends_in_one_line_before_any_job_and_leaves_no_folder(tmp_path):
+    # Hydra's sweeper writes multirun/<date>/<time>/multirun.yaml before the launcher checks every job's config.
+    command = [sys.executable, "-m", "stereo_exp", "-m", "hydra/launcher=local", "schedule.min_lr=1,0"]
+    done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: job #0 (schedule.min_lr=1): schedule.min_lr (1.0) must lie in"), done.stderr
+    assert list(tmp_path.iterdir()) == []  # no sweep folder, no MLflow store
