@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig
 
-from stereo_exp.cli import clean_errors
+from stereo_exp.cli import clean_errors, resume_advice
 from stereo_exp.config import register_configs
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def run(cfg: DictConfig) -> TrainResult:
             # resumes from the checkpoint), or the error saying why it did not. Leaving through SystemExit matters:
             # a normal return would make submitit record a result, as if the job were over.
             raise stop.handover from None
-        log.warning("%s Run the same command again to resume from it (resume=auto, the default).", stop)
+        log.warning("%s %s to resume from it (resume=auto, the default).", stop, resume_advice(cfg))
         sys.exit(128 + stop.signum)
 
 
@@ -47,8 +47,8 @@ def main(cfg: DictConfig) -> float | None:
             metrics = run(cfg).metrics
     except KeyboardInterrupt:
         message = (
-            "Interrupted without writing a checkpoint (a second Ctrl-C, or one before training began). Run the same "
-            "command again to resume from the newest checkpoint, if any."
+            "Interrupted without writing a checkpoint (a second Ctrl-C, or one before training began). "
+            f"{resume_advice(cfg)} to resume from the newest checkpoint, if any."
         )
         print(f"\n{message}", file=sys.stderr)
         sys.exit(130)

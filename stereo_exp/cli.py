@@ -125,6 +125,26 @@ def save_hydra_records(cfg: Any, *, replace: bool) -> None:
         (records / name).write_text(OmegaConf.to_yaml(content))
 
 
+def resume_advice(cfg: DictConfig) -> str:
+    """How to resume this single run, the start of a sentence: "Run the same command again", or, when its folder is
+    named by the moment it started (Hydra's default ``hydra.run.dir``, and ``paths.output`` left to it), where the
+    same command would start a new run in a new folder: "Run the same command with hydra.run.dir=FOLDER"."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode == RunMode.MULTIRUN:
+        return "Run the same command again"
+    hydra_cfg = HydraConfig.get()
+    output_is_run_dir = "hydra:" in str(OmegaConf.to_container(cfg.paths, resolve=False)["output"])
+    time_named = "${now:" in str(OmegaConf.to_container(hydra_cfg.run, resolve=False)["dir"])
+    if not (output_is_run_dir and time_named):
+        return "Run the same command again"
+    folder = Path(hydra_cfg.runtime.output_dir)
+    if folder.is_relative_to(Path.cwd()):
+        folder = folder.relative_to(Path.cwd())
+    return f"Run the same command with hydra.run.dir={folder}"
+
+
 def discard_untouched_run_folder() -> None:
     """Remove the run folder Hydra made for a single run that was refused before it wrote anything, so that a
     refused command leaves no trace (Hydra creates the folder and the job's log file before the config can be

@@ -3,8 +3,12 @@ run ends (its loader workers let go), a user mistake ends in one line."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -143,3 +147,37 @@ def test_a_sweep_with_a_wrong_value_ends_in_one_line_before_any_job_and_leaves_n
     assert done.returncode == 1
     assert done.stderr.startswith("error: job #0 (schedule.min_lr=1): schedule.min_lr (1.0) must lie in"), done.stderr
     assert list(tmp_path.iterdir()) == []  # no sweep folder, no MLflow store
+
+
+def test_ctrl_c_in_a_run_of_the_default_time_named_folder_says_how_to_resume_it_and_the_advice_resumes_it(tmp_path):
+    # With the default hydra.run.dir (outputs/<date>/<time>), "run the same command again" would start a new run in a
+    # new folder: the message names the interrupted run's folder, and following it verbatim continues that run.
+    command = [sys.executable, "-m", "stereo_exp", *TINY_RUN, "mix.dataset_steps=[40]", "train.val_every=40"]
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal leaves it
+    )
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("outputs/*/*/checkpoints/*.pth")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole process group
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 130, output[-2000:]
+    (folder,) = tmp_path.glob("outputs/*/*")
+    advice = re.search(
+        r"checkpoint written at step \d+\. Run the same command with (hydra\.run\.dir=\S+) to resume", output
+    )
+    assert advice and advice.group(1) == f"hydra.run.dir={folder.relative_to(tmp_path)}", output[-2000:]
+
+    resumed = subprocess.run(
+        [*command, advice.group(1)], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert list(tmp_path.glob("outputs/*/*")) == [folder]  # no new run folder: the same run went on
+    assert (folder / "checkpoints" / "step_0000040.pth").is_file()
