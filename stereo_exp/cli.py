@@ -125,6 +125,12 @@ def save_hydra_records(cfg: Any, *, replace: bool) -> None:
         (records / name).write_text(OmegaConf.to_yaml(content))
 
 
+def output_is_hydra_run_dir(cfg: DictConfig) -> bool:
+    """Whether ``paths.output`` is left at its default, Hydra's run directory (``hydra.run.dir`` then names the run's
+    folder), rather than set by hand."""
+    return "hydra:" in str(OmegaConf.to_container(cfg.paths, resolve=False)["output"])  # type: ignore[index]
+
+
 def resume_advice(cfg: DictConfig) -> str:
     """How to resume this single run, the start of a sentence: "Run the same command again", or, when its folder is
     named by the moment it started (Hydra's default ``hydra.run.dir``, and ``paths.output`` left to it), where the
@@ -135,9 +141,8 @@ def resume_advice(cfg: DictConfig) -> str:
     if not HydraConfig.initialized() or HydraConfig.get().mode == RunMode.MULTIRUN:
         return "Run the same command again"
     hydra_cfg = HydraConfig.get()
-    output_is_run_dir = "hydra:" in str(OmegaConf.to_container(cfg.paths, resolve=False)["output"])
     time_named = "${now:" in str(OmegaConf.to_container(hydra_cfg.run, resolve=False)["dir"])
-    if not (output_is_run_dir and time_named):
+    if not (output_is_hydra_run_dir(cfg) and time_named):
         return "Run the same command again"
     folder = Path(hydra_cfg.runtime.output_dir)
     if folder.is_relative_to(Path.cwd()):

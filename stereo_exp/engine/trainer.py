@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from stereo_exp import evaluation, models
-from stereo_exp.cli import save_hydra_records
+from stereo_exp.cli import output_is_hydra_run_dir, save_hydra_records
 from stereo_exp.config import Config, to_plain
 from stereo_exp.data.loader import Shard, build_train_loader
 from stereo_exp.distributed import DistEnv
@@ -96,8 +96,7 @@ def train(cfg: DictConfig) -> TrainResult:
     """Train as the composed config ``cfg`` says; returns the final validation metrics, the model and where the
     results are. The one place where the config is typed: everything below reads the ``Config`` object."""
     config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]  # every schema's own checks run here
-    # paths.output left at its default, Hydra's run directory (then hydra.run.dir names another one), or set by hand.
-    hydra_output = "hydra:" in str(OmegaConf.to_container(cfg.paths, resolve=False)["output"])  # type: ignore[index]
+    hydra_output = output_is_hydra_run_dir(cfg)  # else paths.output was set by hand
     check_run(config)  # the datasets, the weights, cross-group checks: before anything is created or downloaded
     dist = DistEnv.from_environment(config.train.device)
     dist.init_process_group()
