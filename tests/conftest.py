@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -77,6 +78,22 @@ def subprocess_env() -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return env
+
+
+def start_in_own_group(command: list[str], cwd: Path) -> subprocess.Popen:
+    """Start ``command`` as a terminal starts a job: its own process group (a signal to the group reaches it and its
+    DataLoader workers), SIGINT at its default action (a background job of a script would ignore it), stdout and
+    stderr together, as text."""
+    return subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def file_checksums(folder: Path, *, with_logs: bool = False) -> dict[str, str]:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import TINY_RUN, file_checksums, subprocess_env
+from tests.conftest import TINY_RUN, file_checksums, start_in_own_group, subprocess_env
 
 # Libraries that take seconds to import (torchvision ~1.5 s on top of torch ~1.4 s, MLflow ~1 s on a loaded 2-core
 # machine): --help and --cfg job need none of them (issue 15 asked for an answer within 2 s).
@@ -153,16 +153,7 @@ def test_ctrl_c_in_a_run_of_the_default_time_named_folder_says_how_to_resume_it_
     # With the default hydra.run.dir (outputs/<date>/<time>), "run the same command again" would start a new run in a
     # new folder: the message names the interrupted run's folder, and following it verbatim continues that run.
     command = [sys.executable, "-m", "stereo_exp", *TINY_RUN, "mix.dataset_steps=[40]", "train.val_every=40"]
-    process = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal leaves it
-    )
+    process = start_in_own_group(command, tmp_path)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("outputs/*/*/checkpoints/*.pth")) and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -9,7 +9,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from stereo_exp.engine import checkpoint as ckpt
-from tests.conftest import TINY_RUN, subprocess_env
+from tests.conftest import TINY_RUN, start_in_own_group
 
 STEPS = 24
 RUN = (
@@ -54,16 +53,7 @@ def command(run_dir: Path) -> list[str]:
 def attempt(run_dir: Path, trigger: str, signum: int | None, wait_for: str | None, delay: float = 0.0) -> Attempt:
     """Run the command; once ``wait_for`` (a glob under the run dir) matches, wait ``delay`` s, then send ``signum``
     to the process group (the run and its DataLoader workers, as a terminal or SLURM does)."""
-    process = subprocess.Popen(
-        command(run_dir),
-        cwd=run_dir.parent,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    process = start_in_own_group(command(run_dir), run_dir.parent)
     record = Attempt(trigger, None)
     if wait_for is not None:
         deadline = time.monotonic() + 240

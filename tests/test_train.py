@@ -38,6 +38,7 @@ from tests.conftest import (
     assert_same_weights,
     compose_train_config,
     file_checksums,
+    start_in_own_group,
     subprocess_env,
 )
 
@@ -425,15 +426,7 @@ def run_cli(
     command = [sys.executable, "-m", "stereo_exp", *TINY_RUN, f"hydra.run.dir={run_dir}", *overrides]
     if wait:
         return subprocess.run(command, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    return subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group: a signal can reach it and its DataLoader workers
-    )
+    return start_in_own_group(command, cwd)
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -507,15 +500,7 @@ def test_two_process_ddp_stopped_by_sigterm_resumes_to_the_weights_and_history_o
     # SIGTERM to every process (torchrun and both ranks, as SLURM signals a job) between two log steps: each rank's
     # share of the log window travels in the checkpoint, so the resumed run logs the uninterrupted run's values.
     stop_command = torchrun(worker, str(stopped), *run, f"tracking.uri=sqlite:///{tmp_path}/stopped.db")
-    process = subprocess.Popen(
-        stop_command,
-        cwd=tmp_path,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    process = start_in_own_group(stop_command, tmp_path)
     wait_for(stopped / "checkpoints" / "step_0000006.pth", process)
     os.killpg(process.pid, signal.SIGTERM)
     output = process.communicate(timeout=120)[0]
