@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -35,7 +36,7 @@ def run(cfg: DictConfig) -> TrainResult:
             # a normal return would make submitit record a result, as if the job were over.
             raise stop.handover from None
         log.warning("%s %s to resume from it (resume=auto, the default).", stop, resume_advice(cfg))
-        sys.exit(128 + stop.signum)
+        raise SystemExit(128 + stop.signum) from stop  # the cause tells a sweep's job what happened (launcher.py)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -51,10 +52,14 @@ def main(cfg: DictConfig) -> float | None:
             f"{resume_advice(cfg)} to resume from the newest checkpoint, if any."
         )
         print(f"\n{message}", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(128 + signal.SIGINT)
     mae = [value for key, value in metrics.items() if key.endswith("/mae")]
     return mae[0] if mae else None
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # while Hydra starts (main handles the training's; the launchers, their sweep's)
+        print("\nInterrupted (Ctrl-C).", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)

@@ -127,27 +127,34 @@ def save_hydra_records(cfg: Any, *, replace: bool) -> None:
 
 def output_is_hydra_run_dir(cfg: DictConfig) -> bool:
     """Whether ``paths.output`` is left at its default, Hydra's run directory (``hydra.run.dir`` then names the run's
-    folder), rather than set by hand."""
-    return "hydra:" in str(OmegaConf.to_container(cfg.paths, resolve=False)["output"])  # type: ignore[index]
+    folder), rather than set by hand. True for an app without ``paths.output``: Hydra's folder is all it has."""
+    paths = OmegaConf.select(cfg, "paths")
+    if paths is None or "output" not in paths:
+        return True
+    return "hydra:" in str(OmegaConf.to_container(paths, resolve=False)["output"])  # type: ignore[index]
 
 
 def resume_advice(cfg: DictConfig) -> str:
-    """How to resume this single run, the start of a sentence: "Run the same command again", or, when its folder is
-    named by the moment it started (Hydra's default ``hydra.run.dir``, and ``paths.output`` left to it), where the
-    same command would start a new run in a new folder: "Run the same command with hydra.run.dir=FOLDER"."""
+    """How to resume this run, or the sweep it is a job of, the start of a sentence: "Run the same command again",
+    or, when its folder is named by the moment it started (Hydra's default ``hydra.run.dir`` or ``hydra.sweep.dir``,
+    and ``paths.output`` left to it), where the same command would start anew in a new folder: "Run the same command
+    with hydra.run.dir=FOLDER" (``hydra.sweep.dir=`` for a sweep). ``cfg``: a job's config, or the sweep
+    submitter's (which holds its ``hydra`` node: the submitter runs no job, so Hydra's HydraConfig is not set)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if not HydraConfig.initialized() or HydraConfig.get().mode == RunMode.MULTIRUN:
+    hydra_cfg = OmegaConf.select(cfg, "hydra") or (HydraConfig.get() if HydraConfig.initialized() else None)
+    if hydra_cfg is None:
         return "Run the same command again"
-    hydra_cfg = HydraConfig.get()
-    time_named = "${now:" in str(OmegaConf.to_container(hydra_cfg.run, resolve=False)["dir"])
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    key, node = ("hydra.sweep.dir", hydra_cfg.sweep) if multirun else ("hydra.run.dir", hydra_cfg.run)
+    folder = Path(str(node.dir))  # ${now:...} as it was when the command started (Hydra caches it)
+    time_named = "${now:" in str(OmegaConf.to_container(node, resolve=False)["dir"])
     if not (output_is_hydra_run_dir(cfg) and time_named):
         return "Run the same command again"
-    folder = Path(hydra_cfg.runtime.output_dir)
     if folder.is_relative_to(Path.cwd()):
         folder = folder.relative_to(Path.cwd())
-    return f"Run the same command with hydra.run.dir={folder}"
+    return f"Run the same command with {key}={folder}"
 
 
 def discard_untouched_run_folder() -> None:

@@ -25,6 +25,11 @@ job would exit 0 (SLURM: COMPLETED), so ``__call__`` raises it again after loggi
 When every job has ended, the submitter attaches a table and a plot of the sweep's key metric to the parent run,
 and its last lines list every job with its state (sacct's for SLURM), its MLflow status and metric, then the sweep
 id, the MLflow experiment link and the ``compare`` command to run next. It exits with 1 if a job failed.
+
+Ctrl-C while the submitter waits: SLURM jobs go on (the submitter says how to see and cancel them). Local jobs get
+the terminal's Ctrl-C as a single run does (a checkpoint after the current step, then they stop); the submitter
+waits for them, lists them as INTERRUPTED and says which command resumes the sweep (``hydra.sweep.dir=``), then exits
+with 130. A second Ctrl-C stops the jobs at once, without a checkpoint, and the submitter with them.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,7 +52,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import OmegaConf, open_dict, read_write
 
-from stereo_exp.cli import discard_untouched_sweep_folder, drop_failed_run
+from stereo_exp.cli import discard_untouched_sweep_folder, drop_failed_run, resume_advice
 
 if TYPE_CHECKING:
     from stereo_exp.tracking.sweep import SweepInfo, SweepRecord
@@ -73,6 +79,11 @@ class LaunchError(Exception):
     """The sweep cannot be submitted as configured; the message names the key to change."""
 
 
+class JobInterrupted(Exception):
+    """Raised in a job stopped by Ctrl-C, so that its result file says so: an exit without one looks to the
+    submitter like a job that died. The message says whether it wrote a checkpoint."""
+
+
 @dataclass
 class JobOutcome:
     """How one job of the sweep ended, as the submitter sees it."""
@@ -80,9 +91,14 @@ class JobOutcome:
     num: int  # hydra.job.num
     job_id: str  # SLURM's ARRAYID_INDEX, or the local process id
     name: str  # the run name: the swept values
-    error: str | None = None  # the exception line of a failed job
+    error: str | None = None  # the exception line of a failed job, or how an interrupted one stopped
     result: JobReturn | None = None  # Hydra's record of a job that completed
-    state: str = ""  # sacct's state (SLURM), COMPLETED or FAILED (local)
+    state: str = ""  # "" while it runs; then COMPLETED, FAILED or INTERRUPTED (local), sacct's state (SLURM)
+    interrupted: bool = False  # stopped by Ctrl-C (JobInterrupted): resumable, not failed
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None and not self.interrupted
 
 
 class SweepLauncher:
@@ -101,9 +117,23 @@ class SweepLauncher:
     def __call__(
         self, sweep_overrides: list[str], job_dir_key: str, job_num: int, job_id: str, singleton_state: dict
     ) -> JobReturn:
-        """Run one job; raise its exception when it failed, so that the process exits non-zero."""
-        self._rename_job(job_num)
-        result = super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)  # type: ignore[misc]
+        """Run one job; raise its exception when it failed, so that the process exits non-zero, and
+        ``JobInterrupted`` when Ctrl-C stopped it."""
+        try:
+            # The local launcher starts its jobs with SIGINT blocked (see ``launch``): a Ctrl-C that came since is
+            # delivered here, before the training begins.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+            self._rename_job(job_num)
+            result = super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)  # type: ignore[misc]
+        except KeyboardInterrupt:
+            raise JobInterrupted("Interrupted (Ctrl-C) before the training began") from None
+        except SystemExit as stop:
+            if stop.code != 128 + signal.SIGINT:
+                raise  # submitit's requeue, or another signal's ending
+            # stereo_exp.__main__ ends a Ctrl-C with exit code 130, caused by the trainer's Preempted after its
+            # checkpoint; without a cause it was a second Ctrl-C, or one before the training began.
+            reason = str(stop.__cause__ or "Interrupted (Ctrl-C) without writing a checkpoint")
+            raise JobInterrupted(reason) from None
         if result.status == JobStatus.FAILED:
             error = result._return_value
             # Into the run folder's log (Hydra's job logging is still set up) and the job's stderr.
@@ -139,6 +169,79 @@ class SweepLauncher:
         sweep = SweepInfo(sweep_id_of(sweep_dir), str(sweep_dir), job_num=-1, job_id="", overrides=(), plan=plan)
         nums = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
         try:
+            params, names, record = self._prepare(sweep, nums, job_overrides)
+        except KeyboardInterrupt:
+            discard_untouched_sweep_folder(sweep_dir)
+            print("\nInterrupted (Ctrl-C) before the jobs were submitted: none runs.", file=sys.stderr)
+            sys.exit(128 + signal.SIGINT)
+        log.info("Submitit '%s' sweep output dir : %s", self._EXECUTOR, self.config.hydra.sweep.dir)
+        if self._EXECUTOR == "local" and len(job_overrides) > 1:
+            # The jobs share this machine's cores: their OpenMP threads sleep while waiting instead of spinning (read
+            # when each job loads torch; a value in the environment wins). Two 2-thread trainings on 2 cores took
+            # 440-490 s spinning and 46-48 s sleeping, same numbers; alone, sleeping costs ~40% (docs/PERFORMANCE.md).
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        arguments = []
+        for num, overrides in zip(nums, job_overrides, strict=True):
+            log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
+            arguments.append((list(overrides), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state()))
+        try:
+            # Local jobs start with SIGINT blocked (inherited): submitit's controller process, which a Ctrl-C would
+            # make kill its job 1 s later, before its checkpoint, never takes one; each job unblocks it (__call__).
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            jobs = self._executor(params).map_array(self, *zip(*arguments, strict=True))
+        except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as error:
+            sys.exit(
+                f"error: {self._EXECUTOR} refused the sweep: {_last_line(str(error))} (launcher settings: "
+                f"hydra.launcher.*, {self.config_file})"
+            )
+        outcomes = [JobOutcome(num, str(job.job_id), names[num]) for num, job in zip(nums, jobs, strict=True)]
+        interrupted = self._wait_for_all(jobs, outcomes)
+        self._states(outcomes)
+        self._report(sweep, record, outcomes)
+        if any(outcome.failed for outcome in outcomes):
+            sys.exit(1)
+        if interrupted:
+            sys.exit(128 + signal.SIGINT)
+        return [outcome.result for outcome in outcomes]
+
+    def _wait_for_all(self, jobs: list[Any], outcomes: list[JobOutcome]) -> bool:
+        """``_wait``, through Ctrl-C (the one that came while the jobs were submitted too). Returns whether one came.
+        SLURM: the submitter leaves, the jobs go on. Local: every job got it too, checkpoints and stops; this waits
+        for them. A second Ctrl-C stops them at once, without a checkpoint (waiting for them still: the summary
+        says how each ended); a third leaves them."""
+        interrupts, started = 0, time.monotonic()
+        while True:
+            try:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a Ctrl-C held back since submitting
+                self._wait(jobs, outcomes, started)
+                return interrupts > 0
+            except KeyboardInterrupt:
+                interrupts += 1
+                if self._EXECUTOR == "slurm":
+                    array = outcomes[0].job_id.split("_")[0]
+                    sys.exit(
+                        f"\nInterrupted: the jobs go on in SLURM and their runs still reach MLflow; see them with "
+                        f"squeue -j {array}, cancel them with scancel {array}"
+                    )
+                if interrupts == 1:
+                    log.warning(
+                        "Interrupted (Ctrl-C): every job writes a checkpoint after its current step and stops; "
+                        "waiting for them (Ctrl-C again stops them at once, without it)."
+                    )
+                elif interrupts == 2:
+                    log.warning("Interrupted again: the jobs stop at once; waiting for them (Ctrl-C again leaves).")
+                else:
+                    print(f"\nLeft the jobs. {resume_advice(self.config)} to resume the sweep.", file=sys.stderr)
+                    sys.exit(128 + signal.SIGINT)
+
+    def _prepare(
+        self, sweep: SweepInfo, nums: list[int], job_overrides: Sequence[Sequence[str]]
+    ) -> tuple[dict[str, Any], dict[int, str], SweepRecord | None]:
+        """Before submitting: check every job, fit the resources, name the jobs, make the sweep folder and its MLflow
+        records. Returns (submitit parameters, run name of each job number, the MLflow record). A check that fails
+        ends the process with one line and removes the sweep folder Hydra made."""
+        sweep_dir = Path(sweep.sweep_dir)
+        try:
             self._check_configs(nums, job_overrides)
             params = self._resources(dict(self.params))
         except LaunchError as error:
@@ -151,41 +254,7 @@ class SweepLauncher:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if "mode" in self.config.hydra.sweep:  # hydra.sweep.mode: the sweep folder's permissions, as Hydra applies them
             os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
-        record = self._register(sweep)
-        log.info("Submitit '%s' sweep output dir : %s", self._EXECUTOR, self.config.hydra.sweep.dir)
-        if self._EXECUTOR == "local" and len(job_overrides) > 1:
-            # The jobs share this machine's cores: their OpenMP threads sleep while waiting instead of spinning (read
-            # when each job loads torch; a value in the environment wins). Two 2-thread trainings on 2 cores took
-            # 440-490 s spinning and 46-48 s sleeping, same numbers; alone, sleeping costs ~40% (docs/PERFORMANCE.md).
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        arguments = []
-        for num, overrides in zip(nums, job_overrides, strict=True):
-            log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
-            arguments.append((list(overrides), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state()))
-        try:
-            jobs = self._executor(params).map_array(self, *zip(*arguments, strict=True))
-        except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as error:
-            sys.exit(
-                f"error: {self._EXECUTOR} refused the sweep: {_last_line(str(error))} (launcher settings: "
-                f"hydra.launcher.*, {self.config_file})"
-            )
-
-        outcomes = [JobOutcome(num, str(job.job_id), names[num]) for num, job in zip(nums, jobs, strict=True)]
-        try:
-            self._wait(jobs, outcomes)
-        except KeyboardInterrupt:
-            if self._EXECUTOR != "slurm":
-                raise  # local jobs got the interrupt too
-            array = outcomes[0].job_id.split("_")[0]
-            sys.exit(
-                f"\nInterrupted: the jobs go on in SLURM and their runs still reach MLflow; see them with "
-                f"squeue -j {array}, cancel them with scancel {array}"
-            )
-        self._states(outcomes)
-        self._report(sweep, record, outcomes)
-        if any(outcome.error for outcome in outcomes):
-            sys.exit(1)
-        return [outcome.result for outcome in outcomes]
+        return params, names, self._register(sweep)
 
     def _check_configs(self, nums: list[int], job_overrides: Sequence[Sequence[str]]) -> None:
         """Compose every job's config as its job will, and run its schemas' checks: a wrong value fails here, once,
@@ -257,12 +326,13 @@ class SweepLauncher:
             )
             return None
 
-    def _wait(self, jobs: list[Any], outcomes: list[JobOutcome]) -> None:
-        """Wait for every job; say when each one ends (a sweep may run for days). A job that ends without a result
-        (cancelled, killed, out of memory) is noticed through SLURM's accounting, asked for all jobs at once every
-        ``STATE_POLL_S``: submitit alone asks less and less often, up to every 10 minutes late in a sweep."""
-        remaining = list(zip(jobs, outcomes, strict=True))
-        started, next_state_poll = time.monotonic(), 0.0
+    def _wait(self, jobs: list[Any], outcomes: list[JobOutcome], started: float) -> None:
+        """Wait for every job still running (no ``state`` yet); say when each one ends (a sweep may run for days). A
+        job that ends without a result (cancelled, killed, out of memory) is noticed through SLURM's accounting, asked
+        for all jobs at once every ``STATE_POLL_S``: submitit alone asks less and less often, up to every 10 minutes
+        late in a sweep."""
+        remaining = [(job, outcome) for job, outcome in zip(jobs, outcomes, strict=True) if not outcome.state]
+        next_state_poll = 0.0
         while remaining:
             if self._EXECUTOR == "slurm" and time.monotonic() >= next_state_poll:
                 jobs[0].watcher.update()  # one sacct call for every job of the sweep
@@ -272,10 +342,14 @@ class SweepLauncher:
                 error = job.exception()
                 if error is None:
                     outcome.result = job.results()[0]  # rank 0's, as hydra-submitit-launcher returns it
+                    outcome.state, ended = "COMPLETED", "done"
+                elif interruption := re.search(rf"\b{JobInterrupted.__name__}: (.+)", str(error)):
+                    outcome.error, outcome.interrupted = interruption.group(1), True
+                    outcome.state, ended = "INTERRUPTED", outcome.error
                 else:
                     outcome.error = _job_error(str(error))
+                    outcome.state, ended = "FAILED", f"failed: {outcome.error}"
                 elapsed = time.strftime("%H:%M:%S", time.gmtime(time.monotonic() - started))
-                ended = f"failed: {outcome.error}" if outcome.error else "done"
                 log.info(
                     "job #%d (%s) %s ended after %s: %s", outcome.num, outcome.job_id, outcome.name, elapsed, ended
                 )
@@ -283,8 +357,7 @@ class SweepLauncher:
                 time.sleep(POLL_S)
 
     def _states(self, outcomes: list[JobOutcome]) -> None:
-        for outcome in outcomes:
-            outcome.state = "FAILED" if outcome.error else "COMPLETED"
+        """The final states of the jobs, for the summary: local jobs have theirs from ``_wait``."""
 
     def _report(self, sweep: SweepInfo, record: SweepRecord | None, outcomes: list[JobOutcome]) -> None:
         """Attach the sweep's table and plot to its parent run, then print the summary (the submitter's last lines)."""
@@ -301,11 +374,12 @@ class SweepLauncher:
                 note = f"MLflow at {record.tracking_uri} cannot be reached now ({_last_line(str(error))})"
         relative = os.path.relpath(sweep.sweep_dir)
         where = sweep.sweep_dir if relative.startswith("..") else relative
-        failed = sum(1 for outcome in outcomes if outcome.error)
-        completed = f"{len(outcomes) - failed} of {len(outcomes)} jobs completed" + (
-            f", {failed} failed" if failed else ""
-        )
-        lines = ["", f"Sweep {where} (id {sweep.sweep_id}): {completed}"]
+        completed = sum(1 for outcome in outcomes if outcome.error is None)
+        failed = sum(1 for outcome in outcomes if outcome.failed)
+        interrupted = sum(1 for outcome in outcomes if outcome.interrupted)
+        counts = f"{completed} of {len(outcomes)} jobs completed" + (f", {failed} failed" if failed else "")
+        counts += f", {interrupted} interrupted" if interrupted else ""
+        lines = ["", f"Sweep {where} (id {sweep.sweep_id}): {counts}"]
         table = [["job", "id", "state", "mlflow", metric or "metric", "run"]]
         for outcome in outcomes:
             run = runs.get(outcome.num)
@@ -319,6 +393,11 @@ class SweepLauncher:
                 lines.append(f"      {outcome.error}  (log: {Path(where) / str(outcome.num) / '__main__.log'})")
         if note:
             lines.append(note)
+        if interrupted:
+            lines.append(
+                f"{resume_advice(self.config)} to resume the sweep (resume=auto, the default: every job continues "
+                "from its last checkpoint)."
+            )
         if record is not None:
             hint = ui_hint(record.tracking_uri)
             lines.append(
@@ -470,7 +549,8 @@ def _summarise_in_mlflow(
     record: SweepRecord, tracking: Any, sweep: SweepInfo, outcomes: list[JobOutcome]
 ) -> tuple[dict[int, Any], str | None, str]:
     """Read the sweep's runs; attach the ranked table and the plot of its key metric to the parent run, with the
-    table in its description; close the runs of failed jobs still RUNNING and the parent (FAILED when a job failed).
+    table in its description; close the runs of ended jobs still RUNNING (FAILED, or KILLED when interrupted) and the
+    parent (FAILED when a job failed, KILLED when one was interrupted).
     Returns (runs by job number, metric, a note for the summary)."""
     from stereo_exp.tracking.comparison import compare, default_metric, markdown_table, training_runs
     from stereo_exp.tracking.mlflow_io import open_client
@@ -483,14 +563,14 @@ def _summarise_in_mlflow(
         for outcome in outcomes:  # killed (SIGKILL, out of memory, a lost node): the job could not close its run
             run = runs.get(outcome.num)
             if outcome.error and run is not None and run.info.status == "RUNNING":
-                client.set_terminated(run.info.run_id, status="FAILED")
+                client.set_terminated(run.info.run_id, status="KILLED" if outcome.interrupted else "FAILED")
                 runs[outcome.num] = client.get_run(run.info.run_id)
         metric = default_metric(found)
         missing = ", ".join(f"#{outcome.num}" for outcome in outcomes if outcome.num not in runs)
         note = ""
         if missing:
             note = (
-                f"MLflow has no run of job {missing}: it failed before training, or its records wait in its run "
+                f"MLflow has no run of job {missing}: it ended before training, or its records wait in its run "
                 f"folder (python -m stereo_exp.tracking.sync {sweep.sweep_dir})"
             )
         if record.parent_run_id is None:
@@ -512,6 +592,10 @@ def _summarise_in_mlflow(
                 table = markdown_table(result)
                 client.log_artifacts(record.parent_run_id, folder, "sweep_summary")
         client.set_tag(record.parent_run_id, NOTE_TAG, sweep_description(sweep, table))
-        failed = any(outcome.error for outcome in outcomes)
-        client.set_terminated(record.parent_run_id, status="FAILED" if failed else "FINISHED")
+        status = "FINISHED"
+        if any(outcome.failed for outcome in outcomes):
+            status = "FAILED"
+        elif any(outcome.interrupted for outcome in outcomes):
+            status = "KILLED"  # as MLflow calls a run ended by Ctrl-C; the sweep's resumption finishes it
+        client.set_terminated(record.parent_run_id, status=status)
     return runs, metric, note

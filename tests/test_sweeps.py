@@ -1,14 +1,18 @@
 """Sweeps: what a multirun sweeps and how its runs are named, processes that start together on a new SQLite store,
-a local sweep with the default tracking in which one job diverges, and a failed SLURM job.
+a local sweep with the default tracking in which one job diverges, Ctrl-C in a local sweep and its resumption, and a
+failed SLURM job.
 
 The README's own 2x2 SLURM sweep, its MLflow records and the UI are tested in tests/test_readme.py."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -25,7 +29,7 @@ from stereo_exp.tracking.sweep import (
     record_files,
     sweep_id_of,
 )
-from tests.conftest import CONF_DIR, TINY_RUN, subprocess_env
+from tests.conftest import CONF_DIR, TINY_RUN, start_in_own_group, subprocess_env
 
 if TYPE_CHECKING:
     from tests.cluster_fixtures import SlurmCluster
@@ -200,6 +204,68 @@ def test_a_local_sweep_of_four_jobs_with_the_default_store_records_every_run_and
     assert summary[6].startswith("      NonFiniteLossError: 1 consecutive steps")
     assert summary[6].endswith("/3/__main__.log)")
     assert summary[-1].startswith("Next: python -m stereo_exp.compare --sweep multirun/")
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_local_sweep_checkpoints_every_job_and_the_command_it_prints_resumes_the_sweep(tmp_path):
+    # A terminal's Ctrl-C reaches the submitter, submitit's controller of each job and the jobs. The controller used
+    # to kill its job 1 s later, before the checkpoint; the submitter ended in a traceback; the jobs' advice, "run the
+    # same command again", would have started a new sweep in a new time-named folder.
+    overrides = [o for o in TINY_RUN if not o.startswith("tracking=")]  # the default store, ./mlflow.db
+    command = [
+        sys.executable,
+        "-m",
+        "stereo_exp",
+        "-m",
+        "hydra/launcher=local",
+        *overrides,
+        "mix.dataset_steps=[120]",
+        "train.val_every=60",
+        "schedule.lr=1e-4,2e-4",
+    ]
+    process = start_in_own_group(command, tmp_path)
+    deadline = time.monotonic() + 180
+    while len(list(tmp_path.glob("multirun/*/*/*/checkpoints/*.pth"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole process group
+    output = process.communicate(timeout=180)[0]
+    assert process.returncode == 130 and "Traceback" not in output, output[-3000:]
+    (sweep,) = tmp_path.glob("multirun/*/*")
+    summary = summary_lines(output)
+    assert summary[0].endswith("0 of 2 jobs completed, 2 interrupted"), output[-3000:]
+    stopped_at = {}
+    for num, name, line in ((0, "lr=0.0001", summary[3]), (1, "lr=0.0002", summary[5])):
+        assert re.match(rf"  #{num} +\d+ +INTERRUPTED +KILLED +\S+ +{name}$", summary[2 + 2 * num]), summary
+        step = int(re.match(r"      Interrupted \(Ctrl-C\): checkpoint written at step (\d+)\.", line).group(1))
+        assert (sweep / str(num) / "checkpoints" / f"step_{step:07d}.pth").is_file()  # written before the job ended
+        stopped_at[num] = step
+    advice = re.search(r"^Run the same command with (hydra\.sweep\.dir=\S+) to resume the sweep", output, re.M)
+    assert advice and advice.group(1) == f"hydra.sweep.dir={sweep.relative_to(tmp_path)}", summary
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("stereo_exp").experiment_id
+    before = {run.info.run_name: run for run in client.search_runs([experiment])}
+    assert {name: run.info.status for name, run in before.items()} == {
+        "lr=0.0001": "KILLED",
+        "lr=0.0002": "KILLED",
+        f"sweep {sweep.parent.name}/{sweep.name}: lr": "KILLED",
+    }
+
+    resumed = subprocess.run(
+        [*command, advice.group(1)], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert summary_lines(resumed.stdout)[0].endswith("2 of 2 jobs completed")
+    assert list(tmp_path.glob("multirun/*/*")) == [sweep]  # the same sweep went on
+    for num, step in stopped_at.items():
+        assert f"Resumed from step {step}\n" in (sweep / str(num) / "__main__.log").read_text()
+    after = {run.info.run_name: run for run in client.search_runs([experiment])}
+    assert {name: run.info.run_id for name, run in after.items()} == {
+        name: run.info.run_id for name, run in before.items()
+    }  # the same MLflow runs, now finished, each step logged once
+    assert {run.info.status for run in after.values()} == {"FINISHED"}
+    for name in ("lr=0.0001", "lr=0.0002"):
+        steps = [metric.step for metric in client.get_metric_history(after[name].info.run_id, "train/loss")]
+        assert sorted(steps) == list(range(1, 121)), name
 
 
 def test_the_jobs_of_a_local_sweep_let_their_openmp_threads_sleep_while_waiting(tmp_path):
