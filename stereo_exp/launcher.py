@@ -1,9 +1,10 @@
-"""What the sweep launchers (``hydra/launcher=slurm``, ``hydra/launcher=local``) do besides submitting jobs, so that
-no sweep is lost silently.
+"""What stereo_exp's sweep launchers (``hydra/launcher=sequential``, the default of ``-m``; ``local``; ``slurm``) do
+besides running the jobs, so that no sweep is lost silently.
 
-Hydra instantiates launchers only from its plugin namespace: the launcher classes are hydra-submitit-launcher's with
-these mixins, two lines in ``hydra_plugins/stereo_exp_launcher/launchers.py``. Hydra imports that module whenever it
-starts, so this one imports MLflow and the rest of stereo_exp only when a sweep is launched.
+Hydra instantiates launchers only from its plugin namespace: the launcher classes are Hydra's basic launcher and
+hydra-submitit-launcher's with these mixins, a few lines in ``hydra_plugins/stereo_exp_launcher/launchers.py``. Hydra
+imports that module whenever it starts, so this one imports MLflow and the rest of stereo_exp only when a sweep is
+launched.
 
 In the submitting process, before any job starts:
 
@@ -19,17 +20,18 @@ In the submitting process, before any job starts:
 * SLURM jobs are named after what runs (``stereo_exp:<experiment or model>``); once started, each renames itself
   ``... #<job num> <swept values>``, as sacct and squeue show it.
 
-In each job, a training that fails makes the job fail: Hydra keeps a task's exception in its ``JobReturn``, and the
-job would exit 0 (SLURM: COMPLETED), so ``__call__`` raises it again after logging it into the run folder's log.
+A training that fails makes its job fail: Hydra keeps a task's exception in its ``JobReturn``, and a submitit job
+would exit 0 (SLURM: COMPLETED), so ``_run_job`` raises it again after logging it into the run folder's log.
 
 When every job has ended, the submitter attaches a table and a plot of the sweep's key metric to the parent run,
 and its last lines list every job with its state (sacct's for SLURM), its MLflow status and metric, then the sweep
 id, the MLflow experiment link and the ``compare`` command to run next. It exits with 1 if a job failed.
 
-Ctrl-C while the submitter waits: SLURM jobs go on (the submitter says how to see and cancel them). Local jobs get
-the terminal's Ctrl-C as a single run does (a checkpoint after the current step, then they stop); the submitter
-waits for them, lists them as INTERRUPTED and says which command resumes the sweep (``hydra.sweep.dir=``), then exits
-with 130. A second Ctrl-C stops the jobs at once, without a checkpoint, and the submitter with them.
+Ctrl-C: SLURM jobs go on (the submitter says how to see and cancel them). Local jobs get the terminal's Ctrl-C as a
+single run does (a checkpoint after the current step, then they stop); the submitter waits for them, lists them as
+INTERRUPTED and says which command resumes the sweep (``hydra.sweep.dir=``), then exits with 130. A second Ctrl-C
+stops the jobs at once, without a checkpoint. A sequential sweep stops with its running job (the others: NOT
+STARTED), with the same summary.
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +76,7 @@ FINAL_STATES = (
 SACCT_WAIT_S = 30.0  # sacct records a job's end moments after its result file appears: wait this long for it
 POLL_S = 2.0  # how often the submitter looks for the result files of jobs that ended
 STATE_POLL_S = 30.0  # how often it asks sacct for all jobs at once (a job that died leaves no result file)
+NOT_STARTED = "NOT STARTED"  # the state of the jobs a sequential sweep did not reach (Ctrl-C)
 
 
 class LaunchError(Exception):
@@ -93,7 +97,7 @@ class JobOutcome:
     name: str  # the run name: the swept values
     error: str | None = None  # the exception line of a failed job, or how an interrupted one stopped
     result: JobReturn | None = None  # Hydra's record of a job that completed
-    state: str = ""  # "" while it runs; then COMPLETED, FAILED or INTERRUPTED (local), sacct's state (SLURM)
+    state: str = ""  # "" while it runs; then COMPLETED, FAILED, INTERRUPTED or NOT STARTED, or sacct's (SLURM)
     interrupted: bool = False  # stopped by Ctrl-C (JobInterrupted): resumable, not failed
 
     @property
@@ -102,66 +106,18 @@ class JobOutcome:
 
 
 class SweepLauncher:
-    """The local launcher's additions, and what the SLURM one shares (mixed into hydra-submitit's classes, which
-    build the jobs and run them: ``BaseSubmititLauncher.__call__``)."""
+    """What every stereo_exp launcher does around its jobs: check them all before any starts, make the sweep's
+    MLflow parent run once, and end with a summary (mixed into Hydra's launcher classes, which run the jobs)."""
 
-    _EXECUTOR: str  # submitit's executor: "local" | "slurm"
-    config_file = "conf/hydra/launcher/local.yaml"  # named in error messages
-    params: dict[str, Any]
+    config_file: str  # the launcher's config, named in error messages
     config: Any
     hydra_context: Any
-    job_names: dict[int, str]  # SLURM job name of each job number (set before the launcher is pickled for the jobs)
 
-    # ---- in the job -------------------------------------------------------------------------------------------
-
-    def __call__(
-        self, sweep_overrides: list[str], job_dir_key: str, job_num: int, job_id: str, singleton_state: dict
-    ) -> JobReturn:
-        """Run one job; raise its exception when it failed, so that the process exits non-zero, and
-        ``JobInterrupted`` when Ctrl-C stopped it."""
-        try:
-            # The local launcher starts its jobs with SIGINT blocked (see ``launch``): a Ctrl-C that came since is
-            # delivered here, before the training begins.
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-            self._rename_job(job_num)
-            result = super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)  # type: ignore[misc]
-        except KeyboardInterrupt:
-            raise JobInterrupted("Interrupted (Ctrl-C) before the training began") from None
-        except SystemExit as stop:
-            if stop.code != 128 + signal.SIGINT:
-                raise  # submitit's requeue, or another signal's ending
-            # stereo_exp.__main__ ends a Ctrl-C with exit code 130, caused by the trainer's Preempted after its
-            # checkpoint; without a cause it was a second Ctrl-C, or one before the training began.
-            reason = str(stop.__cause__ or "Interrupted (Ctrl-C) without writing a checkpoint")
-            raise JobInterrupted(reason) from None
-        if result.status == JobStatus.FAILED:
-            error = result._return_value
-            # Into the run folder's log (Hydra's job logging is still set up) and the job's stderr.
-            log.error("Job #%d failed: %s: %s", job_num, type(error).__name__, error, exc_info=error)
-            drop_failed_run(error)  # else its DataLoader's worker processes keep the job from ending
-            raise error
-        return result
-
-    def _rename_job(self, job_num: int) -> None:
-        """SLURM only: name this job after its point of the sweep (sacct and squeue show it). A sweep of several
-        points is a job array (its tasks are ARRAY_TASK); a one-point multirun is a plain job."""
-        name = getattr(self, "job_names", {}).get(job_num)
-        if name is None or os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
-            return
-        array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-        job = f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID")
-        command = ["scontrol", "update", f"JobId={job}", f"JobName={name}"]
-        try:
-            subprocess.run(command, capture_output=True, timeout=30, check=True)
-        except (OSError, subprocess.SubprocessError) as error:  # a name is not worth failing a job for
-            log.info("Could not rename the SLURM job (%s)", error)
-
-    # ---- in the submitting process ----------------------------------------------------------------------------
-
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        """Check, register, submit, wait for every job, report; exit with 1 when a job failed."""
-        import submitit
-
+    def _start(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> tuple[SweepInfo, list[int], dict[str, Any], dict[int, str], SweepRecord | None]:
+        """The sweep, its job numbers, then ``_prepare``'s (parameters, run names, MLflow record). A Ctrl-C before any
+        job started ends the process, leaving no sweep folder where nothing was written into it."""
         from stereo_exp.tracking.sweep import SweepInfo, SweepPlan, sweep_id_of
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
@@ -169,92 +125,35 @@ class SweepLauncher:
         sweep = SweepInfo(sweep_id_of(sweep_dir), str(sweep_dir), job_num=-1, job_id="", overrides=(), plan=plan)
         nums = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
         try:
-            params, names, record = self._prepare(sweep, nums, job_overrides)
+            return (sweep, nums, *self._prepare(sweep, nums, job_overrides))
         except KeyboardInterrupt:
             discard_untouched_sweep_folder(sweep_dir)
-            print("\nInterrupted (Ctrl-C) before the jobs were submitted: none runs.", file=sys.stderr)
+            print("\nInterrupted (Ctrl-C) before any job started: none runs.", file=sys.stderr)
             sys.exit(128 + signal.SIGINT)
-        log.info("Submitit '%s' sweep output dir : %s", self._EXECUTOR, self.config.hydra.sweep.dir)
-        if self._EXECUTOR == "local" and len(job_overrides) > 1:
-            # The jobs share this machine's cores: their OpenMP threads sleep while waiting instead of spinning (read
-            # when each job loads torch; a value in the environment wins). Two 2-thread trainings on 2 cores took
-            # 440-490 s spinning and 46-48 s sleeping, same numbers; alone, sleeping costs ~40% (docs/PERFORMANCE.md).
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        arguments = []
-        for num, overrides in zip(nums, job_overrides, strict=True):
-            log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
-            arguments.append((list(overrides), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state()))
-        try:
-            # Local jobs start with SIGINT blocked (inherited): submitit's controller process, which a Ctrl-C would
-            # make kill its job 1 s later, before its checkpoint, never takes one; each job unblocks it (__call__).
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-            jobs = self._executor(params).map_array(self, *zip(*arguments, strict=True))
-        except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as error:
-            sys.exit(
-                f"error: {self._EXECUTOR} refused the sweep: {_last_line(str(error))} (launcher settings: "
-                f"hydra.launcher.*, {self.config_file})"
-            )
-        outcomes = [JobOutcome(num, str(job.job_id), names[num]) for num, job in zip(nums, jobs, strict=True)]
-        interrupted = self._wait_for_all(jobs, outcomes)
-        self._states(outcomes)
-        self._report(sweep, record, outcomes)
-        if any(outcome.failed for outcome in outcomes):
-            sys.exit(1)
-        if interrupted:
-            sys.exit(128 + signal.SIGINT)
-        return [outcome.result for outcome in outcomes]
-
-    def _wait_for_all(self, jobs: list[Any], outcomes: list[JobOutcome]) -> bool:
-        """``_wait``, through Ctrl-C (the one that came while the jobs were submitted too). Returns whether one came.
-        SLURM: the submitter leaves, the jobs go on. Local: every job got it too, checkpoints and stops; this waits
-        for them. A second Ctrl-C stops them at once, without a checkpoint (waiting for them still: the summary
-        says how each ended); a third leaves them."""
-        interrupts, started = 0, time.monotonic()
-        while True:
-            try:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a Ctrl-C held back since submitting
-                self._wait(jobs, outcomes, started)
-                return interrupts > 0
-            except KeyboardInterrupt:
-                interrupts += 1
-                if self._EXECUTOR == "slurm":
-                    array = outcomes[0].job_id.split("_")[0]
-                    sys.exit(
-                        f"\nInterrupted: the jobs go on in SLURM and their runs still reach MLflow; see them with "
-                        f"squeue -j {array}, cancel them with scancel {array}"
-                    )
-                if interrupts == 1:
-                    log.warning(
-                        "Interrupted (Ctrl-C): every job writes a checkpoint after its current step and stops; "
-                        "waiting for them (Ctrl-C again stops them at once, without it)."
-                    )
-                elif interrupts == 2:
-                    log.warning("Interrupted again: the jobs stop at once; waiting for them (Ctrl-C again leaves).")
-                else:
-                    print(f"\nLeft the jobs. {resume_advice(self.config)} to resume the sweep.", file=sys.stderr)
-                    sys.exit(128 + signal.SIGINT)
 
     def _prepare(
         self, sweep: SweepInfo, nums: list[int], job_overrides: Sequence[Sequence[str]]
     ) -> tuple[dict[str, Any], dict[int, str], SweepRecord | None]:
-        """Before submitting: check every job, fit the resources, name the jobs, make the sweep folder and its MLflow
-        records. Returns (submitit parameters, run name of each job number, the MLflow record). A check that fails
-        ends the process with one line and removes the sweep folder Hydra made."""
+        """Before any job starts: check every job, fit the resources, make the sweep folder and its MLflow records.
+        Returns (the launcher's parameters, run name of each job number, the MLflow record). A check that fails ends
+        the process with one line and removes the sweep folder Hydra made."""
         sweep_dir = Path(sweep.sweep_dir)
         try:
             self._check_configs(nums, job_overrides)
-            params = self._resources(dict(self.params))
+            params = self._resources()
         except LaunchError as error:
             discard_untouched_sweep_folder(sweep_dir)
             sys.exit(f"error: {error}")
-        params["name"] = f"stereo_exp:{_label(self.config)}"
         names = {num: _run_name(sweep, overrides) for num, overrides in zip(nums, job_overrides, strict=True)}
-        self.job_names = {num: f"{params['name']} #{num} {name}" for num, name in names.items()}
 
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if "mode" in self.config.hydra.sweep:  # hydra.sweep.mode: the sweep folder's permissions, as Hydra applies them
             os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
         return params, names, self._register(sweep)
+
+    def _resources(self) -> dict[str, Any]:
+        """The launcher's parameters as it uses them (the submitit launchers fit theirs to the machine)."""
+        return {}
 
     def _check_configs(self, nums: list[int], job_overrides: Sequence[Sequence[str]]) -> None:
         """Compose every job's config as its job will, and run its schemas' checks: a wrong value fails here, once,
@@ -280,22 +179,6 @@ class SweepLauncher:
                     raise LaunchError(f"job #{num} ({' '.join(filter_overrides(overrides))}): {error}") from None
         finally:
             HydraConfig.instance().cfg = submitter
-
-    def _resources(self, params: dict[str, Any]) -> dict[str, Any]:
-        """The launcher parameters as submitit takes them (the SLURM launcher fits them to the partition)."""
-        return params
-
-    def _executor(self, params: dict[str, Any]) -> Any:
-        """A submitit executor with ``params``, built as hydra-submitit-launcher builds it."""
-        import submitit
-        from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-
-        init = {f"{self._EXECUTOR}_max_num_timeout": params["max_num_timeout"]} if "max_num_timeout" in params else {}
-        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=params["submitit_folder"], **init)
-        shared = set(OmegaConf.structured(BaseQueueConf).keys())  # the keys without an executor prefix
-        own = [(key, value) for key, value in params.items() if key not in ("submitit_folder", "max_num_timeout")]
-        executor.update_parameters(**{key if key in shared else f"{self._EXECUTOR}_{key}": value for key, value in own})
-        return executor
 
     def _register(self, sweep: SweepInfo) -> SweepRecord | None:
         """The sweep's MLflow store, experiment, parent run and view, made once before the jobs start. An
@@ -325,6 +208,187 @@ class SweepLauncher:
                 sweep.sweep_dir,
             )
             return None
+
+    def _finish(self, sweep: SweepInfo, record: SweepRecord | None, outcomes: list[JobOutcome]) -> list[JobReturn]:
+        """Report, then leave as the sweep ended: exit 1 when a job failed, 130 when Ctrl-C stopped one; else return
+        Hydra's results."""
+        self._report(sweep, record, outcomes)
+        if any(outcome.failed for outcome in outcomes):
+            sys.exit(1)
+        if any(outcome.interrupted for outcome in outcomes):
+            sys.exit(128 + signal.SIGINT)
+        return [outcome.result for outcome in outcomes]
+
+    def _report(self, sweep: SweepInfo, record: SweepRecord | None, outcomes: list[JobOutcome]) -> None:
+        """Attach the sweep's table and plot to its parent run, then print the summary (the submitter's last lines)."""
+        from stereo_exp.tracking.addresses import ui_hint
+        from stereo_exp.tracking.mlflow_io import is_unreachable
+
+        runs, metric, note = {}, None, ""
+        if record is not None:
+            try:
+                runs, metric, note = _summarise_in_mlflow(record, self.config.tracking, sweep, outcomes)
+            except Exception as error:
+                if not is_unreachable(error):
+                    raise
+                note = f"MLflow at {record.tracking_uri} cannot be reached now ({_last_line(str(error))})"
+        relative = os.path.relpath(sweep.sweep_dir)
+        where = sweep.sweep_dir if relative.startswith("..") else relative
+        completed = sum(1 for outcome in outcomes if outcome.result is not None)
+        others = {
+            "failed": sum(1 for outcome in outcomes if outcome.failed),
+            "interrupted": sum(1 for outcome in outcomes if outcome.interrupted),
+            "not started": sum(1 for outcome in outcomes if outcome.state == NOT_STARTED),
+        }
+        counts = f"{completed} of {len(outcomes)} jobs completed"
+        counts += "".join(f", {count} {what}" for what, count in others.items() if count)
+        lines = ["", f"Sweep {where} (id {sweep.sweep_id}): {counts}"]
+        table = [["job", "id", "state", "mlflow", metric or "metric", "run"]]
+        for outcome in outcomes:
+            run = runs.get(outcome.num)
+            value = run.data.metrics.get(metric) if run is not None and metric else None
+            status, shown = run.info.status if run else "-", f"{value:.4f}" if value is not None else "-"
+            table.append([f"#{outcome.num}", outcome.job_id, outcome.state, status, shown, outcome.name])
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        for row, outcome in zip(table, [None, *outcomes], strict=True):
+            lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+            if outcome is not None and outcome.error:
+                lines.append(f"      {outcome.error}  (log: {Path(where) / str(outcome.num) / '__main__.log'})")
+        if note:
+            lines.append(note)
+        if others["interrupted"]:
+            lines.append(
+                f"{resume_advice(self.config)} to resume the sweep (resume=auto, the default: every job continues "
+                "from its last checkpoint)."
+            )
+        if record is not None:
+            hint = ui_hint(record.tracking_uri)
+            lines.append(
+                f"MLflow experiment {record.experiment}: {record.experiment_url()}" + (f"  ({hint})" if hint else "")
+            )
+        lines.append(f"Next: python -m stereo_exp.compare --sweep {where}")
+        print("\n".join(lines), flush=True)
+
+
+class SubmititSweepLauncher(SweepLauncher):
+    """The local launcher (``hydra/launcher=local``), and what the SLURM one shares: hydra-submitit's classes build
+    the jobs and run them (``BaseSubmititLauncher.__call__``); every job is a process of its own."""
+
+    _EXECUTOR: str  # submitit's executor: "local" | "slurm"
+    config_file = "conf/hydra/launcher/local.yaml"
+    params: dict[str, Any]
+    job_names: dict[int, str]  # SLURM job name of each job number (set before the launcher is pickled for the jobs)
+
+    # ---- in the job -------------------------------------------------------------------------------------------
+
+    def __call__(
+        self, sweep_overrides: list[str], job_dir_key: str, job_num: int, job_id: str, singleton_state: dict
+    ) -> JobReturn:
+        """Run one job, ending as ``_run_job`` says (its process exits non-zero when the job failed)."""
+        run_in_submitit = super().__call__  # type: ignore[misc]
+
+        def run() -> JobReturn:
+            # The local launcher starts its jobs with SIGINT blocked (see ``launch``): a Ctrl-C that came since is
+            # delivered here, before the training begins.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+            self._rename_job(job_num)
+            return run_in_submitit(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
+
+        return _run_job(job_num, run)
+
+    def _rename_job(self, job_num: int) -> None:
+        """SLURM only: name this job after its point of the sweep (sacct and squeue show it). A sweep of several
+        points is a job array (its tasks are ARRAY_TASK); a one-point multirun is a plain job."""
+        name = getattr(self, "job_names", {}).get(job_num)
+        if name is None or os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+            return
+        array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+        job = f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID")
+        command = ["scontrol", "update", f"JobId={job}", f"JobName={name}"]
+        try:
+            subprocess.run(command, capture_output=True, timeout=30, check=True)
+        except (OSError, subprocess.SubprocessError) as error:  # a name is not worth failing a job for
+            log.info("Could not rename the SLURM job (%s)", error)
+
+    # ---- in the submitting process ----------------------------------------------------------------------------
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        """Check, register, submit, wait for every job, report; exit with 1 when a job failed."""
+        import submitit
+
+        sweep, nums, params, names, record = self._start(job_overrides, initial_job_idx)
+        params["name"] = f"stereo_exp:{_label(self.config)}"
+        self.job_names = {num: f"{params['name']} #{num} {name}" for num, name in names.items()}
+        log.info("Submitit '%s' sweep output dir : %s", self._EXECUTOR, self.config.hydra.sweep.dir)
+        if self._EXECUTOR == "local" and len(job_overrides) > 1:
+            # The jobs share this machine's cores: their OpenMP threads sleep while waiting instead of spinning (read
+            # when each job loads torch; a value in the environment wins). Two 2-thread trainings on 2 cores took
+            # 440-490 s spinning and 46-48 s sleeping, same numbers; alone, sleeping costs ~40% (docs/PERFORMANCE.md).
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        arguments = []
+        for num, overrides in zip(nums, job_overrides, strict=True):
+            log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
+            arguments.append((list(overrides), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state()))
+        try:
+            # Local jobs start with SIGINT blocked (inherited): submitit's controller process, which a Ctrl-C would
+            # make kill its job 1 s later, before its checkpoint, never takes one; each job unblocks it (__call__).
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            jobs = self._executor(params).map_array(self, *zip(*arguments, strict=True))
+        except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as error:
+            sys.exit(
+                f"error: {self._EXECUTOR} refused the sweep: {_last_line(str(error))} (launcher settings: "
+                f"hydra.launcher.*, {self.config_file})"
+            )
+        outcomes = [JobOutcome(num, str(job.job_id), names[num]) for num, job in zip(nums, jobs, strict=True)]
+        self._wait_for_all(jobs, outcomes)
+        self._states(outcomes)
+        return self._finish(sweep, record, outcomes)
+
+    def _wait_for_all(self, jobs: list[Any], outcomes: list[JobOutcome]) -> None:
+        """``_wait``, through Ctrl-C (the one that came while the jobs were submitted too). SLURM: the submitter
+        leaves, the jobs go on. Local: every job got it too, checkpoints and stops; this waits for them. A second
+        Ctrl-C stops them at once, without a checkpoint (waiting for them still: the summary says how each ended); a
+        third leaves them."""
+        interrupts, started = 0, time.monotonic()
+        while True:
+            try:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a Ctrl-C held back since submitting
+                self._wait(jobs, outcomes, started)
+                return
+            except KeyboardInterrupt:
+                interrupts += 1
+                if self._EXECUTOR == "slurm":
+                    array = outcomes[0].job_id.split("_")[0]
+                    sys.exit(
+                        f"\nInterrupted: the jobs go on in SLURM and their runs still reach MLflow; see them with "
+                        f"squeue -j {array}, cancel them with scancel {array}"
+                    )
+                if interrupts == 1:
+                    log.warning(
+                        "Interrupted (Ctrl-C): every job writes a checkpoint after its current step and stops; "
+                        "waiting for them (Ctrl-C again stops them at once, without it)."
+                    )
+                elif interrupts == 2:
+                    log.warning("Interrupted again: the jobs stop at once; waiting for them (Ctrl-C again leaves).")
+                else:
+                    print(f"\nLeft the jobs. {resume_advice(self.config)} to resume the sweep.", file=sys.stderr)
+                    sys.exit(128 + signal.SIGINT)
+
+    def _resources(self) -> dict[str, Any]:
+        """The launcher parameters as submitit takes them (the SLURM launcher fits them to the partition)."""
+        return dict(self.params)
+
+    def _executor(self, params: dict[str, Any]) -> Any:
+        """A submitit executor with ``params``, built as hydra-submitit-launcher builds it."""
+        import submitit
+        from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+        init = {f"{self._EXECUTOR}_max_num_timeout": params["max_num_timeout"]} if "max_num_timeout" in params else {}
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=params["submitit_folder"], **init)
+        shared = set(OmegaConf.structured(BaseQueueConf).keys())  # the keys without an executor prefix
+        own = [(key, value) for key, value in params.items() if key not in ("submitit_folder", "max_num_timeout")]
+        executor.update_parameters(**{key if key in shared else f"{self._EXECUTOR}_{key}": value for key, value in own})
+        return executor
 
     def _wait(self, jobs: list[Any], outcomes: list[JobOutcome], started: float) -> None:
         """Wait for every job still running (no ``state`` yet); say when each one ends (a sweep may run for days). A
@@ -359,60 +423,13 @@ class SweepLauncher:
     def _states(self, outcomes: list[JobOutcome]) -> None:
         """The final states of the jobs, for the summary: local jobs have theirs from ``_wait``."""
 
-    def _report(self, sweep: SweepInfo, record: SweepRecord | None, outcomes: list[JobOutcome]) -> None:
-        """Attach the sweep's table and plot to its parent run, then print the summary (the submitter's last lines)."""
-        from stereo_exp.tracking.addresses import ui_hint
-        from stereo_exp.tracking.mlflow_io import is_unreachable
 
-        runs, metric, note = {}, None, ""
-        if record is not None:
-            try:
-                runs, metric, note = _summarise_in_mlflow(record, self.config.tracking, sweep, outcomes)
-            except Exception as error:
-                if not is_unreachable(error):
-                    raise
-                note = f"MLflow at {record.tracking_uri} cannot be reached now ({_last_line(str(error))})"
-        relative = os.path.relpath(sweep.sweep_dir)
-        where = sweep.sweep_dir if relative.startswith("..") else relative
-        completed = sum(1 for outcome in outcomes if outcome.error is None)
-        failed = sum(1 for outcome in outcomes if outcome.failed)
-        interrupted = sum(1 for outcome in outcomes if outcome.interrupted)
-        counts = f"{completed} of {len(outcomes)} jobs completed" + (f", {failed} failed" if failed else "")
-        counts += f", {interrupted} interrupted" if interrupted else ""
-        lines = ["", f"Sweep {where} (id {sweep.sweep_id}): {counts}"]
-        table = [["job", "id", "state", "mlflow", metric or "metric", "run"]]
-        for outcome in outcomes:
-            run = runs.get(outcome.num)
-            value = run.data.metrics.get(metric) if run is not None and metric else None
-            status, shown = run.info.status if run else "-", f"{value:.4f}" if value is not None else "-"
-            table.append([f"#{outcome.num}", outcome.job_id, outcome.state, status, shown, outcome.name])
-        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-        for row, outcome in zip(table, [None, *outcomes], strict=True):
-            lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-            if outcome is not None and outcome.error:
-                lines.append(f"      {outcome.error}  (log: {Path(where) / str(outcome.num) / '__main__.log'})")
-        if note:
-            lines.append(note)
-        if interrupted:
-            lines.append(
-                f"{resume_advice(self.config)} to resume the sweep (resume=auto, the default: every job continues "
-                "from its last checkpoint)."
-            )
-        if record is not None:
-            hint = ui_hint(record.tracking_uri)
-            lines.append(
-                f"MLflow experiment {record.experiment}: {record.experiment_url()}" + (f"  ({hint})" if hint else "")
-            )
-        lines.append(f"Next: python -m stereo_exp.compare --sweep {where}")
-        print("\n".join(lines), flush=True)
-
-
-class SlurmSweepLauncher(SweepLauncher):
+class SlurmSweepLauncher(SubmititSweepLauncher):
     """The SLURM launcher's additions: resources fitted to the partition, and sacct's states in the summary."""
 
     config_file = "conf/hydra/launcher/slurm.yaml"
 
-    def _resources(self, params: dict[str, Any]) -> dict[str, Any]:
+    def _resources(self) -> dict[str, Any]:
         """Fit ``gpus_per_node``, ``tasks_per_node`` and ``cpus_per_task`` (``auto`` or numbers) to the partition,
         and say what each job asks for.
 
@@ -424,6 +441,7 @@ class SlurmSweepLauncher(SweepLauncher):
                 "hydra/launcher=slurm needs SLURM's sbatch and sinfo on this machine (submit from a "
                 "login node), or run the sweep here with hydra/launcher=local"
             )
+        params = dict(self.params)
         nodes = _partition_nodes(params.get("partition"))
         partition = nodes[0][0]
         cpus = min(node_cpus for _, node_cpus, _ in nodes)
@@ -485,7 +503,84 @@ class SlurmSweepLauncher(SweepLauncher):
             outcome.state = states.get(outcome.job_id) or "?"
 
 
+class SequentialSweepLauncher(SweepLauncher):
+    """``hydra/launcher=sequential``, the default of ``-m``: the jobs one after another in this process, as Hydra's
+    basic launcher runs them, with the same checks before, MLflow parent run and summary as the other launchers. A
+    job that fails does not stop the sweep. Ctrl-C stops the running job after its checkpoint (a second one at once),
+    and the sweep with it: the summary says which jobs did not start and which command resumes the sweep."""
+
+    config_file = "conf/hydra/launcher/sequential.yaml"
+    task_function: Any
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        """Check, register, run every job in turn, report; exit with 1 when a job failed, 130 after a Ctrl-C."""
+        from hydra.core.utils import configure_log, setup_globals
+
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep, nums, _, names, record = self._start(job_overrides, initial_job_idx)
+        log.info("Sweep output dir : %s (%d jobs, one after another)", self.config.hydra.sweep.dir, len(nums))
+        outcomes = [JobOutcome(num, "-", names[num]) for num in nums]
+        interrupted = False
+        for outcome, overrides in zip(outcomes, job_overrides, strict=True):
+            if interrupted:
+                outcome.state = NOT_STARTED
+                continue
+            log.info("\t#%d : %s", outcome.num, " ".join(filter_overrides(overrides)))
+            try:
+                outcome.result = _run_job(outcome.num, partial(self._run_in_process, outcome.num, overrides))
+                outcome.state = "COMPLETED"
+            except JobInterrupted as stop:
+                outcome.error, outcome.interrupted, outcome.state = str(stop), True, "INTERRUPTED"
+                interrupted = True
+            except Exception as error:  # listed in the summary; the next job starts
+                outcome.error, outcome.state = _job_error(f"{type(error).__name__}: {error}"), "FAILED"
+            finally:
+                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # the job set its own
+        return self._finish(sweep, record, outcomes)
+
+    def _run_in_process(self, num: int, overrides: Sequence[str]) -> JobReturn:
+        """One job, as Hydra's basic launcher runs it: its config composed with its overrides, in its sub-folder."""
+        from hydra.core.utils import run_job
+
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(config):
+            config.hydra.job.id = num
+            config.hydra.job.num = num
+        return run_job(
+            hydra_context=self.hydra_context,
+            task_function=self.task_function,
+            config=config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+
+
 # ---- helpers --------------------------------------------------------------------------------------------------
+
+
+def _run_job(job_num: int, run: Callable[[], JobReturn]) -> JobReturn:
+    """Run one job (``run``: Hydra's ``run_job``, as the launcher calls it) and say how it ended: its ``JobReturn``
+    when it completed; its exception, raised again, when it failed (Hydra keeps it in the ``JobReturn``: a submitit
+    job would exit 0 and SLURM say COMPLETED); ``JobInterrupted`` when Ctrl-C stopped it."""
+    try:
+        result = run()
+    except KeyboardInterrupt:  # in Hydra's job set-up (stereo_exp.__main__ handles the training's)
+        raise JobInterrupted("Interrupted (Ctrl-C) before the training began") from None
+    except SystemExit as stop:
+        if stop.code != 128 + signal.SIGINT:
+            raise  # submitit's requeue, or another signal's ending
+        # stereo_exp.__main__ ends a Ctrl-C with exit code 130, caused by the trainer's Preempted after its
+        # checkpoint; without a cause it was a second Ctrl-C, or one before the training began.
+        reason = str(stop.__cause__ or "Interrupted (Ctrl-C) without writing a checkpoint")
+        raise JobInterrupted(reason) from None
+    if result.status == JobStatus.FAILED:
+        error = result._return_value
+        # Into the run folder's log (Hydra's job logging is still set up) and the job's stderr.
+        log.error("Job #%d failed: %s: %s", job_num, type(error).__name__, error, exc_info=error)
+        drop_failed_run(error)  # else its DataLoader's worker processes keep the job (or the next one) from ending
+        raise error
+    return result
 
 
 def _http(tracking: Any) -> Any:
@@ -566,7 +661,8 @@ def _summarise_in_mlflow(
                 client.set_terminated(run.info.run_id, status="KILLED" if outcome.interrupted else "FAILED")
                 runs[outcome.num] = client.get_run(run.info.run_id)
         metric = default_metric(found)
-        missing = ", ".join(f"#{outcome.num}" for outcome in outcomes if outcome.num not in runs)
+        started = [outcome for outcome in outcomes if outcome.state != NOT_STARTED]
+        missing = ", ".join(f"#{outcome.num}" for outcome in started if outcome.num not in runs)
         note = ""
         if missing:
             note = (

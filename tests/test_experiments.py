@@ -89,7 +89,9 @@ def test_the_schedule_sweep_preset_sweeps_decay_start_and_clipping_over_the_stag
         "optim.clip_grad_norm": "null,1.0",
     }
     assert cfg.mix.datasets == compose_experiment(STAGE_1).mix.datasets  # everything else is stage 1
-    assert cfg.hydra.launcher._target_.endswith("BasicLauncher")  # the launcher is chosen on the command line
+    assert cfg.hydra.launcher._target_.endswith(
+        "SequentialLauncher"
+    )  # the default: the launcher is chosen on the command line
 
 
 @pytest.fixture(scope="module")

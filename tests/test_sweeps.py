@@ -1,6 +1,6 @@
 """Sweeps: what a multirun sweeps and how its runs are named, processes that start together on a new SQLite store,
-a local sweep with the default tracking in which one job diverges, Ctrl-C in a local sweep and its resumption, and a
-failed SLURM job.
+a local sweep with the default tracking in which one job diverges, `-m` without a launcher (the sequential one), Ctrl-C
+in a local and in a sequential sweep and their resumption, and a failed SLURM job.
 
 The README's own 2x2 SLURM sweep, its MLflow records and the UI are tested in tests/test_readme.py."""
 
@@ -266,6 +266,83 @@ def test_ctrl_c_in_a_local_sweep_checkpoints_every_job_and_the_command_it_prints
     for name in ("lr=0.0001", "lr=0.0002"):
         steps = [metric.step for metric in client.get_metric_history(after[name].info.run_id, "train/loss")]
         assert sorted(steps) == list(range(1, 121)), name
+
+
+def test_a_sweep_without_a_launcher_runs_its_jobs_in_turn_past_a_failed_one_and_lists_them(tmp_path):
+    # `-m` alone (Hydra's habit): the sequential launcher. Hydra's basic launcher ended in a traceback after the
+    # sweep, with no summary, and checked no job's config before the first one started.
+    overrides = [o for o in TINY_RUN if not o.startswith("tracking=")]
+    command = [sys.executable, "-m", "stereo_exp", "-m", *overrides, "train.max_nonfinite_steps=1"]
+    refused = subprocess.run(
+        [*command, "schedule.min_lr=0,1"], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True
+    )
+    assert refused.returncode == 1, refused.stderr
+    assert re.match(r"error: job #1 \(.* schedule\.min_lr=1\): schedule\.min_lr \(1\.0\) must lie in", refused.stderr)
+    assert list(tmp_path.iterdir()) == []  # before any job: no sweep folder, no MLflow store
+
+    done = subprocess.run(
+        [*command, "schedule.warmup_steps=0", "schedule.lr=1e30,1e-4"],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = summary_lines(done.stdout)
+    assert summary[0].endswith("1 of 2 jobs completed, 1 failed"), summary
+    assert re.match(r"  #0 +- +FAILED +FAILED +\S+ +lr=1e\+30$", summary[2]), summary
+    assert summary[3].startswith("      NonFiniteLossError: 1 consecutive steps")
+    assert re.match(r"  #1 +- +COMPLETED +FINISHED +\d+\.\d{4} +lr=0\.0001$", summary[4]), summary
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_sweep_without_a_launcher_stops_it_after_a_checkpoint_and_the_printed_command_resumes_it(
+    tmp_path,
+):
+    overrides = [o for o in TINY_RUN if not o.startswith("tracking=")]
+    command = [
+        sys.executable,
+        "-m",
+        "stereo_exp",
+        "-m",
+        *overrides,
+        "mix.dataset_steps=[120]",
+        "train.val_every=60",
+        "schedule.lr=1e-4,2e-4",
+    ]
+    process = start_in_own_group(command, tmp_path)
+    deadline = time.monotonic() + 180
+    while not list(tmp_path.glob("multirun/*/*/0/checkpoints/*.pth")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGINT)
+    output = process.communicate(timeout=180)[0]
+    assert process.returncode == 130 and "Traceback" not in output, output[-3000:]
+    (sweep,) = tmp_path.glob("multirun/*/*")
+    summary = summary_lines(output)
+    assert summary[0].endswith("0 of 2 jobs completed, 1 interrupted, 1 not started"), summary
+    assert re.match(r"  #0 +- +INTERRUPTED +KILLED +\S+ +lr=0\.0001$", summary[2]), summary
+    step = int(re.match(r"      Interrupted \(Ctrl-C\): checkpoint written at step (\d+)\.", summary[3]).group(1))
+    assert (sweep / "0" / "checkpoints" / f"step_{step:07d}.pth").is_file()
+    assert re.match(r"  #1 +- +NOT STARTED +- +- +lr=0\.0002$", summary[4]), summary
+    advice = re.search(r"^Run the same command with (hydra\.sweep\.dir=\S+) to resume the sweep", output, re.M)
+    assert advice and advice.group(1) == f"hydra.sweep.dir={sweep.relative_to(tmp_path)}", summary
+
+    resumed = subprocess.run(
+        [*command, advice.group(1)], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert summary_lines(resumed.stdout)[0].endswith("2 of 2 jobs completed")
+    assert list(tmp_path.glob("multirun/*/*")) == [sweep]
+    assert f"Resumed from step {step}\n" in (sweep / "0" / "__main__.log").read_text()
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("stereo_exp").experiment_id])
+    jobs = {run.info.run_name: run for run in runs if not run.info.run_name.startswith("sweep ")}
+    assert sorted(jobs) == ["lr=0.0001", "lr=0.0002"]  # one MLflow run per job: the interrupted one went on
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    for run in jobs.values():
+        steps = [metric.step for metric in client.get_metric_history(run.info.run_id, "train/loss")]
+        assert sorted(steps) == list(range(1, 121)), run.info.run_name
 
 
 def test_the_jobs_of_a_local_sweep_let_their_openmp_threads_sleep_while_waiting(tmp_path):
