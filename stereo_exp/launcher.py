@@ -359,10 +359,12 @@ class SubmititSweepLauncher(SweepLauncher):
                 interrupts += 1
                 if self._EXECUTOR == "slurm":
                     array = outcomes[0].job_id.split("_")[0]
-                    sys.exit(
+                    print(
                         f"\nInterrupted: the jobs go on in SLURM and their runs still reach MLflow; see them with "
-                        f"squeue -j {array}, cancel them with scancel {array}"
+                        f"squeue -j {array}, cancel them with scancel {array}",
+                        file=sys.stderr,
                     )
+                    sys.exit(128 + signal.SIGINT)
                 if interrupts == 1:
                     log.warning(
                         "Interrupted (Ctrl-C): every job writes a checkpoint after its current step and stops; "
