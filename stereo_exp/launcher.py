@@ -313,7 +313,7 @@ class SubmititSweepLauncher(SweepLauncher):
     # ---- in the submitting process ----------------------------------------------------------------------------
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        """Check, register, submit, wait for every job, report; exit with 1 when a job failed."""
+        """Check, register, submit, wait for every job (through Ctrl-C), report and exit as ``_finish`` says."""
         import submitit
 
         sweep, nums, params, names, record = self._start(job_overrides, initial_job_idx)

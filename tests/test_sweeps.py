@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -167,6 +168,55 @@ def test_a_one_job_multirun_has_no_parent_run_and_compare_finds_its_run_from_the
     assert run_id in row and ",2.5," in row
 
 
+def sweep_command(*overrides: str) -> list[str]:
+    """``python -m stereo_exp -m`` on TINY_RUN with the default tracking (./mlflow.db), then ``overrides``."""
+    tiny = [override for override in TINY_RUN if not override.startswith("tracking=")]
+    return [sys.executable, "-m", "stereo_exp", "-m", *tiny, *overrides]
+
+
+def ctrl_c_once_checkpointed(command: list[str], cwd: Path, jobs: list[int]) -> str:
+    """Run ``command`` as from a terminal, Ctrl-C once each of ``jobs`` wrote a checkpoint; its output, after checking
+    that it ended with 130 and no traceback."""
+    process = start_in_own_group(command, cwd)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not all(list(cwd.glob(f"multirun/*/*/{j}/checkpoints/*.pth")) for j in jobs):
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole process group
+    output = process.communicate(timeout=180)[0]
+    assert process.returncode == 130 and "Traceback" not in output, output[-3000:]
+    return output
+
+
+def checkpoint_step(line: str, sweep: Path, num: int) -> int:
+    """The step of an interrupted job's summary line, after checking that its checkpoint is there."""
+    step = int(re.match(r"      Interrupted \(Ctrl-C\): checkpoint written at step (\d+)\.", line).group(1))
+    assert (sweep / str(num) / "checkpoints" / f"step_{step:07d}.pth").is_file()  # written before the job ended
+    return step
+
+
+def resume_as_advised(command: list[str], cwd: Path, output: str, sweep: Path) -> subprocess.CompletedProcess:
+    """The summary's resume command (the same command with ``hydra.sweep.dir=`` the sweep's folder), run verbatim."""
+    advice = re.search(r"^Run the same command with (hydra\.sweep\.dir=\S+) to resume the sweep", output, re.M)
+    assert advice and advice.group(1) == f"hydra.sweep.dir={sweep.relative_to(cwd)}", output[-3000:]
+    done = subprocess.run(
+        [*command, advice.group(1)], cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert list(cwd.glob("multirun/*/*")) == [sweep]  # the same sweep went on
+    return done
+
+
+def assert_each_job_one_finished_run_with_every_step_once(cwd: Path, names: list[str], steps: int) -> None:
+    client = MlflowClient(f"sqlite:///{cwd}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("stereo_exp").experiment_id])
+    jobs = {run.info.run_name: run for run in runs if not run.info.run_name.startswith("sweep ")}
+    assert sorted(jobs) == names  # one MLflow run per job: an interrupted one went on
+    assert {run.info.status for run in runs} == {"FINISHED"}  # the parent too
+    for name, run in jobs.items():
+        logged = [metric.step for metric in client.get_metric_history(run.info.run_id, "train/loss")]
+        assert sorted(logged) == list(range(1, steps + 1)), name
+
+
 @pytest.mark.slow
 def test_a_local_sweep_of_four_jobs_with_the_default_store_records_every_run_and_fails_with_the_job_that_diverged(
     tmp_path,
@@ -174,19 +224,13 @@ def test_a_local_sweep_of_four_jobs_with_the_default_store_records_every_run_and
     # Four jobs at once (hydra/launcher=local: four processes), the default tracking (./mlflow.db), and one learning
     # rate that makes the weights infinite after one step: that job fails, the others finish. A loader worker per
     # job: a failed job whose workers were still alive never ended.
-    overrides = [o for o in TINY_RUN if not o.startswith("tracking=")]
-    command = [
-        sys.executable,
-        "-m",
-        "stereo_exp",
-        "-m",
+    command = sweep_command(
         "hydra/launcher=local",
-        *overrides,
         "loader.num_workers=1",
         "schedule.warmup_steps=0",
         "train.max_nonfinite_steps=1",
         "schedule.lr=1e-4,2e-4,4e-4,1e30",
-    ]
+    )
     done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -211,68 +255,31 @@ def test_ctrl_c_in_a_local_sweep_checkpoints_every_job_and_the_command_it_prints
     # A terminal's Ctrl-C reaches the submitter, submitit's controller of each job and the jobs. The controller used
     # to kill its job 1 s later, before the checkpoint; the submitter ended in a traceback; the jobs' advice, "run the
     # same command again", would have started a new sweep in a new time-named folder.
-    overrides = [o for o in TINY_RUN if not o.startswith("tracking=")]  # the default store, ./mlflow.db
-    command = [
-        sys.executable,
-        "-m",
-        "stereo_exp",
-        "-m",
-        "hydra/launcher=local",
-        *overrides,
-        "mix.dataset_steps=[120]",
-        "train.val_every=60",
-        "schedule.lr=1e-4,2e-4",
-    ]
-    process = start_in_own_group(command, tmp_path)
-    deadline = time.monotonic() + 180
-    while len(list(tmp_path.glob("multirun/*/*/*/checkpoints/*.pth"))) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole process group
-    output = process.communicate(timeout=180)[0]
-    assert process.returncode == 130 and "Traceback" not in output, output[-3000:]
+    command = sweep_command(
+        "hydra/launcher=local", "mix.dataset_steps=[120]", "train.val_every=60", "schedule.lr=1e-4,2e-4"
+    )
+    output = ctrl_c_once_checkpointed(command, tmp_path, jobs=[0, 1])
     (sweep,) = tmp_path.glob("multirun/*/*")
     summary = summary_lines(output)
     assert summary[0].endswith("0 of 2 jobs completed, 2 interrupted"), output[-3000:]
-    stopped_at = {}
-    for num, name, line in ((0, "lr=0.0001", summary[3]), (1, "lr=0.0002", summary[5])):
-        assert re.match(rf"  #{num} +\d+ +INTERRUPTED +KILLED +\S+ +{name}$", summary[2 + 2 * num]), summary
-        step = int(re.match(r"      Interrupted \(Ctrl-C\): checkpoint written at step (\d+)\.", line).group(1))
-        assert (sweep / str(num) / "checkpoints" / f"step_{step:07d}.pth").is_file()  # written before the job ended
-        stopped_at[num] = step
-    advice = re.search(r"^Run the same command with (hydra\.sweep\.dir=\S+) to resume the sweep", output, re.M)
-    assert advice and advice.group(1) == f"hydra.sweep.dir={sweep.relative_to(tmp_path)}", summary
+    assert re.match(r"  #0 +\d+ +INTERRUPTED +KILLED +\S+ +lr=0\.0001$", summary[2]), summary
+    assert re.match(r"  #1 +\d+ +INTERRUPTED +KILLED +\S+ +lr=0\.0002$", summary[4]), summary
+    steps = [checkpoint_step(summary[3], sweep, 0), checkpoint_step(summary[5], sweep, 1)]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    experiment = client.get_experiment_by_name("stereo_exp").experiment_id
-    before = {run.info.run_name: run for run in client.search_runs([experiment])}
-    assert {name: run.info.status for name, run in before.items()} == {
-        "lr=0.0001": "KILLED",
-        "lr=0.0002": "KILLED",
-        f"sweep {sweep.parent.name}/{sweep.name}: lr": "KILLED",
-    }
+    runs = client.search_runs([client.get_experiment_by_name("stereo_exp").experiment_id])
+    assert len(runs) == 3 and {run.info.status for run in runs} == {"KILLED"}  # both jobs and the sweep's parent
 
-    resumed = subprocess.run(
-        [*command, advice.group(1)], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300
-    )
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    resumed = resume_as_advised(command, tmp_path, output, sweep)
     assert summary_lines(resumed.stdout)[0].endswith("2 of 2 jobs completed")
-    assert list(tmp_path.glob("multirun/*/*")) == [sweep]  # the same sweep went on
-    for num, step in stopped_at.items():
+    for num, step in enumerate(steps):
         assert f"Resumed from step {step}\n" in (sweep / str(num) / "__main__.log").read_text()
-    after = {run.info.run_name: run for run in client.search_runs([experiment])}
-    assert {name: run.info.run_id for name, run in after.items()} == {
-        name: run.info.run_id for name, run in before.items()
-    }  # the same MLflow runs, now finished, each step logged once
-    assert {run.info.status for run in after.values()} == {"FINISHED"}
-    for name in ("lr=0.0001", "lr=0.0002"):
-        steps = [metric.step for metric in client.get_metric_history(after[name].info.run_id, "train/loss")]
-        assert sorted(steps) == list(range(1, 121)), name
+    assert_each_job_one_finished_run_with_every_step_once(tmp_path, ["lr=0.0001", "lr=0.0002"], steps=120)
 
 
 def test_a_sweep_without_a_launcher_runs_its_jobs_in_turn_past_a_failed_one_and_lists_them(tmp_path):
     # `-m` alone (Hydra's habit): the sequential launcher. Hydra's basic launcher ended in a traceback after the
     # sweep, with no summary, and checked no job's config before the first one started.
-    overrides = [o for o in TINY_RUN if not o.startswith("tracking=")]
-    command = [sys.executable, "-m", "stereo_exp", "-m", *overrides, "train.max_nonfinite_steps=1"]
+    command = sweep_command("train.max_nonfinite_steps=1")
     refused = subprocess.run(
         [*command, "schedule.min_lr=0,1"], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True
     )
@@ -300,49 +307,19 @@ def test_a_sweep_without_a_launcher_runs_its_jobs_in_turn_past_a_failed_one_and_
 def test_ctrl_c_in_a_sweep_without_a_launcher_stops_it_after_a_checkpoint_and_the_printed_command_resumes_it(
     tmp_path,
 ):
-    overrides = [o for o in TINY_RUN if not o.startswith("tracking=")]
-    command = [
-        sys.executable,
-        "-m",
-        "stereo_exp",
-        "-m",
-        *overrides,
-        "mix.dataset_steps=[120]",
-        "train.val_every=60",
-        "schedule.lr=1e-4,2e-4",
-    ]
-    process = start_in_own_group(command, tmp_path)
-    deadline = time.monotonic() + 180
-    while not list(tmp_path.glob("multirun/*/*/0/checkpoints/*.pth")) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.killpg(process.pid, signal.SIGINT)
-    output = process.communicate(timeout=180)[0]
-    assert process.returncode == 130 and "Traceback" not in output, output[-3000:]
+    command = sweep_command("mix.dataset_steps=[120]", "train.val_every=60", "schedule.lr=1e-4,2e-4")
+    output = ctrl_c_once_checkpointed(command, tmp_path, jobs=[0])
     (sweep,) = tmp_path.glob("multirun/*/*")
     summary = summary_lines(output)
     assert summary[0].endswith("0 of 2 jobs completed, 1 interrupted, 1 not started"), summary
     assert re.match(r"  #0 +- +INTERRUPTED +KILLED +\S+ +lr=0\.0001$", summary[2]), summary
-    step = int(re.match(r"      Interrupted \(Ctrl-C\): checkpoint written at step (\d+)\.", summary[3]).group(1))
-    assert (sweep / "0" / "checkpoints" / f"step_{step:07d}.pth").is_file()
+    step = checkpoint_step(summary[3], sweep, 0)
     assert re.match(r"  #1 +- +NOT STARTED +- +- +lr=0\.0002$", summary[4]), summary
-    advice = re.search(r"^Run the same command with (hydra\.sweep\.dir=\S+) to resume the sweep", output, re.M)
-    assert advice and advice.group(1) == f"hydra.sweep.dir={sweep.relative_to(tmp_path)}", summary
 
-    resumed = subprocess.run(
-        [*command, advice.group(1)], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300
-    )
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    resumed = resume_as_advised(command, tmp_path, output, sweep)
     assert summary_lines(resumed.stdout)[0].endswith("2 of 2 jobs completed")
-    assert list(tmp_path.glob("multirun/*/*")) == [sweep]
     assert f"Resumed from step {step}\n" in (sweep / "0" / "__main__.log").read_text()
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("stereo_exp").experiment_id])
-    jobs = {run.info.run_name: run for run in runs if not run.info.run_name.startswith("sweep ")}
-    assert sorted(jobs) == ["lr=0.0001", "lr=0.0002"]  # one MLflow run per job: the interrupted one went on
-    assert {run.info.status for run in runs} == {"FINISHED"}
-    for run in jobs.values():
-        steps = [metric.step for metric in client.get_metric_history(run.info.run_id, "train/loss")]
-        assert sorted(steps) == list(range(1, 121)), run.info.run_name
+    assert_each_job_one_finished_run_with_every_step_once(tmp_path, ["lr=0.0001", "lr=0.0002"], steps=120)
 
 
 def test_the_jobs_of_a_local_sweep_let_their_openmp_threads_sleep_while_waiting(tmp_path):
