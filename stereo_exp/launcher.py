@@ -258,8 +258,8 @@ class SweepLauncher:
             lines.append(note)
         if others["interrupted"]:
             lines.append(
-                f"{resume_advice(self.config)} to resume the sweep (resume=auto, the default: every job continues "
-                "from its last checkpoint)."
+                f"{resume_advice(self.config)} to resume the sweep (resume=auto, the default: each job continues "
+                "from its last checkpoint, if it wrote one)."
             )
         if record is not None:
             hint = ui_hint(record.tracking_uri)

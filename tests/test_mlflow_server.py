@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -212,3 +213,20 @@ def test_a_hung_server_costs_probe_timeout_s_at_start_then_the_records_wait_in_t
         "params",
         "metrics",
     ]
+
+
+def test_a_server_started_for_every_interface_says_to_log_to_it_by_this_machines_name(tmp_path):
+    # `start --host 0.0.0.0` (README, for jobs on other nodes) said "tracking.uri=http://0.0.0.0:PORT": a job on
+    # another node would log to its own machine.
+    server = [sys.executable, "-m", "stereo_exp.tracking.server"]
+    where = ["--dir", str(tmp_path), "--port", str(free_port())]
+    run = {"capture_output": True, "text": True, "env": subprocess_env(), "timeout": 180}
+    started = subprocess.run([*server, "start", *where, "--host", "0.0.0.0"], **run)
+    try:
+        assert started.returncode == 0, started.stderr
+        uri = f"http://{socket.gethostname()}:{where[-1]}"
+        assert f"log to it with: tracking.uri={uri}   or   export MLFLOW_TRACKING_URI={uri}" in started.stdout
+        with urllib.request.urlopen(f"{uri}/health", timeout=10) as answer:  # the name reaches the server
+            assert answer.status == 200
+    finally:
+        subprocess.run([*server, "stop", *where], **run)

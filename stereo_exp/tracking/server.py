@@ -221,6 +221,12 @@ def _is_our_server(pid: int) -> bool:
     return b"mlflow" in cmdline and b"server" in cmdline
 
 
+def client_uri(host: str, port: int) -> str:
+    """The tracking URI to give jobs for a server bound to ``host``: this machine's name when it listens on every
+    interface (``0.0.0.0``, ``::``), an address a job on another node would take for its own machine."""
+    return f"http://{socket.gethostname() if host in ('0.0.0.0', '::') else host}:{port}"
+
+
 def _cli_start(args: argparse.Namespace) -> int:
     root = Path(args.dir).resolve()
     state = _read_state(root)
@@ -231,7 +237,8 @@ def _cli_start(args: argparse.Namespace) -> int:
     server.start()
     # The server outlives this command: it runs in its own session and server.json records it for `stop`.
     print(f"mlflow server running: {server.uri} (pid {server._process.pid}, folder {root}, log {server.log_path})")
-    print(f"log to it with: tracking.uri={server.uri}   or   export MLFLOW_TRACKING_URI={server.uri}")
+    uri = client_uri(args.host, server.port)
+    print(f"log to it with: tracking.uri={uri}   or   export MLFLOW_TRACKING_URI={uri}")
     return 0
 
 
