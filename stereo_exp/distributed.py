@@ -1,8 +1,11 @@
 """One object that describes the distributed setup, resolved once from the environment.
 
-Three ways to start a run, checked in this order (nothing is nested: the first that applies wins):
+Four ways to start a run, checked in this order (nothing is nested: the first that applies wins):
 
 * torchrun (or any launcher that exports ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``);
+* the tasks of a job of ``hydra/launcher=local`` (``tasks_per_node`` > 1): submitit's local controller starts one
+  process per task on this machine and exports ``SUBMITIT_LOCAL_GLOBALID``/``SUBMITIT_LOCAL_NTASKS``/
+  ``SUBMITIT_LOCAL_LOCALID``; the rendezvous is 127.0.0.1 and a port derived from the job id (the controller's pid);
 * SLURM tasks: ``srun`` or submitit start one process per task and export ``SLURM_PROCID``/``SLURM_NTASKS``/
   ``SLURM_LOCALID``; the rendezvous address is the job's first node and the port is derived from the job id, so
   every task computes the same values without talking to the others;
@@ -31,10 +34,10 @@ import torch.distributed as torch_dist
 # NCCL collective read on the host waits for every kernel queued before it, i.e. it would sync every step.
 _CONTROL_GROUP: Any = None
 
-# Port range for the SLURM rendezvous: the job id picks a port in [base, base + span) so concurrent jobs on a
-# shared node rarely collide, and every task of one job agrees on it without communicating.
-_SLURM_PORT_BASE = 20000
-_SLURM_PORT_SPAN = 20000
+# Port range for the rendezvous of SLURM and local submitit jobs: the job id picks a port in [base, base + span) so
+# concurrent jobs on a shared node rarely collide, and every task of one job agrees on it without communicating.
+_JOB_PORT_BASE = 20000
+_JOB_PORT_SPAN = 20000
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ class DistEnv:
     local_world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str | None = None
-    source: str = "single"  # torchrun | slurm | single
+    source: str = "single"  # torchrun | submitit-local | slurm | single
     master_addr: str | None = None
     master_port: int | None = None
 
@@ -73,6 +76,14 @@ class DistEnv:
             source = "torchrun"
             master_addr, master_port = env.get("MASTER_ADDR"), env.get("MASTER_PORT")
             port = int(master_port) if master_port else None
+        elif env.get("SUBMITIT_EXECUTOR") == "local":
+            # Before SLURM's variables: a local sweep submitted from inside a SLURM job step inherits them.
+            world_size = int(env.get("SUBMITIT_LOCAL_NTASKS", "1"))
+            if world_size == 1:
+                return cls(device=_pick_device(device, 0))
+            rank, local_rank = int(env["SUBMITIT_LOCAL_GLOBALID"]), int(env["SUBMITIT_LOCAL_LOCALID"])
+            local_world_size, source = world_size, "submitit-local"
+            master_addr, port = "127.0.0.1", _job_port(env["SUBMITIT_LOCAL_JOB_ID"])
         elif int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:
             # Inside a job step (srun / submitit task): one process per task. Outside a step (the batch
             # script itself) SLURM_STEP_ID is unset and we stay a single process.
@@ -81,7 +92,7 @@ class DistEnv:
             local_world_size = _slurm_tasks_on_this_node(env, world_size)
             source = "slurm"
             master_addr = env.get("MASTER_ADDR") or _first_slurm_host(env)
-            port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else _slurm_port(env)
+            port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else _job_port(env.get("SLURM_JOB_ID", "0"))
         else:
             return cls(device=_pick_device(device, 0))
 
@@ -191,9 +202,9 @@ def _first_slurm_host(env: os._Environ[str] | dict[str, str]) -> str:
         return (match.group(1) + (match.group(2) or "")) if match else "127.0.0.1"
 
 
-def _slurm_port(env: os._Environ[str] | dict[str, str]) -> int:
-    job_id = int(re.sub(r"\D", "", env.get("SLURM_JOB_ID", "0")) or 0)
-    return _SLURM_PORT_BASE + job_id % _SLURM_PORT_SPAN
+def _job_port(job_id: str) -> int:
+    """The rendezvous port every task of job ``job_id`` computes alone (its digits; SLURM's array ids have a "_")."""
+    return _JOB_PORT_BASE + int(re.sub(r"\D", "", job_id) or 0) % _JOB_PORT_SPAN
 
 
 def _slurm_tasks_on_this_node(env: os._Environ[str] | dict[str, str], world_size: int) -> int:

@@ -61,7 +61,20 @@ LAUNCHER_VARIABLES = (
     *SLURM_TASK_5,
     "SLURM_STEP_NODELIST",
     "SLURM_TASKS_PER_NODE",
+    "SUBMITIT_EXECUTOR",
+    "SUBMITIT_LOCAL_NTASKS",
+    "SUBMITIT_LOCAL_GLOBALID",
+    "SUBMITIT_LOCAL_LOCALID",
+    "SUBMITIT_LOCAL_JOB_ID",
 )
+# What submitit's local controller exports to task 1 of a 2-task job (hydra/launcher=local tasks_per_node=2).
+LOCAL_TASK_1 = {
+    "SUBMITIT_EXECUTOR": "local",
+    "SUBMITIT_LOCAL_NTASKS": "2",
+    "SUBMITIT_LOCAL_GLOBALID": "1",
+    "SUBMITIT_LOCAL_LOCALID": "1",
+    "SUBMITIT_LOCAL_JOB_ID": "31337",
+}
 
 
 @pytest.fixture
@@ -99,6 +112,19 @@ def test_torchrun_inside_a_slurm_job_takes_precedence_over_the_slurm_variables(c
         "10.0.0.9",
         29400,
     )
+
+
+@pytest.mark.parametrize("inside_a_slurm_step", [False, True], ids=["alone", "in a slurm step"])
+def test_a_task_of_a_two_task_local_job_takes_its_rank_from_submitit(clean_env, inside_a_slurm_step):
+    # It used to be a single process: every task of the job trained alone, all in the same folder. A local sweep
+    # submitted from inside a SLURM job step inherits that step's variables: submitit's win.
+    for name, value in {**(SLURM_TASK_5 if inside_a_slurm_step else {}), **LOCAL_TASK_1}.items():
+        clean_env.setenv(name, value)
+    dist = DistEnv.from_environment("cpu")
+    assert (dist.rank, dist.world_size, dist.local_rank, dist.local_world_size) == (1, 2, 1, 2)
+    assert (dist.source, dist.master_addr, dist.master_port) == ("submitit-local", "127.0.0.1", 20000 + 31337 % 20000)
+    clean_env.setenv("SUBMITIT_LOCAL_NTASKS", "1")
+    assert DistEnv.from_environment("cpu").source == "single"  # a one-task local job, even inside a SLURM step
 
 
 def test_the_batch_script_of_a_multi_task_job_is_a_single_process(clean_env):

@@ -276,6 +276,24 @@ def test_ctrl_c_in_a_local_sweep_checkpoints_every_job_and_the_command_it_prints
     assert_each_job_one_finished_run_with_every_step_once(tmp_path, ["lr=0.0001", "lr=0.0002"], steps=120)
 
 
+@pytest.mark.slow
+def test_a_local_job_of_two_tasks_trains_one_ddp_run(tmp_path):
+    # conf/hydra/launcher/local.yaml: "tasks_per_node: set to gpus_per_node for DDP inside each job". Its tasks used
+    # to train alone, each its own run, in one folder (two checkpoint sequences, two MLflow runs racing).
+    command = sweep_command("hydra/launcher=local", "hydra.launcher.tasks_per_node=2", "seed=0,1")
+    done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for job in tmp_path.glob("multirun/*/*/[01]"):
+        joined = re.findall(
+            r"DDP: rank (\d) of 2 .* \(127\.0\.0\.1; from submitit-local\)", (job / "__main__.log").read_text()
+        )
+        assert sorted(joined) == ["0", "1"], job
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("stereo_exp").experiment_id])
+    jobs = sorted(run.info.run_name for run in runs if not run.info.run_name.startswith("sweep "))
+    assert jobs == ["seed=0", "seed=1"] and {run.info.status for run in runs} == {"FINISHED"}
+
+
 def test_a_sweep_without_a_launcher_runs_its_jobs_in_turn_past_a_failed_one_and_lists_them(tmp_path):
     # `-m` alone (Hydra's habit): the sequential launcher. Hydra's basic launcher ended in a traceback after the
     # sweep, with no summary, and checked no job's config before the first one started.
