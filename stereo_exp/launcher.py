@@ -139,7 +139,7 @@ class SweepLauncher:
         the process with one line and removes the sweep folder Hydra made."""
         sweep_dir = Path(sweep.sweep_dir)
         try:
-            self._check_configs(nums, job_overrides)
+            self._check_configs(sweep, nums, job_overrides)
             params = self._resources()
         except LaunchError as error:
             discard_untouched_sweep_folder(sweep_dir)
@@ -155,9 +155,9 @@ class SweepLauncher:
         """The launcher's parameters as it uses them (the submitit launchers fit theirs to the machine)."""
         return {}
 
-    def _check_configs(self, nums: list[int], job_overrides: Sequence[Sequence[str]]) -> None:
+    def _check_configs(self, sweep: SweepInfo, nums: list[int], job_overrides: Sequence[Sequence[str]]) -> None:
         """Compose every job's config as its job will, and run its schemas' checks: a wrong value fails here, once,
-        not in every job after it started."""
+        not in every job after it started. The message names the job by its swept values."""
         from hydra.core.hydra_config import HydraConfig
         from omegaconf.errors import OmegaConfBaseException
 
@@ -176,7 +176,9 @@ class SweepLauncher:
                 except OmegaConfBaseException as error:  # not a schema's check: leave it to the job
                     log.warning("Could not check the config of job #%d here: %s", num, _last_line(str(error)))
                 except ValueError as error:
-                    raise LaunchError(f"job #{num} ({' '.join(filter_overrides(overrides))}): {error}") from None
+                    given = filter_overrides(overrides)
+                    swept = [o for o in given if o.partition("=")[0].lstrip("+~") in sweep.plan.values] or given
+                    raise LaunchError(f"job #{num} ({' '.join(swept)}): {error}") from None
         finally:
             HydraConfig.instance().cfg = submitter
 
