@@ -104,6 +104,12 @@ class JobOutcome:
     def failed(self) -> bool:
         return self.error is not None and not self.interrupted
 
+    def end(self, result: JobReturn | None = None, *, error: str | None = None, interrupted: bool = False) -> None:
+        """Record how the job ended: its result (COMPLETED), its error line (FAILED) or how Ctrl-C stopped it
+        (INTERRUPTED)."""
+        self.result, self.error, self.interrupted = result, error, interrupted
+        self.state = "INTERRUPTED" if interrupted else "FAILED" if error is not None else "COMPLETED"
+
 
 class SweepLauncher:
     """What every stereo_exp launcher does around its jobs: check them all before any starts, make the sweep's
@@ -409,14 +415,12 @@ class SubmititSweepLauncher(SweepLauncher):
                 remaining.remove((job, outcome))
                 error = job.exception()
                 if error is None:
-                    outcome.result = job.results()[0]  # rank 0's, as hydra-submitit-launcher returns it
-                    outcome.state, ended = "COMPLETED", "done"
+                    outcome.end(job.results()[0])  # rank 0's, as hydra-submitit-launcher returns it
                 elif interruption := re.search(rf"\b{JobInterrupted.__name__}: (.+)", str(error)):
-                    outcome.error, outcome.interrupted = interruption.group(1), True
-                    outcome.state, ended = "INTERRUPTED", outcome.error
+                    outcome.end(error=interruption.group(1), interrupted=True)
                 else:
-                    outcome.error = _job_error(str(error))
-                    outcome.state, ended = "FAILED", f"failed: {outcome.error}"
+                    outcome.end(error=_job_error(str(error)))
+                ended = outcome.state + (f": {outcome.error}" if outcome.error else "")  # FAILED: NonFiniteLossError...
                 elapsed = time.strftime("%H:%M:%S", time.gmtime(time.monotonic() - started))
                 log.info(
                     "job #%d (%s) %s ended after %s: %s", outcome.num, outcome.job_id, outcome.name, elapsed, ended
@@ -532,13 +536,12 @@ class SequentialSweepLauncher(SweepLauncher):
                 continue
             log.info("\t#%d : %s", outcome.num, " ".join(filter_overrides(overrides)))
             try:
-                outcome.result = _run_job(outcome.num, partial(self._run_in_process, outcome.num, overrides))
-                outcome.state = "COMPLETED"
+                outcome.end(_run_job(outcome.num, partial(self._run_in_process, outcome.num, overrides)))
             except JobInterrupted as stop:
-                outcome.error, outcome.interrupted, outcome.state = str(stop), True, "INTERRUPTED"
+                outcome.end(error=str(stop), interrupted=True)
                 interrupted = True
             except Exception as error:  # listed in the summary; the next job starts
-                outcome.error, outcome.state = _job_error(f"{type(error).__name__}: {error}"), "FAILED"
+                outcome.end(error=_job_error(f"{type(error).__name__}: {error}"))
             finally:
                 configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # the job set its own
         return self._finish(sweep, record, outcomes)
