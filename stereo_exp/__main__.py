@@ -35,7 +35,8 @@ def run(cfg: DictConfig) -> TrainResult:
             # resumes from the checkpoint), or the error saying why it did not. Leaving through SystemExit matters:
             # a normal return would make submitit record a result, as if the job were over.
             raise stop.handover from None
-        log.warning("%s %s to resume from it (resume=auto, the default).", stop, resume_advice(cfg))
+        if stop.is_main:  # one advice, not one per DDP rank
+            log.warning("%s %s to resume from it (resume=auto, the default).", stop, resume_advice(cfg))
         raise SystemExit(128 + stop.signum) from stop  # the cause tells a sweep's job what happened (launcher.py)
 
 

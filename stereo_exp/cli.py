@@ -16,6 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from stereo_exp.config import typed
+
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message says what to change in the command or the data: missing or broken datasets, a
@@ -43,7 +45,7 @@ def clean_errors(cfg: DictConfig, what: str = "Training") -> Iterator[None]:
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     clean = not multirun and os.environ.get("HYDRA_FULL_ERROR") != "1"
     try:
-        OmegaConf.to_object(cfg)
+        typed(cfg)
     except ValueError as error:
         if not clean:
             raise

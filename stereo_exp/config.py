@@ -8,11 +8,13 @@ every key and type at composition, so a misspelt key or a wrong type stops the r
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from stereo_exp.data.options import DatasetOptions
 from stereo_exp.schemas import CheckpointConfig, LoaderConfig, PathsConfig, Precision, SpeedConfig, TrainConfig
@@ -27,6 +29,7 @@ __all__ = [
     "TrainConfig",
     "register_configs",
     "to_plain",
+    "typed",
 ]
 
 
@@ -83,3 +86,34 @@ def to_plain(config: Any) -> dict[str, Any]:
     """A typed config (``Config``, or an app's schema object) as plain data, enums as their names: what config.yaml,
     checkpoints and MLflow params record. The inverse of the typing done at each entry point."""
     return OmegaConf.to_container(OmegaConf.structured(config), enum_to_str=True)  # type: ignore[return-value]
+
+
+def typed(cfg: DictConfig) -> Any:
+    """The composed ``cfg`` as its schema objects (``Config``, or an app's schema): every schema's own checks run
+    here (``__post_init__``; ``ValueError`` naming the key). Keys that no schema declares are refused first: Hydra's
+    ``+key=value`` adds any key to a structured config, and its own error for a misspelt key suggests exactly that,
+    so ``+train.max_step=100`` would otherwise train as if the option had not been given."""
+    unknown = unknown_keys(cfg)
+    if unknown:
+        raise ValueError("; ".join(unknown) + ". `--help` lists every key.")
+    return OmegaConf.to_object(cfg)
+
+
+def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """``unknown key KEY (did you mean ...?)`` for every key under ``node`` that its schema dataclass does not
+    declare. Nodes without a dataclass schema (free-form dicts) may hold any key; their children are still checked.
+    Values are not resolved (an interpolation such as ``${hydra:...}`` needs a running Hydra)."""
+    schema = OmegaConf.get_type(node)
+    declared = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
+    found = []
+    for key in node:
+        path = f"{prefix}{key}"
+        if declared is not None and key not in declared:
+            close = difflib.get_close_matches(str(key), declared, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            found.append(f"unknown key {path}{hint}")
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            found += unknown_keys(child, f"{path}.")
+    return found

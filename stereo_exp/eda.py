@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from stereo_exp.cli import clean_errors, save_hydra_records
-from stereo_exp.config import register_configs, to_plain
+from stereo_exp.config import register_configs, to_plain, typed
 
 if TYPE_CHECKING:
     from stereo_exp.data.config import EdaAppConfig
@@ -48,7 +48,7 @@ def run_eda(cfg: DictConfig) -> dict[str, Any]:
     from stereo_exp.engine.preflight import check_mix_datasets, refusing
     from stereo_exp.tracking import MlflowTracker
 
-    config: EdaAppConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]  # typed once: every schema's checks
+    config: EdaAppConfig = typed(cfg)  # typed once: every schema's checks
     with refusing():  # before the MLflow store or run exists
         check_mix_datasets(config.mix, data_root=config.paths.data, options=config.datasets)
     tracker = MlflowTracker(config.tracking)

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from stereo_exp.cli import clean_errors, save_hydra_records
-from stereo_exp.config import register_configs, to_plain
+from stereo_exp.config import register_configs, to_plain, typed
 
 if TYPE_CHECKING:
     from stereo_exp.distributed import DistEnv
@@ -37,7 +37,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from stereo_exp.distributed import DistEnv
     from stereo_exp.tracking import MlflowTracker
 
-    config: EvaluateConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]  # typed once: every schema's checks
+    config: EvaluateConfig = typed(cfg)  # typed once: every schema's checks
     eval_cfg = eval_config(config)
     dist = DistEnv.from_environment(config.device)
     dist.init_process_group()

@@ -56,6 +56,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import OmegaConf, open_dict, read_write
 
 from stereo_exp.cli import discard_untouched_sweep_folder, drop_failed_run, resume_advice
+from stereo_exp.config import typed
 
 if TYPE_CHECKING:
     from stereo_exp.tracking.sweep import SweepInfo, SweepRecord
@@ -178,7 +179,7 @@ class SweepLauncher:
                 HydraConfig.instance().set_config(config)  # ${hydra:...} as the job resolves it
                 task = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
                 try:
-                    OmegaConf.to_object(task)
+                    typed(task)
                 except OmegaConfBaseException as error:  # not a schema's check: leave it to the job
                     log.warning("Could not check the config of job #%d here: %s", num, _last_line(str(error)))
                 except ValueError as error:

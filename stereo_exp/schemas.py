@@ -60,9 +60,11 @@ class TrainConfig:
             raise ValueError(f"train.batch_size must be >= 1; got {self.batch_size}.")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"train.max_steps must be >= 1 or null; got {self.max_steps}.")
-        for key in ("log_every", "val_every"):
+        for key in ("log_every", "val_every", "max_nonfinite_steps"):
             if getattr(self, key) < 1:
                 raise ValueError(f"train.{key} must be >= 1; got {getattr(self, key)}.")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"train.num_threads must be >= 1 or null (torch's default); got {self.num_threads}.")
 
 
 @dataclass
@@ -71,6 +73,14 @@ class LoaderConfig:
     pin_memory: bool = True  # page-locked host memory for faster host-to-GPU copies (ignored on CPU)
     persistent_workers: bool = True  # keep workers alive between validation passes
     prefetch_factor: int = 2  # batches each worker prepares ahead
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            raise ValueError(
+                f"loader.num_workers must be >= 0 (0: load in the training process); got {self.num_workers}."
+            )
+        if self.prefetch_factor < 1:
+            raise ValueError(f"loader.prefetch_factor must be >= 1; got {self.prefetch_factor}.")
 
 
 @dataclass

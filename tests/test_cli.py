@@ -80,6 +80,11 @@ WRONG_INPUTS = [
     ("stereo_exp", [*TINY_RUN, "eval.datasets=[eth3d-train]"], "error: eval.datasets: Dataset 'eth3d-train' is "),
     ("stereo_exp.eda", ["mix.datasets=[synthetc]"], "error: mix.datasets: Unknown dataset 'synthetc'; "),
     ("stereo_exp.evaluate", ["dataset=synthetc"], "error: Unknown dataset 'synthetc'; the catalog has: "),
+    ("stereo_exp", [*TINY_RUN, "loader.num_workers=-2"], "error: loader.num_workers must be >= 0 "),
+    # Hydra's own error for `train.max_step=100` says "To append to your config use +train.max_step=100"; the key so
+    # added used to be ignored (the run trained its full length).
+    ("stereo_exp", [*TINY_RUN, "+train.max_step=100"], "error: unknown key train.max_step (did you mean train.max_st"),
+    ("stereo_exp.eda", ["+augmentation.crop=[8,8]"], "error: unknown key augmentation.crop (did you mean augmentat"),
 ]
 
 
@@ -149,25 +154,36 @@ def test_a_sweep_with_a_wrong_value_ends_in_one_line_before_any_job_and_leaves_n
     assert list(tmp_path.iterdir()) == []  # no sweep folder, no MLflow store
 
 
-def test_ctrl_c_in_a_run_of_the_default_time_named_folder_says_how_to_resume_it_and_the_advice_resumes_it(tmp_path):
+TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+@pytest.mark.parametrize(
+    ("launcher", "exit_code"),
+    [([sys.executable], 130), (TORCHRUN_2, 1)],  # torchrun leaves with its own SignalException on Ctrl-C
+    ids=["python", "torchrun"],
+)
+def test_ctrl_c_in_a_run_of_the_default_time_named_folder_says_how_to_resume_it_and_the_advice_resumes_it(
+    tmp_path, launcher, exit_code
+):
     # With the default hydra.run.dir (outputs/<date>/<time>), "run the same command again" would start a new run in a
     # new folder: the message names the interrupted run's folder, and following it verbatim continues that run.
-    command = [sys.executable, "-m", "stereo_exp", *TINY_RUN, "mix.dataset_steps=[40]", "train.val_every=40"]
+    # Under torchrun every rank checkpoints and stops; the advice is given once, not once per rank.
+    command = [*launcher, "-m", "stereo_exp", *TINY_RUN, "mix.dataset_steps=[40]", "train.val_every=40"]
     process = start_in_own_group(command, tmp_path)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("outputs/*/*/checkpoints/*.pth")) and time.monotonic() < deadline:
         time.sleep(0.01)
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole process group
     output = process.communicate(timeout=120)[0]
-    assert process.returncode == 130, output[-2000:]
+    assert process.returncode == exit_code, output[-2000:]
     (folder,) = tmp_path.glob("outputs/*/*")
-    advice = re.search(
+    advice = re.findall(
         r"checkpoint written at step \d+\. Run the same command with (hydra\.run\.dir=\S+) to resume", output
     )
-    assert advice and advice.group(1) == f"hydra.run.dir={folder.relative_to(tmp_path)}", output[-2000:]
+    assert advice == [f"hydra.run.dir={folder.relative_to(tmp_path)}"], output[-2000:]
 
     resumed = subprocess.run(
-        [*command, advice.group(1)], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120
+        [*command, *advice], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert list(tmp_path.glob("outputs/*/*")) == [folder]  # no new run folder: the same run went on

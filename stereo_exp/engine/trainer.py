@@ -1,6 +1,6 @@
 """The training loop: check everything, build the pieces, then step, log, validate and checkpoint.
 
-Read it top to bottom: ``train(cfg)`` types the composed config once (``OmegaConf.to_object`` runs every schema's
+Read it top to bottom: ``train(cfg)`` types the composed config once (``config.typed`` runs every schema's
 checks), checks the whole run before any side effect and always closes MLflow and the process group; ``_run``
 decides where the run starts (engine/resume.py), builds the model and the ``TrainState`` (engine/state.py), claims
 the run directory, starts MLflow and runs the loop; ``train_step`` is one optimizer step (forward under autocast ->
@@ -30,14 +30,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from stereo_exp import evaluation, models
 from stereo_exp.cli import output_is_hydra_run_dir, save_hydra_records
-from stereo_exp.config import Config, to_plain
+from stereo_exp.config import Config, to_plain, typed
 from stereo_exp.data.loader import Shard, build_train_loader
 from stereo_exp.distributed import DistEnv
 from stereo_exp.engine import resume
@@ -62,9 +62,10 @@ class Preempted(Exception):
     ``handover`` is how the signal handlers that were installed before the trainer's (submitit's, see
     ``_StopSignal.hand_over``) ended: ``SystemExit`` after submitit requeued the job, an exception when it refused
     (e.g. ``UncompletedJobError``: out of requeues), None when there was no such handler or it returned.
+    ``is_main``: raised on rank 0, the process that tells the user (every rank raises it).
     """
 
-    def __init__(self, signum: int, step: int, handover: BaseException | None = None) -> None:
+    def __init__(self, signum: int, step: int, handover: BaseException | None = None, is_main: bool = True) -> None:
         if signum == signal.SIGINT:
             message = f"Interrupted (Ctrl-C): checkpoint written at step {step}."
         else:
@@ -73,6 +74,7 @@ class Preempted(Exception):
         self.signum = signum
         self.step = step
         self.handover = handover
+        self.is_main = is_main
 
     @property
     def requeue_refused(self) -> bool:
@@ -95,7 +97,7 @@ class TrainResult:
 def train(cfg: DictConfig) -> TrainResult:
     """Train as the composed config ``cfg`` says; returns the final validation metrics, the model and where the
     results are. The one place where the config is typed: everything below reads the ``Config`` object."""
-    config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]  # every schema's own checks run here
+    config: Config = typed(cfg)  # every schema's own checks run here
     hydra_output = output_is_hydra_run_dir(cfg)  # else paths.output was set by hand
     check_run(config)  # the datasets, the weights, cross-group checks: before anything is created or downloaded
     dist = DistEnv.from_environment(config.train.device)
@@ -273,7 +275,7 @@ def _train(
                 handover = stop_signal.hand_over(signals)  # submitit: rank 0 requeues the job here
                 # srun may end a step when one task exits (KillOnBadExit): no rank leaves before the requeue.
                 dist.barrier()
-                raise Preempted(signals[-1], done, handover)
+                raise Preempted(signals[-1], done, handover, dist.is_main)
     finally:
         progress.close()
         stop_signal.restore()
