@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
@@ -464,10 +465,15 @@ def torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
 
 
-def mlflow_history(uri: str, key: str) -> list[tuple[int, float]]:
+def only_run(uri: str) -> Run:
+    """The one MLflow run of experiment stereo_exp in the store at ``uri``."""
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("stereo_exp").experiment_id])
-    return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+    return run
+
+
+def mlflow_history(uri: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(only_run(uri).info.run_id, key))
 
 
 @pytest.mark.slow
@@ -506,10 +512,14 @@ def test_two_process_ddp_stopped_by_sigterm_resumes_to_the_weights_and_history_o
     output = process.communicate(timeout=120)[0]
     assert "checkpoint written at step" in output, output[-3000:]
     assert 6 <= ckpt.load_checkpoint(ckpt.latest_checkpoint(stopped))["step"] < 12
+    interrupted = only_run(f"sqlite:///{tmp_path}/stopped.db")
+    assert interrupted.info.status == "KILLED"  # nothing requeues it (it was left RUNNING, as if still training)
     resumed = subprocess.run(
         stop_command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    finished = only_run(f"sqlite:///{tmp_path}/stopped.db")
+    assert (finished.info.run_id, finished.info.status) == (interrupted.info.run_id, "FINISHED")
     straight_final, stopped_final = (
         ckpt.load_checkpoint(run / "checkpoints" / "step_0000012.pth") for run in (straight, stopped)
     )

@@ -77,9 +77,9 @@ class Preempted(Exception):
         self.is_main = is_main
 
     @property
-    def requeue_refused(self) -> bool:
-        """True when submitit refused to requeue the job (it will not run again by itself)."""
-        return isinstance(self.handover, Exception)
+    def requeued(self) -> bool:
+        """True when submitit requeued the job: it runs again by itself and continues this run."""
+        return isinstance(self.handover, SystemExit)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -114,9 +114,10 @@ def train(cfg: DictConfig) -> TrainResult:
         status = "FINISHED"
         return result
     except Preempted as stop:
-        # A preempted or requeued job (or resume=auto by hand) continues this MLflow run; Ctrl-C, or a job that
-        # submitit refused to requeue, will not come back by itself.
-        status = "KILLED" if stop.signum == signal.SIGINT or stop.requeue_refused else "RUNNING"
+        # A job that submitit requeued comes back by itself and continues this MLflow run: it stays RUNNING. Any
+        # other stop (Ctrl-C, `kill`, scancel, a refused requeue) waits for someone to resume it: KILLED until then
+        # (a resumed run is RUNNING again).
+        status = "RUNNING" if stop.requeued else "KILLED"
         raise
     except KeyboardInterrupt:
         status = "KILLED"

@@ -295,7 +295,7 @@ class MlflowTracker:
             self._log_in_memory(artifact_file, online, write)
 
     def end(self, status: str = "FINISHED") -> None:
-        """Close the run: FINISHED | FAILED | KILLED (a preempted run is left RUNNING for its requeued job).
+        """Close the run: FINISHED | FAILED | KILLED (a requeued job's run is left RUNNING: trainer.train).
         While offline, one last attempt to send the spool is made first."""
         if not self._ready():
             return
