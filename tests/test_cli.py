@@ -188,3 +188,29 @@ def test_ctrl_c_in_a_run_of_the_default_time_named_folder_says_how_to_resume_it_
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert list(tmp_path.glob("outputs/*/*")) == [folder]  # no new run folder: the same run went on
     assert (folder / "checkpoints" / "step_0000040.pth").is_file()
+
+
+def test_a_second_command_in_the_folder_of_a_running_run_is_refused_naming_its_pid_and_the_run_goes_on(tmp_path):
+    # The same command typed in two terminals (or a sweep resumed while its jobs still run) used to train twice in one
+    # folder: "Restarting the run ... from step 0", both writing checkpoints and logging into one MLflow run.
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "stereo_exp", *TINY_RUN, "mix.dataset_steps=[20]", f"hydra.run.dir={run}"]
+    first = start_in_own_group(command, tmp_path)
+    deadline = time.monotonic() + 120
+    while not list(run.glob("checkpoints/*.pth")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(first.pid, signal.SIGSTOP)  # holds its lock, writes nothing while the second command runs
+    try:
+        log_before = (run / "__main__.log").read_bytes()
+        second = subprocess.run(
+            command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120
+        )
+        assert second.returncode == 1
+        assert second.stderr.startswith(f"error: Cannot use {run}: another process (pid {first.pid}) is running in it")
+        assert f"kill -INT {first.pid}" in second.stderr
+        assert (run / "__main__.log").read_bytes() == log_before  # not a line from the refused command
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    output = first.communicate(timeout=120)[0]
+    assert first.returncode == 0, output[-2000:]
+    assert (run / "checkpoints" / "step_0000020.pth").is_file()

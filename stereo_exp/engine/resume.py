@@ -23,6 +23,7 @@ Refusals change nothing and only suggest commands that change nothing already wr
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -152,8 +153,68 @@ def find_start(
 def claim(output: Path, resolved: dict[str, Any], run_key: str) -> None:
     """Make ``output`` this run's directory (rank 0): run.json, then config.yaml, each written atomically."""
     output.mkdir(parents=True, exist_ok=True)
+    lock(output)  # a directory made here (paths.output set by hand) could not be locked before
     _write_atomic(output / RUN_RECORD, json.dumps({"run_key": run_key, "mlflow_run_id": None}, indent=1))
     _write_atomic(output / CONFIG_FILE, OmegaConf.to_yaml(resolved))
+
+
+def lock(output: Path) -> None:
+    """Hold the run directory ``output`` for this process until ``unlock`` (or the process ends); raise
+    ``RunDirectoryError`` (nothing changed) while another process holds it: the same command started twice, or a
+    sweep resumed while its jobs still run, would otherwise train in one directory at once, each overwriting the
+    other's checkpoints and logging into one MLflow run.
+
+    The lock is ``flock`` on the directory itself, so taking it writes nothing and a killed process leaves none
+    behind. No-op while the directory does not exist yet (``claim`` creates it and takes the lock then) and where
+    the file system does not lock directories (the lock then protects nothing, as before; on NFS it holds on one
+    machine only)."""
+    if output in _LOCKED or not output.is_dir():
+        return
+    try:
+        descriptor = os.open(output, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as error:
+        log.info("Could not open %s to lock it (%s); runs in it are not protected from each other.", output, error)
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        pid = _lock_holder(output)
+        raise RunDirectoryError(
+            f"Cannot use {output}: another process{f' (pid {pid})' if pid else ''} is running in it right now (it "
+            "holds the folder's lock). Nothing was changed. Wait for it to end, or stop it (Ctrl-C in its terminal, "
+            f"or kill -INT {pid or 'PID'}: it writes a checkpoint), then run this command again to resume."
+        ) from None
+    except OSError as error:
+        os.close(descriptor)
+        log.info("Could not lock %s (%s); runs in it are not protected from each other.", output, error)
+        return
+    _LOCKED[output] = descriptor
+
+
+def unlock(output: Path) -> None:
+    """Release the lock ``lock`` took on ``output`` (no-op when this process holds none)."""
+    descriptor = _LOCKED.pop(output, None)
+    if descriptor is not None:
+        os.close(descriptor)  # the last descriptor of the lock: DataLoader workers forked with it have ended
+
+
+_LOCKED: dict[Path, int] = {}  # run directory -> the open descriptor of its flock, held by this process
+
+
+def _lock_holder(output: Path) -> int | None:
+    """The pid that holds the flock on ``output``, from /proc/locks (Linux; lines such as
+    ``3: FLOCK  ADVISORY  WRITE 4242 00:2a:1234 0 EOF``), or None when it cannot be told."""
+    try:
+        info = output.stat()
+        inode = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if fields[1:2] == ["FLOCK"] and inode in fields:
+                return int(fields[fields.index(inode) - 1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def record_mlflow_run(output: Path, run_key: str, run_id: str | None) -> None:

@@ -103,6 +103,7 @@ def train(cfg: DictConfig) -> TrainResult:
     dist = DistEnv.from_environment(config.train.device)
     dist.init_process_group()
     tracker: MlflowTracker | None = None
+    output: Path | None = None
     status = "FAILED"
     try:
         # Every rank works in rank 0's run directory: with torchrun each process composes its own config, and a
@@ -125,6 +126,8 @@ def train(cfg: DictConfig) -> TrainResult:
     finally:
         if tracker is not None and status != "RUNNING":
             tracker.end(status)
+        if output is not None:
+            resume.unlock(output)
         dist.destroy()
 
 
@@ -428,6 +431,7 @@ def _find_start(
             allow_inexact=cfg.train.allow_inexact_resume,
         )
         try:
+            resume.lock(output)  # held until train() ends: no other process starts or resumes in it meanwhile
             decision = resume.find_start(cfg.resume, output, resolved, runtime, new_dir_override)
         except (ValueError, OSError, RuntimeError) as error:
             decision = error
