@@ -214,3 +214,28 @@ def test_a_second_command_in_the_folder_of_a_running_run_is_refused_naming_its_p
     output = first.communicate(timeout=120)[0]
     assert first.returncode == 0, output[-2000:]
     assert (run / "checkpoints" / "step_0000020.pth").is_file()
+
+
+def test_a_run_killed_alone_is_resumed_at_once_while_its_loader_workers_are_still_alive(tmp_path):
+    # SIGKILL (the OOM killer) ends the training process alone; its DataLoader workers notice within ~5 s. They were
+    # forked holding the run folder's lock: they must not keep the resume out.
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "stereo_exp", *TINY_RUN, "loader.num_workers=2", f"hydra.run.dir={run}"]
+    first = start_in_own_group([*command, "mix.dataset_steps=[400]"], tmp_path)
+    deadline = time.monotonic() + 120
+    while not list(run.glob("checkpoints/*.pth")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(timeout=30)
+    workers = subprocess.run(["pgrep", "-g", str(first.pid)], capture_output=True, text=True).stdout.split()
+    resumed = subprocess.run(
+        [*command, "mix.dataset_steps=[400]", "train.max_steps=4"],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert workers, "the workers ended before the resume started: the test proves nothing"
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming from" in resumed.stdout

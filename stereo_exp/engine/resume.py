@@ -196,10 +196,21 @@ def unlock(output: Path) -> None:
     """Release the lock ``lock`` took on ``output`` (no-op when this process holds none)."""
     descriptor = _LOCKED.pop(output, None)
     if descriptor is not None:
-        os.close(descriptor)  # the last descriptor of the lock: DataLoader workers forked with it have ended
+        os.close(descriptor)  # the only one: forked processes close their copies (_forget_locks_in_child)
 
 
 _LOCKED: dict[Path, int] = {}  # run directory -> the open descriptor of its flock, held by this process
+
+
+def _forget_locks_in_child() -> None:
+    """A forked process (a DataLoader worker) closes its copies of the lock descriptors: a flock lasts while any
+    copy is open, and a worker outliving a killed training process (up to 5 s) would hold the run directory."""
+    for descriptor in _LOCKED.values():
+        os.close(descriptor)
+    _LOCKED.clear()
+
+
+os.register_at_fork(after_in_child=_forget_locks_in_child)
 
 
 def _lock_holder(output: Path) -> int | None:
