@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,9 +57,15 @@ def resolve_target(uri: str | None, experiment: str | None, sweep: str | None) -
     otherwise ``$MLFLOW_TRACKING_URI`` or the tracking config's defaults.
 
     Raises:
-        ValueError: the sweep directory logged to several stores or experiments and the arguments do not choose.
+        ValueError: the sweep directory logged to several stores or experiments and the arguments do not choose;
+            ``sweep`` is neither a directory nor a sweep id.
     """
     sweep_id = sweep
+    if sweep and not Path(sweep).is_dir() and not re.fullmatch(r"[0-9a-f]{12}", sweep):
+        raise ValueError(
+            f"--sweep {sweep}: no such directory, and not a sweep id (12 hex digits); run compare where "
+            "the sweep's folder is (multirun/ under the folder you started it from)"
+        )
     if sweep and Path(sweep).is_dir():
         sweep = newest_sweep(Path(sweep))
         sweep_id = sweep_id_of(sweep)

@@ -151,3 +151,12 @@ def test_a_lookup_where_no_store_is_says_so_and_creates_none(tmp_path, monkeypat
     error = capsys.readouterr().err
     assert error.startswith(f"error: no MLflow store at sqlite:///mlflow.db (no file {tmp_path}/mlflow.db)")
     assert list(tmp_path.iterdir()) == []  # no empty mlflow.db, no compare/ folder
+
+
+def test_a_sweep_folder_that_is_not_there_is_named_as_such(tmp_path, monkeypatch, capsys):
+    # `--sweep multirun` run from another folder used to end in "experiment 'stereo_exp' ... has no runs of sweep
+    # multirun", as if the runs were missing rather than the folder.
+    monkeypatch.chdir(tmp_path)
+    assert compare_main(["--sweep", "multirun"]) == 2
+    assert capsys.readouterr().err.startswith("error: --sweep multirun: no such directory, and not a sweep id")
+    assert list(tmp_path.iterdir()) == []
