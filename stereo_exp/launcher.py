@@ -55,7 +55,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import OmegaConf, open_dict, read_write
 
-from stereo_exp.cli import discard_untouched_sweep_folder, drop_failed_run, resume_advice
+from stereo_exp.cli import cause, discard_untouched_sweep_folder, drop_failed_run, report_failure, resume_advice
 from stereo_exp.config import typed
 
 if TYPE_CHECKING:
@@ -584,8 +584,10 @@ def _run_job(job_num: int, run: Callable[[], JobReturn]) -> JobReturn:
         raise JobInterrupted(reason) from None
     if result.status == JobStatus.FAILED:
         error = result._return_value
-        # Into the run folder's log (Hydra's job logging is still set up) and the job's stderr.
-        log.error("Job #%d failed: %s: %s", job_num, type(error).__name__, error, exc_info=error)
+        # The traceback into the run folder's log (Hydra's job logging is still set up), the cause to the console
+        # (the terminal of a sequential sweep; a submitit job's stderr, which gets submitit's traceback too).
+        where = report_failure(error, f"Job #{job_num}")
+        log.error("Job #%d failed%s: %s", job_num, where, cause(error))
         drop_failed_run(error)  # else its DataLoader's worker processes keep the job (or the next one) from ending
         raise error
     return result

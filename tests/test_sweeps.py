@@ -320,6 +320,11 @@ def test_a_sweep_without_a_launcher_runs_its_jobs_in_turn_past_a_failed_one_and_
     assert re.match(r"  #0 +- +FAILED +FAILED +\S+ +lr=1e\+30$", summary[2]), summary
     assert summary[3].startswith("      NonFiniteLossError: 1 consecutive steps")
     assert re.match(r"  #1 +- +COMPLETED +FINISHED +\d+\.\d{4} +lr=0\.0001$", summary[4]), summary
+    # The failed job's traceback goes to its log; the terminal gets its cause in one line (and the summary).
+    (job_log,) = tmp_path.glob("multirun/*/*/0/__main__.log")
+    assert "Traceback" not in done.stdout + done.stderr
+    assert f"Job #0 failed (traceback in {job_log}): NonFiniteLossError: 1 consecutive" in done.stdout + done.stderr
+    assert "Traceback (most recent call last)" in job_log.read_text()
 
 
 @pytest.mark.slow
