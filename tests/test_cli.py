@@ -4,7 +4,9 @@ run ends (its loader workers let go), a user mistake ends in one line."""
 from __future__ import annotations
 
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -239,3 +241,35 @@ def test_a_run_killed_alone_is_resumed_at_once_while_its_loader_workers_are_stil
     assert workers, "the workers ended before the resume started: the test proves nothing"
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resuming from" in resumed.stdout
+
+
+def test_a_run_whose_terminal_hangs_up_writes_a_checkpoint_and_the_same_command_resumes_it(tmp_path):
+    # An SSH connection that drops hangs up the terminal: SIGHUP used to end the run at once (no checkpoint since the
+    # last periodic one, the MLflow run left RUNNING), and writing to the gone terminal would fail (EIO) anyway.
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "stereo_exp", *TINY_RUN, "mix.dataset_steps=[400]", f"hydra.run.dir={run}"]
+    pid, terminal = pty.fork()
+    if pid == 0:  # the run on a pseudo-terminal of its own, the session leader, as a login shell's job is
+        os.chdir(tmp_path)
+        os.execve(command[0], command, subprocess_env())
+    deadline = time.monotonic() + 120
+    while not list(run.glob("checkpoints/*.pth")) and time.monotonic() < deadline:
+        if select.select([terminal], [], [], 0.05)[0]:
+            os.read(terminal, 65536)  # the terminal shows the output: the run must not block writing to it
+    os.close(terminal)  # the hang-up
+    exit_code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    log = (run / "__main__.log").read_text()
+    assert exit_code == 128 + signal.SIGHUP, log[-2000:]
+    stop = re.search(r"Received SIGHUP: checkpoint written at step (\d+); exiting", log)
+    assert stop and (run / "checkpoints" / f"step_{int(stop.group(1)):07d}.pth").is_file(), log[-2000:]
+
+    resumed = subprocess.run(
+        [*command, f"train.max_steps={int(stop.group(1)) + 2}"],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"Resumed from step {stop.group(1)}" in resumed.stdout

@@ -472,11 +472,12 @@ def _free_sibling(path: Path) -> Path:
     return path.with_name(f"{path.name}-{number}")
 
 
-# Signals that stop the run after the current step with a checkpoint. SIGTERM: scancel, preemption, `scontrol
-# requeue`, the end of a time limit. SIGUSR1/SIGUSR2: a warning before the time limit (`sbatch --signal=...`);
-# SIGUSR2 is submitit's (SUBMITIT_PREEMPT_SIGNAL). SIGINT: Ctrl-C (a second Ctrl-C stops at once, without a
-# checkpoint). Ordered: the last one received by any rank names the stop.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
+# Signals that stop the run after the current step with a checkpoint. SIGHUP: the terminal went away (an SSH
+# connection dropped; the console output then goes to /dev/null, the run's log file keeps it). SIGTERM: scancel,
+# preemption, `scontrol requeue`, the end of a time limit. SIGUSR1/SIGUSR2: a warning before the time limit
+# (`sbatch --signal=...`); SIGUSR2 is submitit's (SUBMITIT_PREEMPT_SIGNAL). SIGINT: Ctrl-C (a second Ctrl-C stops at
+# once, without a checkpoint). Ordered: the last one received by any rank names the stop.
+STOP_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
 
 class _StopSignal:
@@ -495,6 +496,8 @@ class _StopSignal:
             return
         if signum == signal.SIGINT and signum in self.received:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        if signum == signal.SIGHUP:
+            _detach_from_terminal()
         if not self.received:
             again = " (Ctrl-C again to stop at once, without it)" if signum == signal.SIGINT else ""
             log.warning("Received %s: checkpointing after this step%s.", signal.Signals(signum).name, again)
@@ -525,6 +528,15 @@ class _StopSignal:
     def restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+
+def _detach_from_terminal() -> None:
+    """Point stdin, stdout and stderr at /dev/null, as ``nohup`` would have: after a hang-up, writing to the
+    terminal fails (EIO), and the progress bar's next write would end the run before its checkpoint."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for descriptor in (0, 1, 2):
+        os.dup2(devnull, descriptor)
+    os.close(devnull)
 
 
 def _install_stop_signals() -> _StopSignal:
