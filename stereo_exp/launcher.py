@@ -252,10 +252,12 @@ class SweepLauncher:
         counts = f"{completed} of {len(outcomes)} jobs completed"
         counts += "".join(f", {count} {what}" for what, count in others.items() if count)
         lines = ["", f"Sweep {where} (id {sweep.sweep_id}): {counts}"]
-        table = [["job", "id", "state", "mlflow", metric or "metric", "run"]]
+        table = [["job", "id", "state", "mlflow", metric or "val mae", "run"]]
         for outcome in outcomes:
             run = runs.get(outcome.num)
             value = run.data.metrics.get(metric) if run is not None and metric else None
+            if value is None and metric is None and outcome.result is not None:
+                value = outcome.result.return_value  # without MLflow: the job's own final mae (stereo_exp.__main__)
             status, shown = run.info.status if run else "-", f"{value:.4f}" if value is not None else "-"
             table.append([f"#{outcome.num}", outcome.job_id, outcome.state, status, shown, outcome.name])
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
@@ -275,7 +277,8 @@ class SweepLauncher:
             lines.append(
                 f"MLflow experiment {record.experiment}: {record.experiment_url()}" + (f"  ({hint})" if hint else "")
             )
-        lines.append(f"Next: python -m stereo_exp.compare --sweep {where}")
+        if OmegaConf.select(self.config, "tracking.backend") == "mlflow":  # compare reads MLflow
+            lines.append(f"Next: python -m stereo_exp.compare --sweep {where}")
         print("\n".join(lines), flush=True)
 
 

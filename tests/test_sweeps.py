@@ -327,6 +327,22 @@ def test_a_sweep_without_a_launcher_runs_its_jobs_in_turn_past_a_failed_one_and_
     assert "Traceback (most recent call last)" in job_log.read_text()
 
 
+def test_a_sweep_without_mlflow_lists_each_job_s_final_mae_and_no_compare_command(tmp_path):
+    done = subprocess.run(
+        [*sweep_command("tracking=none", "train.max_steps=2"), "seed=0,1"],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = summary_lines(done.stdout)
+    assert summary[1].split() == ["job", "id", "state", "mlflow", "val", "mae", "run"]
+    assert re.match(r"  #0 +- +COMPLETED +- +\d+\.\d{4} +seed=0$", summary[2]), summary  # was "-"
+    assert "compare" not in summary[-1], summary  # compare reads MLflow: nothing to compare
+
+
 @pytest.mark.slow
 def test_ctrl_c_in_a_sweep_without_a_launcher_stops_it_after_a_checkpoint_and_the_printed_command_resumes_it(
     tmp_path,
