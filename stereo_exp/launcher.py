@@ -31,7 +31,8 @@ Ctrl-C: SLURM jobs go on (the submitter says how to see and cancel them). Local 
 single run does (a checkpoint after the current step, then they stop); the submitter waits for them, lists them as
 INTERRUPTED and says which command resumes the sweep (``hydra.sweep.dir=``), then exits with 130. A second Ctrl-C
 stops the jobs at once, without a checkpoint. A sequential sweep stops with its running job (the others: NOT
-STARTED), with the same summary.
+STARTED), with the same summary. SIGTERM to the submitter of a local sweep (``kill``, ``timeout``) is passed on to its
+jobs and ends the same way, with exit code 143.
 """
 
 from __future__ import annotations
@@ -85,8 +86,12 @@ class LaunchError(Exception):
 
 
 class JobInterrupted(Exception):
-    """Raised in a job stopped by Ctrl-C, so that its result file says so: an exit without one looks to the
-    submitter like a job that died. The message says whether it wrote a checkpoint."""
+    """Raised in a job stopped by Ctrl-C or a stop signal (SIGTERM, SIGHUP), so that its result file says so: an
+    exit without one looks to the submitter like a job that died. The message says whether it wrote a checkpoint."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass
@@ -99,7 +104,7 @@ class JobOutcome:
     error: str | None = None  # the exception line of a failed job, or how an interrupted one stopped
     result: JobReturn | None = None  # Hydra's record of a job that completed
     state: str = ""  # "" while it runs; then COMPLETED, FAILED, INTERRUPTED or NOT STARTED, or sacct's (SLURM)
-    interrupted: bool = False  # stopped by Ctrl-C (JobInterrupted): resumable, not failed
+    interrupted: bool = False  # stopped by Ctrl-C or a stop signal (JobInterrupted): resumable, not failed
 
     @property
     def failed(self) -> bool:
@@ -118,6 +123,7 @@ class SweepLauncher:
 
     config_file: str  # the launcher's config, named in error messages
     config: Any
+    stop_signal: int = signal.SIGINT  # what interrupted the sweep, for its exit code (128 + it): Ctrl-C, SIGTERM
     hydra_context: Any
 
     def _start(
@@ -225,7 +231,7 @@ class SweepLauncher:
         if any(outcome.failed for outcome in outcomes):
             sys.exit(1)
         if any(outcome.interrupted for outcome in outcomes):
-            sys.exit(128 + signal.SIGINT)
+            sys.exit(128 + self.stop_signal)
         return [outcome.result for outcome in outcomes]
 
     def _report(self, sweep: SweepInfo, record: SweepRecord | None, outcomes: list[JobOutcome]) -> None:
@@ -360,33 +366,52 @@ class SubmititSweepLauncher(SweepLauncher):
         """``_wait``, through Ctrl-C (the one that came while the jobs were submitted too). SLURM: the submitter
         leaves, the jobs go on. Local: every job got it too, checkpoints and stops; this waits for them. A second
         Ctrl-C stops them at once, without a checkpoint (waiting for them still: the summary says how each ended); a
-        third leaves them."""
+        third leaves them. A local sweep's submitter passes a SIGTERM on to its jobs (``_stop_local_jobs``)."""
         interrupts, started = 0, time.monotonic()
-        while True:
-            try:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a Ctrl-C held back since submitting
-                self._wait(jobs, outcomes, started)
-                return
-            except KeyboardInterrupt:
-                interrupts += 1
-                if self._EXECUTOR == "slurm":
-                    array = outcomes[0].job_id.split("_")[0]
-                    print(
-                        f"\nInterrupted: the jobs go on in SLURM and their runs still reach MLflow; see them with "
-                        f"squeue -j {array}, cancel them with scancel {array}",
-                        file=sys.stderr,
-                    )
-                    sys.exit(128 + signal.SIGINT)
-                if interrupts == 1:
-                    log.warning(
-                        "Interrupted (Ctrl-C): every job writes a checkpoint after its current step and stops; "
-                        "waiting for them (Ctrl-C again stops them at once, without it)."
-                    )
-                elif interrupts == 2:
-                    log.warning("Interrupted again: the jobs stop at once; waiting for them (Ctrl-C again leaves).")
-                else:
-                    print(f"\nLeft the jobs. {resume_advice(self.config)} to resume the sweep.", file=sys.stderr)
-                    sys.exit(128 + signal.SIGINT)
+        local = self._EXECUTOR == "local"
+        previous = signal.signal(signal.SIGTERM, partial(self._stop_local_jobs, jobs)) if local else None
+        try:
+            while True:
+                try:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a Ctrl-C held back since submitting
+                    self._wait(jobs, outcomes, started)
+                    return
+                except KeyboardInterrupt:
+                    interrupts += 1
+                    if not local:
+                        array = outcomes[0].job_id.split("_")[0]
+                        print(
+                            f"\nInterrupted: the jobs go on in SLURM and their runs still reach MLflow; see them with "
+                            f"squeue -j {array}, cancel them with scancel {array}",
+                            file=sys.stderr,
+                        )
+                        sys.exit(128 + signal.SIGINT)
+                    if interrupts == 1:
+                        log.warning(
+                            "Interrupted (Ctrl-C): every job writes a checkpoint after its current step and stops; "
+                            "waiting for them (Ctrl-C again stops them at once, without it)."
+                        )
+                    elif interrupts == 2:
+                        log.warning("Interrupted again: the jobs stop at once; waiting for them (Ctrl-C again leaves).")
+                    else:
+                        print(f"\nLeft the jobs. {resume_advice(self.config)} to resume the sweep.", file=sys.stderr)
+                        sys.exit(128 + signal.SIGINT)
+        finally:
+            if local:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _stop_local_jobs(self, jobs: list[Any], signum: int, _frame: Any) -> None:
+        """SIGTERM to the submitter of a local sweep (``kill``, ``timeout``): unlike a Ctrl-C, the jobs did not get it
+        (they went on alone, the submitter gone). Pass it to each job's submitit controller, which passes it to the
+        job's tasks: each writes a checkpoint after its current step and stops, as after Ctrl-C, while the submitter
+        goes on waiting for them, then lists them and exits with 143."""
+        if self.stop_signal != signum:
+            log.warning("Received SIGTERM: every job writes a checkpoint after its current step and stops; waiting.")
+        self.stop_signal = signum
+        for job in jobs:
+            controller = getattr(job, "_process", None)  # submitit's Popen: it signals only a process still running
+            if controller is not None:
+                controller.send_signal(signum)
 
     def _resources(self) -> dict[str, Any]:
         """The launcher parameters as submitit takes them (the SLURM launcher fits them to the partition)."""
@@ -543,7 +568,7 @@ class SequentialSweepLauncher(SweepLauncher):
                 outcome.end(_run_job(outcome.num, partial(self._run_in_process, outcome.num, overrides)))
             except JobInterrupted as stop:
                 outcome.end(error=str(stop), interrupted=True)
-                interrupted = True
+                interrupted, self.stop_signal = True, stop.signum
             except Exception as error:  # listed in the summary; the next job starts
                 outcome.end(error=_job_error(f"{type(error).__name__}: {error}"))
             finally:
@@ -579,12 +604,16 @@ def _run_job(job_num: int, run: Callable[[], JobReturn]) -> JobReturn:
     except KeyboardInterrupt:  # in Hydra's job set-up (stereo_exp.__main__ handles the training's)
         raise JobInterrupted("Interrupted (Ctrl-C) before the training began") from None
     except SystemExit as stop:
-        if stop.code != 128 + signal.SIGINT:
-            raise  # submitit's requeue, or another signal's ending
-        # stereo_exp.__main__ ends a Ctrl-C with exit code 130, caused by the trainer's Preempted after its
-        # checkpoint; without a cause it was a second Ctrl-C, or one before the training began.
-        reason = str(stop.__cause__ or "Interrupted (Ctrl-C) without writing a checkpoint")
-        raise JobInterrupted(reason) from None
+        # stereo_exp.__main__ ends a run stopped by a signal with exit code 128 + its number, caused by the trainer's
+        # Preempted after its checkpoint; exit code 130 without a cause was a second Ctrl-C, or one before the
+        # training began. Any other SystemExit is submitit's requeue or an ending of its own.
+        from stereo_exp.engine.trainer import Preempted  # loaded already: the job trained
+
+        if isinstance(stop.__cause__, Preempted):
+            raise JobInterrupted(str(stop.__cause__), stop.__cause__.signum) from None
+        if stop.code == 128 + signal.SIGINT:
+            raise JobInterrupted("Interrupted (Ctrl-C) without writing a checkpoint") from None
+        raise
     if result.status == JobStatus.FAILED:
         error = result._return_value
         # The traceback into the run folder's log (Hydra's job logging is still set up), the cause to the console

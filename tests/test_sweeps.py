@@ -277,6 +277,29 @@ def test_ctrl_c_in_a_local_sweep_checkpoints_every_job_and_the_command_it_prints
 
 
 @pytest.mark.slow
+def test_sigterm_to_the_submitter_of_a_local_sweep_stops_its_jobs_after_a_checkpoint_and_lists_them(tmp_path):
+    # `timeout 8h python -m stereo_exp -m hydra/launcher=local ...` signals the submitter alone (a Ctrl-C reaches
+    # every process of the terminal): the submitter died at once and its jobs went on by themselves.
+    command = sweep_command("hydra/launcher=local", "mix.dataset_steps=[2000]", "seed=0,1")
+    process = start_in_own_group(command, tmp_path)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and len(list(tmp_path.glob("multirun/*/*/[01]/checkpoints/*.pth"))) < 2:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)  # the submitter alone
+    output = process.communicate(timeout=180)[0]
+    assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert subprocess.run(["pgrep", "-g", str(process.pid)]).returncode == 1  # no job, controller or worker left
+    summary = summary_lines(output)
+    assert summary[0].endswith("0 of 2 jobs completed, 2 interrupted"), summary
+    (sweep,) = tmp_path.glob("multirun/*/*")
+    for num, (row, reason) in enumerate([summary[2:4], summary[4:6]]):
+        assert re.match(rf"  #{num} +\d+ +INTERRUPTED +KILLED +\S+ +seed={num}$", row), summary
+        step = int(re.match(r"      Received SIGTERM: checkpoint written at step (\d+); exiting\.", reason).group(1))
+        assert (sweep / str(num) / "checkpoints" / f"step_{step:07d}.pth").is_file()
+    assert summary[6].startswith(f"Run the same command with hydra.sweep.dir={sweep.relative_to(tmp_path)} to resume")
+
+
+@pytest.mark.slow
 def test_a_local_job_of_two_tasks_trains_one_ddp_run(tmp_path):
     # conf/hydra/launcher/local.yaml: "tasks_per_node: set to gpus_per_node for DDP inside each job". Its tasks used
     # to train alone, each its own run, in one folder (two checkpoint sequences, two MLflow runs racing).
