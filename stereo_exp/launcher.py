@@ -123,7 +123,7 @@ class SweepLauncher:
 
     config_file: str  # the launcher's config, named in error messages
     config: Any
-    stop_signal: int = signal.SIGINT  # what interrupted the sweep, for its exit code (128 + it): Ctrl-C, SIGTERM
+    stop_signal: int | None = None  # the signal that stopped the sweep (Ctrl-C, SIGTERM): exit code 128 + it
     hydra_context: Any
 
     def _start(
@@ -225,13 +225,16 @@ class SweepLauncher:
             return None
 
     def _finish(self, sweep: SweepInfo, record: SweepRecord | None, outcomes: list[JobOutcome]) -> list[JobReturn]:
-        """Report, then leave as the sweep ended: exit 1 when a job failed, 130 when Ctrl-C stopped one; else return
-        Hydra's results."""
+        """Report, then leave as the sweep ended: exit 1 when a job failed, 128 + the signal that stopped the sweep
+        (130: Ctrl-C; 143: SIGTERM), 1 when a job was stopped by a signal of its own (scancel); else return Hydra's
+        results."""
         self._report(sweep, record, outcomes)
         if any(outcome.failed for outcome in outcomes):
             sys.exit(1)
-        if any(outcome.interrupted for outcome in outcomes):
+        if self.stop_signal is not None:
             sys.exit(128 + self.stop_signal)
+        if any(outcome.interrupted for outcome in outcomes):
+            sys.exit(1)  # a job stopped by a signal of its own (scancel): the sweep did not complete
         return [outcome.result for outcome in outcomes]
 
     def _report(self, sweep: SweepInfo, record: SweepRecord | None, outcomes: list[JobOutcome]) -> None:
@@ -378,6 +381,7 @@ class SubmititSweepLauncher(SweepLauncher):
                     return
                 except KeyboardInterrupt:
                     interrupts += 1
+                    self.stop_signal = signal.SIGINT
                     if not local:
                         array = outcomes[0].job_id.split("_")[0]
                         print(
