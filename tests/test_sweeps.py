@@ -456,3 +456,32 @@ def test_a_slurm_job_whose_task_fails_is_failed_in_sacct_and_listed_by_the_submi
     assert summary[0].endswith("1 of 2 jobs completed, 1 failed")
     assert re.match(rf"  #1 +{ids[1]} +FAILED +- +- +a=2$", summary[3])
     assert summary[4].startswith("      RuntimeError: the task failed on purpose")
+
+
+@pytest.mark.cluster
+def test_a_slurm_job_cancelled_after_a_checkpoint_is_listed_as_interrupted_and_the_advice_resumes_it(
+    slurm_cluster: SlurmCluster, tmp_path
+):
+    # scancel sends SIGTERM: the job writes a checkpoint and stops. It was listed FAILED ("SystemExit: 143") with its
+    # MLflow run left RUNNING, and no command to resume it.
+    command = [
+        *sweep_command(*slurm_cluster.hydra_launcher_overrides(), "mix.dataset_steps=[400]", "train.val_every=400"),
+        "seed=0",
+    ]
+    submitter = start_in_own_group(command, tmp_path)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not list(tmp_path.glob("multirun/*/*/0/checkpoints/*.pth")):
+        time.sleep(0.05)
+    (sweep,) = tmp_path.glob("multirun/*/*")
+    (job_id,) = slurm_cluster.multirun_job_ids(sweep)
+    slurm_cluster.run("scancel", job_id)
+    output = submitter.communicate(timeout=180)[0]
+    assert submitter.returncode == 1, output[-3000:]  # the sweep did not complete; no Ctrl-C: not 130
+    summary = summary_lines(output)
+    assert summary[0].endswith("0 of 1 jobs completed, 1 interrupted"), summary
+    assert re.match(rf"  #0 +{job_id} +CANCELLED +KILLED +\S+ +.* seed=0$", summary[2]), summary
+    step = int(re.match(r"      Received SIGTERM: checkpoint written at step (\d+); exiting\.", summary[3]).group(1))
+    assert (sweep / "0" / "checkpoints" / f"step_{step:07d}.pth").is_file()
+    resumed = resume_as_advised([*command, "train.max_steps=" + str(step + 2)], tmp_path, output, sweep)
+    assert f"Resumed from step {step}\n" in (sweep / "0" / "__main__.log").read_text()
+    assert summary_lines(resumed.stdout)[0].endswith("1 of 1 jobs completed")
