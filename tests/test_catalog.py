@@ -19,6 +19,7 @@ from stereo_exp.data.catalog import (
     describe_dataset,
     list_datasets,
 )
+from stereo_exp.data.checks import check_datasets
 from stereo_exp.data.options import (
     Calibration,
     DatasetOptions,
@@ -367,3 +368,15 @@ def test_docs_describe_every_catalog_name_with_its_download_page():
         if "Download: " in description:
             url = description.split("Download: ")[1].split()[0]
             assert url in text, (name, url)
+
+
+def test_every_unusable_dataset_of_a_list_is_named_in_one_error(tmp_path):
+    # A mix of several datasets used to stop at the first missing one: one run per missing dataset to find them all.
+    write_replica("eth3d-train", tmp_path)
+    with pytest.raises(DatasetRootError) as error:
+        check_datasets(["crestereo", "eth3d-train", "sintel"], key="mix.datasets", data_root=tmp_path)
+    lines = str(error.value).splitlines()
+    assert lines[0] == "mix.datasets: 2 of 3 datasets cannot be used:"
+    assert lines[1].startswith(f"Dataset 'crestereo' is missing or incomplete under paths.data='{tmp_path}'")
+    assert sum(line.startswith("Dataset 'sintel' is missing") for line in lines) == 1
+    assert not any("'eth3d-train'" in line for line in lines)

@@ -57,16 +57,16 @@ COMMANDS = [
     Command("python -m stereo_exp", SHORT),
     Command(
         "python -m stereo_exp mix=cre_eth_mbl schedule=early_cosine optim.clip_grad_norm=1.0 paths.data=/datasets",
-        stops_with=rf"^error: mix\.datasets: Dataset 'crestereo' is missing or incomplete under {DATA}",
+        stops_with=rf"^error: mix\.datasets: 3 of 3 datasets cannot be used \({DATA} is not a folder\):$",
     ),
     Command(
         "python -m stereo_exp experiment=crestereo_eth_mbl paths.data=/datasets",
-        stops_with=rf"^error: mix\.datasets: Dataset 'crestereo' is missing or incomplete under {DATA}",
+        stops_with=rf"^error: mix\.datasets: 3 of 3 datasets cannot be used \({DATA} is not a folder\):$",
     ),
     Command("python -m stereo_exp --cfg job mix=multiset"),
     Command(
         "python -m stereo_exp mix=cre_eth_mbl schedule=early_cosine paths.data=/datasets",
-        stops_with=rf"^error: mix\.datasets: Dataset 'crestereo' is missing or incomplete under {DATA}",
+        stops_with=rf"^error: mix\.datasets: 3 of 3 datasets cannot be used \({DATA} is not a folder\):$",
     ),
     Command(
         "python -m stereo_exp experiment=crestereo_multiset_finetune init_from=STAGE1.pth paths.data=/datasets",
@@ -75,7 +75,7 @@ COMMANDS = [
     Command("python -m stereo_exp hydra.run.dir=outputs/my_run", SHORT),
     Command(
         "torchrun --nproc_per_node 8 -m stereo_exp mix=cre_eth_mbl",
-        stops_with=rf"^error: mix\.datasets: Dataset 'crestereo' is missing or incomplete under {DATA}",
+        stops_with=rf"^error: mix\.datasets: 3 of 3 datasets cannot be used \({DATA} is not a folder\):$",
     ),
     Command(SWEEP, SHORT, needs="slurm"),
     Command("python -m stereo_exp.compare --sweep multirun", needs="slurm"),
@@ -87,7 +87,7 @@ COMMANDS = [
     Command("python -m stereo_exp.predict left.png right.png -o disparity.pfm"),
     Command(
         "python -m stereo_exp.eda mix=multiset augmentation=multiset",
-        stops_with=rf"^error: mix.datasets: Dataset 'crestereo' is missing or incomplete under {DATA}",
+        stops_with=rf"^error: mix\.datasets: 9 of 9 datasets cannot be used \({DATA} is not a folder\):$",
     ),
     Command(
         "python -m stereo_exp.compare --metric val/middlebury2014-train/mae",

@@ -112,8 +112,10 @@ def check_datasets(
 ) -> dict[str, int]:
     """Every dataset in ``names`` is a catalog name, complete under ``data_root`` (folders, file pairs, companion
     files; see ``check_dataset_root``), has samples and, with ``require_disparity``, ground truth. Returns the
-    sample count of each. Errors start with ``key`` (e.g. ``mix.datasets``), the setting that names the dataset."""
-    counts = {}
+    sample count of each. Errors start with ``key`` (e.g. ``mix.datasets``), the setting that names the dataset, and
+    name every dataset at fault at once (a mix of six datasets with three missing is one error, not three runs)."""
+    counts: dict[str, int] = {}
+    errors: list[ValueError | FileNotFoundError] = []
     for name in names:
         try:
             check_name(name)
@@ -122,10 +124,17 @@ def check_datasets(
                     f"Dataset {name!r} has no ground-truth disparity (a benchmark test split); training and "
                     "validation need one."
                 )
-            count = check_dataset_root(name, data_root, options)
+            counts[name] = check_dataset_root(name, data_root, options)
+            if counts[name] == 0:
+                raise ValueError(f"dataset {name!r} under paths.data={str(data_root)!r} has no samples.")
         except (ValueError, FileNotFoundError) as error:
-            raise type(error)(f"{key}: {error}") from error
-        if count == 0:
-            raise ValueError(f"{key}: dataset {name!r} under paths.data={str(data_root)!r} has no samples.")
-        counts[name] = count
+            errors.append(error)
+    if len(errors) == 1:
+        raise type(errors[0])(f"{key}: {errors[0]}") from errors[0]
+    if errors:
+        kinds = {type(error) for error in errors}
+        kind = kinds.pop() if len(kinds) == 1 else ValueError  # DatasetRootError when every dataset's root is at fault
+        details = "\n\n".join(str(error) for error in errors)
+        root = "" if Path(data_root).is_dir() else f" (paths.data={str(data_root)!r} is not a folder)"
+        raise kind(f"{key}: {len(errors)} of {len(names)} datasets cannot be used{root}:\n{details}")
     return counts
