@@ -523,12 +523,25 @@ EOF
 }
 
 start_slurmdbd() {
-    if ! pid_alive slurmdbd; then
-        log "starting slurmdbd on $(controller_addr):$DBD_PORT"
-        start_daemon slurmdbd "$(head_where)" slurmdbd -D
-    fi
-    # The first start creates the accounting tables, which takes a while on a slow machine.
-    wait_for slurmdbd "slurmdbd (sacctmgr)" client sacctmgr -n list cluster
+    local attempt i
+    for attempt in 1 2 3; do
+        if ! pid_alive slurmdbd; then
+            log "starting slurmdbd on $(controller_addr):$DBD_PORT"
+            start_daemon slurmdbd "$(head_where)" slurmdbd -D
+        fi
+        # The first start creates the accounting tables, which takes a while on a slow machine. slurmdbd exits when
+        # MariaDB does not take its connection yet (seen once in the test suite, after MariaDB was killed): start it
+        # again.
+        for ((i = 0; i < START_TIMEOUT; i++)); do
+            client sacctmgr -n list cluster >/dev/null 2>&1 && break 2
+            pid_alive slurmdbd || break
+            sleep 1
+        done
+        ((i < START_TIMEOUT)) || die_logs "timed out after ${START_TIMEOUT}s waiting for slurmdbd (sacctmgr)"
+        ((attempt < 3)) || die_logs "slurmdbd exited while starting, three times"
+        log "slurmdbd exited while starting (see $LOG/slurmdbd.log); starting it again"
+        sleep 2
+    done
     if [[ -z $(client sacctmgr -n -P list cluster format=cluster where cluster="$NAME") ]]; then
         log "registering cluster '$NAME' in the accounting database"
         client sacctmgr -i add cluster "$NAME" >/dev/null || die_logs "sacctmgr add cluster $NAME failed"

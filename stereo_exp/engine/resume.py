@@ -166,8 +166,7 @@ def lock(output: Path) -> None:
 
     The lock is ``flock`` on the directory itself, so taking it writes nothing and a killed process leaves none
     behind. No-op while the directory does not exist yet (``claim`` creates it and takes the lock then) and where
-    the file system does not lock directories (the lock then protects nothing, as before; on NFS it holds on one
-    machine only)."""
+    the file system refuses the lock (logged). On a network file system a lock may hold on one machine only."""
     if output in _LOCKED or not output.is_dir():
         return
     try:
