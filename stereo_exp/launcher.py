@@ -541,7 +541,13 @@ class SlurmSweepLauncher(SubmititSweepLauncher):
                 break
             time.sleep(1)
         for outcome in outcomes:
-            outcome.state = states.get(outcome.job_id) or "?"
+            state = states.get(outcome.job_id) or "?"
+            if outcome.failed and state in ("CANCELLED", "PREEMPTED"):
+                # Stopped by SLURM (scancel, preemption): no result file (_run_job), but resumable; its own log says
+                # whether it wrote a checkpoint first.
+                log_file = Path(str(self.config.hydra.sweep.dir)) / str(outcome.num) / "__main__.log"
+                outcome.end(error=_stop_message(log_file) or f"{state} before its first checkpoint", interrupted=True)
+            outcome.state = state
 
 
 class SequentialSweepLauncher(SweepLauncher):
@@ -610,12 +616,17 @@ def _run_job(job_num: int, run: Callable[[], JobReturn]) -> JobReturn:
     except SystemExit as stop:
         # stereo_exp.__main__ ends a run stopped by a signal with exit code 128 + its number, caused by the trainer's
         # Preempted after its checkpoint; exit code 130 without a cause was a second Ctrl-C, or one before the
-        # training began. Any other SystemExit is submitit's requeue or an ending of its own.
+        # training began. Any other SystemExit is submitit's requeue or an ending of its own. In a SLURM job any other
+        # signal (SIGTERM: scancel, preemption, `scontrol requeue`) may be followed by SLURM's own requeue: the job
+        # leaves through SystemExit, which writes no result file, so that the submitter reads the requeued attempt's
+        # (else SlurmSweepLauncher._states lists it from sacct and its log).
         from stereo_exp.engine.trainer import Preempted  # loaded already: the job trained
 
-        if isinstance(stop.__cause__, Preempted):
-            raise JobInterrupted(str(stop.__cause__), stop.__cause__.signum) from None
-        if stop.code == 128 + signal.SIGINT:
+        stopped = stop.__cause__ if isinstance(stop.__cause__, Preempted) else None
+        in_slurm = os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+        if stopped is not None and (stopped.signum == signal.SIGINT or not in_slurm):
+            raise JobInterrupted(str(stopped), stopped.signum) from None
+        if stopped is None and stop.code == 128 + signal.SIGINT:
             raise JobInterrupted("Interrupted (Ctrl-C) without writing a checkpoint") from None
         raise
     if result.status == JobStatus.FAILED:
@@ -677,6 +688,15 @@ def _gpus(gres: str) -> int:
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else text
+
+
+def _stop_message(log_file: Path) -> str | None:
+    """The last "Received SIGTERM: checkpoint written at step N; exiting." of a job's log (stereo_exp.__main__)."""
+    try:
+        found = re.findall(r"(Received SIG\w+: checkpoint written at step \d+; exiting\.)", log_file.read_text())
+    except OSError:
+        return None
+    return found[-1] if found else None
 
 
 def _job_error(text: str) -> str:

@@ -308,7 +308,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning_and_the_run_ends_
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (("mix=cre_eth_mbl", "mix.dataset_steps=[2,2,2]", "paths.data=NOWHERE"), "mix.datasets: Dataset 'crestereo'"),
+        (("mix=cre_eth_mbl", "mix.dataset_steps=[2,2,2]", "paths.data=NOWHERE"), "mix.datasets: 3 of 3 datasets"),
         (("mix.datasets=[synthetc]",), "mix.datasets: Unknown dataset 'synthetc'"),
         (("augmentation.crop_size=[40,64]",), r"crop_size=\[40, 64\]: .* multiples of 16 .*crop_size=\[32,64\]"),
         (("schedule.warmup_steps=6",), r"schedule\.warmup_steps=6 is not shorter than the run \(6 steps"),
