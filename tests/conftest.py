@@ -6,6 +6,7 @@ import hashlib
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -94,6 +95,20 @@ def start_in_own_group(command: list[str], cwd: Path) -> subprocess.Popen:
         start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+def run_command(command: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``command`` to its end in ``cwd`` with ``subprocess_env()``; stdout and stderr captured apart, as text."""
+    return subprocess.run(command, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for_checkpoints(
+    folder: Path, pattern: str = "checkpoints/*.pth", count: int = 1, timeout: float = 120
+) -> None:
+    """Poll until ``count`` files match ``pattern`` under ``folder`` (e.g. a run's first checkpoint), or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while len(list(folder.glob(pattern))) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def file_checksums(folder: Path, *, with_logs: bool = False) -> dict[str, str]:

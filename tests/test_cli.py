@@ -14,7 +14,14 @@ import time
 
 import pytest
 
-from tests.conftest import TINY_RUN, file_checksums, start_in_own_group, subprocess_env
+from tests.conftest import (
+    TINY_RUN,
+    file_checksums,
+    run_command,
+    start_in_own_group,
+    subprocess_env,
+    wait_for_checkpoints,
+)
 
 # Libraries that take seconds to import (torchvision ~1.5 s on top of torch ~1.4 s, MLflow ~1 s on a loaded 2-core
 # machine): --help and --cfg job need none of them (issue 15 asked for an answer within 2 s).
@@ -172,9 +179,7 @@ def test_ctrl_c_in_a_run_of_the_default_time_named_folder_says_how_to_resume_it_
     # Under torchrun every rank checkpoints and stops; the advice is given once, not once per rank.
     command = [*launcher, "-m", "stereo_exp", *TINY_RUN, "mix.dataset_steps=[40]", "train.val_every=40"]
     process = start_in_own_group(command, tmp_path)
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob("outputs/*/*/checkpoints/*.pth")) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for_checkpoints(tmp_path, "outputs/*/*/checkpoints/*.pth")
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole process group
     output = process.communicate(timeout=120)[0]
     assert process.returncode == exit_code, output[-2000:]
@@ -184,9 +189,7 @@ def test_ctrl_c_in_a_run_of_the_default_time_named_folder_says_how_to_resume_it_
     )
     assert advice == [f"hydra.run.dir={folder.relative_to(tmp_path)}"], output[-2000:]
 
-    resumed = subprocess.run(
-        [*command, *advice], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120
-    )
+    resumed = run_command([*command, *advice], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert list(tmp_path.glob("outputs/*/*")) == [folder]  # no new run folder: the same run went on
     assert (folder / "checkpoints" / "step_0000040.pth").is_file()
@@ -198,15 +201,11 @@ def test_a_second_command_in_the_folder_of_a_running_run_is_refused_naming_its_p
     run = tmp_path / "run"
     command = [sys.executable, "-m", "stereo_exp", *TINY_RUN, "mix.dataset_steps=[20]", f"hydra.run.dir={run}"]
     first = start_in_own_group(command, tmp_path)
-    deadline = time.monotonic() + 120
-    while not list(run.glob("checkpoints/*.pth")) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for_checkpoints(run)
     os.kill(first.pid, signal.SIGSTOP)  # holds its lock, writes nothing while the second command runs
     try:
         log_before = (run / "__main__.log").read_bytes()
-        second = subprocess.run(
-            command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120
-        )
+        second = run_command(command, tmp_path)
         assert second.returncode == 1
         assert second.stderr.startswith(f"error: Cannot use {run}: another process (pid {first.pid}) is running in it")
         assert f"kill -INT {first.pid}" in second.stderr
@@ -224,20 +223,11 @@ def test_a_run_killed_alone_is_resumed_at_once_while_its_loader_workers_are_stil
     run = tmp_path / "run"
     command = [sys.executable, "-m", "stereo_exp", *TINY_RUN, "loader.num_workers=2", f"hydra.run.dir={run}"]
     first = start_in_own_group([*command, "mix.dataset_steps=[400]"], tmp_path)
-    deadline = time.monotonic() + 120
-    while not list(run.glob("checkpoints/*.pth")) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for_checkpoints(run)
     os.kill(first.pid, signal.SIGKILL)
     first.wait(timeout=30)
     workers = subprocess.run(["pgrep", "-g", str(first.pid)], capture_output=True, text=True).stdout.split()
-    resumed = subprocess.run(
-        [*command, "mix.dataset_steps=[400]", "train.max_steps=4"],
-        cwd=tmp_path,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    resumed = run_command([*command, "mix.dataset_steps=[400]", "train.max_steps=4"], tmp_path)
     assert workers, "the workers ended before the resume started: the test proves nothing"
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resuming from" in resumed.stdout
@@ -263,13 +253,6 @@ def test_a_run_whose_terminal_hangs_up_writes_a_checkpoint_and_the_same_command_
     stop = re.search(r"Received SIGHUP: checkpoint written at step (\d+); exiting", log)
     assert stop and (run / "checkpoints" / f"step_{int(stop.group(1)):07d}.pth").is_file(), log[-2000:]
 
-    resumed = subprocess.run(
-        [*command, f"train.max_steps={int(stop.group(1)) + 2}"],
-        cwd=tmp_path,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    resumed = run_command([*command, f"train.max_steps={int(stop.group(1)) + 2}"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"Resumed from step {stop.group(1)}" in resumed.stdout

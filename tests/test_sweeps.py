@@ -30,7 +30,14 @@ from stereo_exp.tracking.sweep import (
     record_files,
     sweep_id_of,
 )
-from tests.conftest import CONF_DIR, TINY_RUN, start_in_own_group, subprocess_env
+from tests.conftest import (
+    CONF_DIR,
+    TINY_RUN,
+    run_command,
+    start_in_own_group,
+    subprocess_env,
+    wait_for_checkpoints,
+)
 
 if TYPE_CHECKING:
     from tests.cluster_fixtures import SlurmCluster
@@ -282,9 +289,7 @@ def test_sigterm_to_the_submitter_of_a_local_sweep_stops_its_jobs_after_a_checkp
     # every process of the terminal): the submitter died at once and its jobs went on by themselves.
     command = sweep_command("hydra/launcher=local", "mix.dataset_steps=[2000]", "seed=0,1")
     process = start_in_own_group(command, tmp_path)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and len(list(tmp_path.glob("multirun/*/*/[01]/checkpoints/*.pth"))) < 2:
-        time.sleep(0.01)
+    wait_for_checkpoints(tmp_path, "multirun/*/*/[01]/checkpoints/*.pth", count=2, timeout=180)
     process.send_signal(signal.SIGTERM)  # the submitter alone
     output = process.communicate(timeout=180)[0]
     assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
@@ -351,14 +356,7 @@ def test_a_sweep_without_a_launcher_runs_its_jobs_in_turn_past_a_failed_one_and_
 
 
 def test_a_sweep_without_mlflow_lists_each_job_s_final_mae_and_no_compare_command(tmp_path):
-    done = subprocess.run(
-        [*sweep_command("tracking=none", "train.max_steps=2"), "seed=0,1"],
-        cwd=tmp_path,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_command([*sweep_command("tracking=none", "train.max_steps=2"), "seed=0,1"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = summary_lines(done.stdout)
     assert summary[1].split() == ["job", "id", "state", "mlflow", "val", "mae", "run"]
@@ -469,9 +467,7 @@ def test_a_slurm_job_cancelled_after_a_checkpoint_is_listed_as_interrupted_and_t
         "seed=0",
     ]
     submitter = start_in_own_group(command, tmp_path)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not list(tmp_path.glob("multirun/*/*/0/checkpoints/*.pth")):
-        time.sleep(0.05)
+    wait_for_checkpoints(tmp_path, "multirun/*/*/0/checkpoints/*.pth", timeout=180)
     (sweep,) = tmp_path.glob("multirun/*/*")
     (job_id,) = slurm_cluster.multirun_job_ids(sweep)
     slurm_cluster.run("scancel", job_id)
