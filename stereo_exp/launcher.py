@@ -273,7 +273,7 @@ class SweepLauncher:
         for row, outcome in zip(table, [None, *outcomes], strict=True):
             lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
             if outcome is not None and outcome.error:
-                lines.append(f"      {outcome.error}  (log: {Path(where) / str(outcome.num) / '__main__.log'})")
+                lines.append(f"      {outcome.error}  (log: {_job_log(where, outcome.num)})")
         if note:
             lines.append(note)
         if others["interrupted"]:
@@ -545,7 +545,7 @@ class SlurmSweepLauncher(SubmititSweepLauncher):
             if outcome.failed and state in ("CANCELLED", "PREEMPTED"):
                 # Stopped by SLURM (scancel, preemption): no result file (_run_job), but resumable; its own log says
                 # whether it wrote a checkpoint first.
-                log_file = Path(str(self.config.hydra.sweep.dir)) / str(outcome.num) / "__main__.log"
+                log_file = _job_log(self.config.hydra.sweep.dir, outcome.num)
                 outcome.end(error=_stop_message(log_file) or f"{state} before its first checkpoint", interrupted=True)
             outcome.state = state
 
@@ -688,6 +688,11 @@ def _gpus(gres: str) -> int:
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else text
+
+
+def _job_log(sweep_dir: Any, num: int) -> Path:
+    """A job's own log: Hydra's job log in its folder (``hydra.sweep.subdir``: the job number)."""
+    return Path(str(sweep_dir)) / str(num) / "__main__.log"
 
 
 def _stop_message(log_file: Path) -> str | None:

@@ -194,9 +194,10 @@ def ctrl_c_once_checkpointed(command: list[str], cwd: Path, jobs: list[int]) -> 
     return output
 
 
-def checkpoint_step(line: str, sweep: Path, num: int) -> int:
-    """The step of an interrupted job's summary line, after checking that its checkpoint is there."""
-    step = int(re.match(r"      Interrupted \(Ctrl-C\): checkpoint written at step (\d+)\.", line).group(1))
+def checkpoint_step(line: str, sweep: Path, num: int, stopped_by: str = r"Interrupted \(Ctrl-C\)") -> int:
+    """The step of an interrupted job's summary line (how it was stopped: the regex ``stopped_by``), after checking
+    that its checkpoint is there."""
+    step = int(re.match(rf"      {stopped_by}: checkpoint written at step (\d+)[.;]", line).group(1))
     assert (sweep / str(num) / "checkpoints" / f"step_{step:07d}.pth").is_file()  # written before the job ended
     return step
 
@@ -299,8 +300,7 @@ def test_sigterm_to_the_submitter_of_a_local_sweep_stops_its_jobs_after_a_checkp
     (sweep,) = tmp_path.glob("multirun/*/*")
     for num, (row, reason) in enumerate([summary[2:4], summary[4:6]]):
         assert re.match(rf"  #{num} +\d+ +INTERRUPTED +KILLED +\S+ +seed={num}$", row), summary
-        step = int(re.match(r"      Received SIGTERM: checkpoint written at step (\d+); exiting\.", reason).group(1))
-        assert (sweep / str(num) / "checkpoints" / f"step_{step:07d}.pth").is_file()
+        checkpoint_step(reason, sweep, num, stopped_by="Received SIGTERM")
     assert summary[6].startswith(f"Run the same command with hydra.sweep.dir={sweep.relative_to(tmp_path)} to resume")
 
 
@@ -476,8 +476,7 @@ def test_a_slurm_job_cancelled_after_a_checkpoint_is_listed_as_interrupted_with_
     summary = summary_lines(output)
     assert summary[0].endswith("0 of 1 jobs completed, 1 interrupted"), summary
     assert re.match(rf"  #0 +{job_id} +CANCELLED +KILLED +\S+ +.* seed=0$", summary[2]), summary
-    step = int(re.match(r"      Received SIGTERM: checkpoint written at step (\d+); exiting\.", summary[3]).group(1))
-    assert (sweep / "0" / "checkpoints" / f"step_{step:07d}.pth").is_file()
+    checkpoint_step(summary[3], sweep, 0, stopped_by="Received SIGTERM")
     # The printed command resumes it as it resumes an interrupted local sweep (tested above; not again here: another
     # SLURM job and its queueing).
     assert summary[4].startswith(f"Run the same command with hydra.sweep.dir={sweep.relative_to(tmp_path)} to resume")
