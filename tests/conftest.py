@@ -102,12 +102,10 @@ def run_command(command: list[str], cwd: Path, timeout: float = 300) -> subproce
     return subprocess.run(command, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def wait_for_checkpoints(
-    folder: Path, pattern: str = "checkpoints/*.pth", count: int = 1, timeout: float = 120
-) -> None:
-    """Poll until ``count`` files match ``pattern`` under ``folder`` (e.g. a run's first checkpoint), or ``timeout``."""
+def wait_for_checkpoints(folder: Path, pattern: str = "checkpoints/*.pth", timeout: float = 120) -> None:
+    """Poll until a file matches ``pattern`` under ``folder`` (e.g. a run's first checkpoint), or ``timeout``."""
     deadline = time.monotonic() + timeout
-    while len(list(folder.glob(pattern))) < count and time.monotonic() < deadline:
+    while not list(folder.glob(pattern)) and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
