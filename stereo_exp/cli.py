@@ -219,3 +219,12 @@ def _remove_with_empty_parents(folder: Path) -> None:
             parent.rmdir()  # only if empty
         except OSError:
             break
+
+
+def detach_from_terminal() -> None:
+    """After a hang-up (SIGHUP: the terminal closed, an SSH connection dropped): point stdin, stdout and stderr at
+    /dev/null, as ``nohup`` would have, since writing to the gone terminal fails (EIO). Logs go on to their files."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for descriptor in (0, 1, 2):
+        os.dup2(devnull, descriptor)
+    os.close(devnull)

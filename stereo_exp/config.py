@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,21 +100,48 @@ def typed(cfg: DictConfig) -> Any:
     return OmegaConf.to_object(cfg)
 
 
-def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
+def unknown_keys(node: DictConfig, prefix: str = "", known: list[str] | None = None) -> list[str]:
     """``unknown key KEY (did you mean ...?)`` for every key under ``node`` that its schema dataclass does not
     declare. Nodes without a dataclass schema (free-form dicts) may hold any key; their children are still checked.
-    Values are not resolved (an interpolation such as ``${hydra:...}`` needs a running Hydra)."""
-    schema = OmegaConf.get_type(node)
-    declared = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
+    Values are not resolved (an interpolation such as ``${hydra:...}`` needs a running Hydra). ``known``: every key
+    path of the whole config, where a suggestion may come from (computed from ``node`` when not given)."""
+    known = list(_key_paths(node, prefix)) if known is None else known
+    declared = _declared(node)
     found = []
     for key in node:
         path = f"{prefix}{key}"
         if declared is not None and key not in declared:
-            close = difflib.get_close_matches(str(key), declared, n=1)
-            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-            found.append(f"unknown key {path}{hint}")
+            found.append(f"unknown key {path}{_did_you_mean(str(key), prefix, declared, known)}")
             continue
         child = node._get_node(key)
         if isinstance(child, DictConfig):
-            found += unknown_keys(child, f"{path}.")
+            found += unknown_keys(child, f"{path}.", known)
     return found
+
+
+def _declared(node: DictConfig) -> list[str] | None:
+    """The keys ``node``'s schema dataclass declares; None for a free-form node."""
+    schema = OmegaConf.get_type(node)
+    return [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
+
+
+def _key_paths(node: DictConfig, prefix: str = "") -> Iterator[str]:
+    """Every declared key path under ``node`` (those of free-form nodes included)."""
+    declared = _declared(node)
+    for key in node:
+        if declared is not None and key not in declared:
+            continue
+        yield f"{prefix}{key}"
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            yield from _key_paths(child, f"{prefix}{key}.")
+
+
+def _did_you_mean(name: str, prefix: str, declared: list[str], known: list[str]) -> str:
+    """The keys meant by unknown key ``prefix + name``: a close name beside it (train.max_step: train.max_steps),
+    else the same name elsewhere (optim.lr: schedule.lr), else a close whole path (train.checkpoint_every:
+    checkpoint.every; 0.75 keeps model.hiden_dim from suggesting model.name)."""
+    close = [prefix + match for match in difflib.get_close_matches(name, declared, n=1)]
+    close = close or [path for path in known if path.rsplit(".", 1)[-1] == name]
+    close = close or difflib.get_close_matches(prefix + name, known, n=1, cutoff=0.75)
+    return f" (did you mean {' or '.join(close[:3])}?)" if close else ""

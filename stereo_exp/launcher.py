@@ -32,7 +32,8 @@ single run does (a checkpoint after the current step, then they stop); the submi
 INTERRUPTED and says which command resumes the sweep (``hydra.sweep.dir=``), then exits with 130. A second Ctrl-C
 stops the jobs at once, without a checkpoint. A sequential sweep stops with its running job (the others: NOT
 STARTED), with the same summary. SIGTERM to the submitter of a local sweep (``kill``, ``timeout``) is passed on to its
-jobs and ends the same way, with exit code 143.
+jobs and ends the same way, with exit code 143; a hang-up of its terminal too (129). The submitter of a SLURM sweep
+waits on after a hang-up. Every summary is also appended to ``<sweep dir>/summary.txt``.
 """
 
 from __future__ import annotations
@@ -56,7 +57,14 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import OmegaConf, open_dict, read_write
 
-from stereo_exp.cli import cause, discard_untouched_sweep_folder, drop_failed_run, report_failure, resume_advice
+from stereo_exp.cli import (
+    cause,
+    detach_from_terminal,
+    discard_untouched_sweep_folder,
+    drop_failed_run,
+    report_failure,
+    resume_advice,
+)
 from stereo_exp.config import typed
 
 if TYPE_CHECKING:
@@ -79,6 +87,7 @@ SACCT_WAIT_S = 30.0  # sacct records a job's end moments after its result file a
 POLL_S = 2.0  # how often the submitter looks for the result files of jobs that ended
 STATE_POLL_S = 30.0  # how often it asks sacct for all jobs at once (a job that died leaves no result file)
 NOT_STARTED = "NOT STARTED"  # the state of the jobs a sequential sweep did not reach (Ctrl-C)
+SUMMARY_FILE = "summary.txt"  # <sweep dir>/summary.txt: every summary the submitter printed, the last one last
 
 
 class LaunchError(Exception):
@@ -289,6 +298,12 @@ class SweepLauncher:
         if OmegaConf.select(self.config, "tracking.backend") == "mlflow":  # compare reads MLflow
             lines.append(f"Next: python -m stereo_exp.compare --sweep {where}")
         print("\n".join(lines), flush=True)
+        # Kept for whoever was not watching (a sweep of days, a terminal that hung up); a resumed sweep adds its own.
+        try:
+            with open(Path(sweep.sweep_dir) / SUMMARY_FILE, "a") as file:
+                file.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}]" + "\n".join(lines) + "\n")
+        except OSError as error:
+            log.warning("Could not keep the summary in %s: %s", sweep.sweep_dir, error)
 
 
 class SubmititSweepLauncher(SweepLauncher):
@@ -354,6 +369,11 @@ class SubmititSweepLauncher(SweepLauncher):
             # Local jobs start with SIGINT blocked (inherited): submitit's controller process, which a Ctrl-C would
             # make kill its job 1 s later, before its checkpoint, never takes one; each job unblocks it (__call__).
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            if self._EXECUTOR == "local":
+                # Nor does that controller handle SIGHUP: a hang-up of the terminal would end it (the default action)
+                # while its job still writes its checkpoint, and the job would read as failed, without a result. It
+                # inherits SIG_IGN; each job installs its own handler when its training starts.
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
             jobs = self._executor(params).map_array(self, *zip(*arguments, strict=True))
         except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as error:
             sys.exit(
@@ -369,10 +389,17 @@ class SubmititSweepLauncher(SweepLauncher):
         """``_wait``, through Ctrl-C (the one that came while the jobs were submitted too). SLURM: the submitter
         leaves, the jobs go on. Local: every job got it too, checkpoints and stops; this waits for them. A second
         Ctrl-C stops them at once, without a checkpoint (waiting for them still: the summary says how each ended); a
-        third leaves them. A local sweep's submitter passes a SIGTERM on to its jobs (``_stop_local_jobs``)."""
+        third leaves them. A local sweep's submitter passes a SIGTERM or a hang-up on to its jobs
+        (``_stop_local_jobs``); a SLURM sweep's waits on after a hang-up, its summary going to ``SUMMARY_FILE`` and
+        the parent run."""
         interrupts, started = 0, time.monotonic()
         local = self._EXECUTOR == "local"
-        previous = signal.signal(signal.SIGTERM, partial(self._stop_local_jobs, jobs)) if local else None
+        if local:
+            stop = partial(self._stop_local_jobs, jobs)
+            handlers = {signal.SIGTERM: stop, signal.SIGHUP: stop}
+        else:  # the jobs run on in SLURM after a hang-up: wait for them without the terminal, for the summary
+            handlers = {signal.SIGHUP: lambda _signum, _frame: detach_from_terminal()}
+        previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
         try:
             while True:
                 try:
@@ -401,21 +428,28 @@ class SubmititSweepLauncher(SweepLauncher):
                         print(f"\nLeft the jobs. {resume_advice(self.config)} to resume the sweep.", file=sys.stderr)
                         sys.exit(128 + signal.SIGINT)
         finally:
-            if local:
-                signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def _stop_local_jobs(self, jobs: list[Any], signum: int, _frame: Any) -> None:
         """SIGTERM to the submitter of a local sweep (``kill``, ``timeout``): unlike a Ctrl-C, the jobs did not get it
         (they went on alone, the submitter gone). Pass it to each job's submitit controller, which passes it to the
         job's tasks: each writes a checkpoint after its current step and stops, as after Ctrl-C, while the submitter
-        goes on waiting for them, then lists them and exits with 143."""
+        goes on waiting for them, then lists them and exits with 143. SIGHUP (the terminal hung up): the same, passed
+        on as SIGTERM (the controller passes on SIGTERM only), the summary going to the parent run and
+        ``SUMMARY_FILE``; exit code 129."""
+        if signum == signal.SIGHUP:
+            detach_from_terminal()
         if self.stop_signal != signum:
-            log.warning("Received SIGTERM: every job writes a checkpoint after its current step and stops; waiting.")
+            log.warning(
+                "Received %s: every job writes a checkpoint after its current step and stops; waiting.",
+                signal.Signals(signum).name,
+            )
         self.stop_signal = signum
         for job in jobs:
             controller = getattr(job, "_process", None)  # submitit's Popen: it signals only a process still running
             if controller is not None:
-                controller.send_signal(signum)
+                controller.send_signal(signal.SIGTERM)
 
     def _resources(self) -> dict[str, Any]:
         """The launcher parameters as submitit takes them (the SLURM launcher fits them to the partition)."""
@@ -720,7 +754,7 @@ def _summarise_in_mlflow(
     Returns (runs by job number, metric, a note for the summary)."""
     from stereo_exp.tracking.comparison import compare, default_metric, markdown_table, training_runs
     from stereo_exp.tracking.mlflow_io import open_client
-    from stereo_exp.tracking.sweep import JOB_NUM_TAG, NOTE_TAG, sweep_description
+    from stereo_exp.tracking.sweep import JOB_NUM_TAG, NOTE_TAG, sweep_description, sweep_status
 
     with _http(tracking):
         client = open_client(record.tracking_uri, create=False)
@@ -759,10 +793,10 @@ def _summarise_in_mlflow(
                 table = markdown_table(result)
                 client.log_artifacts(record.parent_run_id, folder, "sweep_summary")
         client.set_tag(record.parent_run_id, NOTE_TAG, sweep_description(sweep, table))
-        status = "FINISHED"
-        if any(outcome.failed for outcome in outcomes):
-            status = "FAILED"
-        elif any(outcome.interrupted for outcome in outcomes):
-            status = "KILLED"  # as MLflow calls a run ended by Ctrl-C; the sweep's resumption finishes it
-        client.set_terminated(record.parent_run_id, status=status)
+        # KILLED: as MLflow calls a run ended by Ctrl-C; the sweep's resumption finishes it.
+        ends = [
+            "FAILED" if o.failed else "KILLED" if o.interrupted or o.state == NOT_STARTED else "FINISHED"
+            for o in outcomes
+        ]
+        client.set_terminated(record.parent_run_id, status=sweep_status(ends))
     return runs, metric, note

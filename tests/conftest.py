@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pty
+import select
 import signal
 import subprocess
 import time
@@ -107,6 +109,22 @@ def wait_for_checkpoints(folder: Path, pattern: str = "checkpoints/*.pth", timeo
     deadline = time.monotonic() + timeout
     while not list(folder.glob(pattern)) and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+def hang_up_when(command: list[str], cwd: Path, ready: Callable[[], bool], timeout: float = 180) -> int:
+    """Run ``command`` on a pseudo-terminal of its own, as the session leader (as a login shell's job is), showing its
+    output as a terminal would; once ``ready()`` (or after ``timeout``), close the terminal, as a dropped SSH
+    connection does (the kernel sends SIGHUP to its processes). Returns the command's exit code."""
+    pid, terminal = pty.fork()
+    if pid == 0:
+        os.chdir(cwd)
+        os.execve(command[0], command, subprocess_env())
+    deadline = time.monotonic() + timeout
+    while not ready() and time.monotonic() < deadline:
+        if select.select([terminal], [], [], 0.05)[0]:
+            os.read(terminal, 65536)  # the command must not block writing to a full terminal
+    os.close(terminal)  # the hang-up
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 def file_checksums(folder: Path, *, with_logs: bool = False) -> dict[str, str]:

@@ -4,19 +4,17 @@ run ends (its loader workers let go), a user mistake ends in one line."""
 from __future__ import annotations
 
 import os
-import pty
 import re
-import select
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.conftest import (
     TINY_RUN,
     file_checksums,
+    hang_up_when,
     run_command,
     start_in_own_group,
     subprocess_env,
@@ -238,16 +236,7 @@ def test_a_run_whose_terminal_hangs_up_writes_a_checkpoint_and_the_same_command_
     # last periodic one, the MLflow run left RUNNING), and writing to the gone terminal would fail (EIO) anyway.
     run = tmp_path / "run"
     command = [sys.executable, "-m", "stereo_exp", *TINY_RUN, "mix.dataset_steps=[400]", f"hydra.run.dir={run}"]
-    pid, terminal = pty.fork()
-    if pid == 0:  # the run on a pseudo-terminal of its own, the session leader, as a login shell's job is
-        os.chdir(tmp_path)
-        os.execve(command[0], command, subprocess_env())
-    deadline = time.monotonic() + 120
-    while not list(run.glob("checkpoints/*.pth")) and time.monotonic() < deadline:
-        if select.select([terminal], [], [], 0.05)[0]:
-            os.read(terminal, 65536)  # the terminal shows the output: the run must not block writing to it
-    os.close(terminal)  # the hang-up
-    exit_code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    exit_code = hang_up_when(command, tmp_path, ready=lambda: bool(list(run.glob("checkpoints/*.pth"))))
     log = (run / "__main__.log").read_text()
     assert exit_code == 128 + signal.SIGHUP, log[-2000:]
     stop = re.search(r"Received SIGHUP: checkpoint written at step (\d+); exiting", log)

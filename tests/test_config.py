@@ -19,7 +19,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.errors import ConfigCompositionException
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from stereo_exp.config import Config, register_configs
+from stereo_exp.config import Config, register_configs, typed
 from tests.conftest import CONF_DIR
 
 PRIMARY_FILES = ("config", "eda", "evaluate")  # conf/<name>.yaml: the configs of the command-line tools
@@ -62,6 +62,23 @@ def test_a_closed_choice_rejects_other_values_at_composition_listing_the_valid_o
     message = str(failure.value.__cause__ or failure.value)
     assert f"Invalid value '{value}', expected one of [{valid}]" in message
     assert f"full_key: {key}" in message
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+train.max_step=1", "unknown key train.max_step (did you mean train.max_steps?)"),  # a close name beside it
+        ("+optim.lr=1", "unknown key optim.lr (did you mean schedule.lr?)"),  # the same name elsewhere
+        ("+batch_size=2", "unknown key batch_size (did you mean eval.batch_size or train.batch_size?)"),
+        ("+train.checkpoint_every=5", "unknown key train.checkpoint_every (did you mean checkpoint.every?)"),
+        ("+model.hiden_dim=3", "unknown key model.hiden_dim. `--help`"),  # nothing close enough: no guess
+        ("+foo.bar=1", "unknown key foo. `--help`"),
+    ],
+)
+def test_a_key_no_schema_declares_is_refused_with_the_key_meant(override, message):
+    # Hydra's error for a misspelt key advises `+key=value`, which adds it; typed() refuses it, naming the key meant.
+    with pytest.raises(ValueError, match=re.escape(message)):
+        typed(compose_plain(override))
 
 
 @pytest.mark.parametrize(("group", "option"), group_options())

@@ -33,6 +33,7 @@ from stereo_exp.tracking.sweep import (
 from tests.conftest import (
     CONF_DIR,
     TINY_RUN,
+    hang_up_when,
     run_command,
     start_in_own_group,
     subprocess_env,
@@ -175,6 +176,46 @@ def test_a_one_job_multirun_has_no_parent_run_and_compare_finds_its_run_from_the
     assert run_id in row and ",2.5," in row
 
 
+def test_a_sweep_s_parent_run_reads_running_until_its_last_running_job_ends_then_how_its_jobs_ended(tmp_path):
+    # The jobs keep the parent's status themselves: a SLURM submitter left with Ctrl-C does not set it at the end.
+    # Before, the first job to end marked the parent FINISHED, with the others still running or failed.
+    uri, sweep_dir = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "multirun"
+    plan = SweepPlan({"seed": ["0", "1", "2"]}, num_jobs=3)
+    run_ids: dict[int, str] = {}
+
+    def job(num: int) -> MlflowTracker:
+        """Job ``num`` starts (or resumes) its run."""
+        sweep = SweepInfo(sweep_id_of(sweep_dir), str(sweep_dir), num, f"9_{num}", (f"seed={num}",), plan)
+        tracker = MlflowTracker(TrackingConfig(uri=uri), spool_dir=sweep_dir / str(num))
+        run_ids[num] = tracker.start(params={"seed": num}, sweep=sweep, run_id=run_ids.get(num))
+        return tracker
+
+    client = MlflowClient(uri)
+
+    def parent() -> str:
+        (run,) = client.search_runs(
+            [client.get_experiment_by_name("stereo_exp").experiment_id], "tags.`stereo_exp.role` = 'sweep'"
+        )
+        return run.info.status
+
+    first, second = job(0), job(1)
+    first.end("FINISHED")
+    assert parent() == "RUNNING"  # job 1 still runs
+    second.end("KILLED")  # stopped with a checkpoint (job 2 has not started: it has no run yet)
+    assert parent() == "KILLED"
+    third = job(2)
+    assert parent() == "RUNNING"
+    third.end("FAILED")
+    assert parent() == "FAILED"  # a failure outweighs a stop
+    job(2).end("FINISHED")  # the sweep resumed: the failed job passes, then the stopped one ends
+    assert parent() == "KILLED"
+    resumed = job(1)
+    assert parent() == "RUNNING"
+    resumed.end("FINISHED")
+    assert parent() == "FINISHED"
+    assert len(client.search_runs([client.get_experiment_by_name("stereo_exp").experiment_id])) == 4
+
+
 def sweep_command(*overrides: str) -> list[str]:
     """``python -m stereo_exp -m`` on TINY_RUN with the default tracking (./mlflow.db), then ``overrides``."""
     tiny = [override for override in TINY_RUN if not override.startswith("tracking=")]
@@ -285,24 +326,43 @@ def test_ctrl_c_in_a_local_sweep_checkpoints_every_job_and_the_command_it_prints
 
 
 @pytest.mark.slow
-def test_sigterm_to_the_submitter_of_a_local_sweep_stops_its_jobs_after_a_checkpoint_and_lists_them(tmp_path):
-    # `timeout 8h python -m stereo_exp -m hydra/launcher=local ...` signals the submitter alone (a Ctrl-C reaches
-    # every process of the terminal): the submitter died at once and its jobs went on by themselves.
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "hang-up"])
+def test_a_local_sweep_whose_submitter_gets_a_stop_signal_stops_its_jobs_after_a_checkpoint_and_lists_them(
+    tmp_path, signum
+):
+    # SIGTERM: `timeout 8h python -m stereo_exp -m hydra/launcher=local ...` signals the submitter alone (a Ctrl-C
+    # reaches every process of the terminal): the submitter died at once and its jobs went on by themselves. SIGHUP:
+    # a dropped SSH connection hangs up the terminal of them all: the jobs checkpointed, but the submitter died
+    # without a summary, and the sweep's parent run read FINISHED.
     command = sweep_command("hydra/launcher=local", "mix.dataset_steps=[2000]", "seed=0,1")
-    process = start_in_own_group(command, tmp_path)
-    for num in (0, 1):  # each job's own (two of one job's would match a pattern for both)
-        wait_for_checkpoints(tmp_path, f"multirun/*/*/{num}/checkpoints/*.pth", timeout=180)
-    process.send_signal(signal.SIGTERM)  # the submitter alone
-    output = process.communicate(timeout=180)[0]
-    assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
-    assert subprocess.run(["pgrep", "-g", str(process.pid)]).returncode == 1  # no job, controller or worker left
-    summary = summary_lines(output)
-    assert summary[0].endswith("0 of 2 jobs completed, 2 interrupted"), summary
+    checkpointed = [f"multirun/*/*/{num}/checkpoints/*.pth" for num in (0, 1)]  # each job's (keep_last=2)
+    if signum == signal.SIGTERM:
+        process = start_in_own_group(command, tmp_path)
+        for pattern in checkpointed:
+            wait_for_checkpoints(tmp_path, pattern, timeout=180)
+        process.send_signal(signal.SIGTERM)  # the submitter alone
+        output = process.communicate(timeout=180)[0]
+        exit_code, group = process.returncode, process.pid
+    else:
+        ready = lambda: all(list(tmp_path.glob(pattern)) for pattern in checkpointed)  # noqa: E731
+        exit_code, output = hang_up_when(command, tmp_path, ready), ""
+        group = None
     (sweep,) = tmp_path.glob("multirun/*/*")
+    kept = (sweep / "summary.txt").read_text()  # where the summary is read after a hang-up
+    assert exit_code == 128 + signum, (output or kept)[-3000:]
+    if group is not None:
+        assert subprocess.run(["pgrep", "-g", str(group)]).returncode == 1  # no job, controller or worker left
+    summary = summary_lines(kept)
+    assert summary == summary_lines(output or kept)
+    assert summary[0].endswith("0 of 2 jobs completed, 2 interrupted"), summary
+    stopped_by = "Received SIG(?:TERM|HUP)"  # a hang-up is passed on to the jobs as SIGTERM
     for num, (row, reason) in enumerate([summary[2:4], summary[4:6]]):
         assert re.match(rf"  #{num} +\d+ +INTERRUPTED +KILLED +\S+ +seed={num}$", row), summary
-        checkpoint_step(reason, sweep, num, stopped_by="Received SIGTERM")
+        checkpoint_step(reason, sweep, num, stopped_by=stopped_by)
     assert summary[6].startswith(f"Run the same command with hydra.sweep.dir={sweep.relative_to(tmp_path)} to resume")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("stereo_exp").experiment_id])
+    assert len(runs) == 3 and {run.info.status for run in runs} == {"KILLED"}  # both jobs and the sweep's parent
 
 
 @pytest.mark.slow
@@ -455,6 +515,44 @@ def test_a_slurm_job_whose_task_fails_is_failed_in_sacct_and_listed_by_the_submi
     assert summary[0].endswith("1 of 2 jobs completed, 1 failed")
     assert re.match(rf"  #1 +{ids[1]} +FAILED +- +- +a=2$", summary[3])
     assert summary[4].startswith("      RuntimeError: the task failed on purpose")
+
+
+@pytest.mark.cluster
+def test_the_submitter_of_a_slurm_sweep_waits_on_after_its_terminal_hangs_up_and_keeps_its_summary(
+    slurm_cluster: SlurmCluster, tmp_path
+):
+    # A dropped SSH connection used to end the submitter at once: the jobs went on in SLURM, but nothing was left
+    # to say how the sweep ended (no summary, no table on the parent run). Now it waits on, detached from the terminal.
+    (tmp_path / "app.yaml").write_text(f"a: 0\nhydra:\n  searchpath:\n    - file://{CONF_DIR}\n")
+    (tmp_path / "app.py").write_text(
+        textwrap.dedent("""
+        import time
+        import hydra
+
+        @hydra.main(version_base="1.3", config_path=".", config_name="app")
+        def main(cfg):
+            time.sleep(5)  # still running when the terminal hangs up
+
+        if __name__ == "__main__":
+            main()
+        """)
+    )
+    command = [
+        sys.executable,
+        str(tmp_path / "app.py"),
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.timeout_min=10",
+        f"hydra.launcher.partition={slurm_cluster.partition}",
+        "a=1,2",
+    ]
+    submitted = lambda: bool(list(tmp_path.glob("multirun/*/*/.submitit/**/*_submitted.pkl")))  # noqa: E731
+    assert hang_up_when(command, tmp_path, submitted) == 0  # both jobs completed
+    (sweep,) = (tmp_path / "multirun").glob("*/*")
+    summary = summary_lines((sweep / "summary.txt").read_text())
+    assert summary[0].endswith("2 of 2 jobs completed"), summary
+    ids = [job for job in slurm_cluster.multirun_job_ids(sweep) if "_" in job]
+    assert [line.split()[:3] for line in summary[2:4]] == [["#0", ids[0], "COMPLETED"], ["#1", ids[1], "COMPLETED"]]
 
 
 @pytest.mark.cluster

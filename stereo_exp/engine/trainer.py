@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from stereo_exp import evaluation, models
-from stereo_exp.cli import output_is_hydra_run_dir, save_hydra_records
+from stereo_exp.cli import detach_from_terminal, output_is_hydra_run_dir, save_hydra_records
 from stereo_exp.config import Config, to_plain, typed
 from stereo_exp.data.loader import Shard, build_train_loader
 from stereo_exp.distributed import DistEnv
@@ -497,7 +497,7 @@ class _StopSignal:
         if signum == signal.SIGINT and signum in self.received:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
         if signum == signal.SIGHUP:
-            _detach_from_terminal()
+            detach_from_terminal()  # the progress bar's next write would end the run before its checkpoint
         if not self.received:
             again = " (Ctrl-C again to stop at once, without it)" if signum == signal.SIGINT else ""
             log.warning("Received %s: checkpointing after this step%s.", signal.Signals(signum).name, again)
@@ -528,15 +528,6 @@ class _StopSignal:
     def restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-
-
-def _detach_from_terminal() -> None:
-    """Point stdin, stdout and stderr at /dev/null, as ``nohup`` would have: after a hang-up, writing to the
-    terminal fails (EIO), and the progress bar's next write would end the run before its checkpoint."""
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for descriptor in (0, 1, 2):
-        os.dup2(devnull, descriptor)
-    os.close(devnull)
 
 
 def _install_stop_signals() -> _StopSignal:

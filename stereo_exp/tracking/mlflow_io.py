@@ -8,12 +8,13 @@ spooled records also keep the ``uri`` they were meant for):
 
     {"op": "create_run", "run", "experiment", "run_name", "tags", "start_time", "sweep": SweepInfo dict | null,
      "metrics": [the validation metrics a sweep's UI view shows]}
-    {"op": "continue_run", "run"}                      status back to RUNNING (a resumed run)
+    {"op": "continue_run", "run"}                      status back to RUNNING (a resumed run; its sweep's parent too)
     {"op": "params", "run", "params": {key: str}}
     {"op": "tags", "run", "tags": {key: str}}
     {"op": "metrics", "run", "step", "timestamp", "metrics": {key: float}}
     {"op": "artifact", "run", "path", "artifact_path"}  a local file, absolute path
-    {"op": "terminate", "run", "status", "end_time"}   also ends the sweep's parent run (its end = last job's end)
+    {"op": "terminate", "run", "status", "end_time"}   the sweep's parent ends with its last running job
+                                                       (``sweep.settle_parent``)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from stereo_exp.tracking.addresses import sqlite_path
-from stereo_exp.tracking.sweep import PARENT_RUN_TAG, SweepInfo, register_sweep
+from stereo_exp.tracking.sweep import PARENT_RUN_TAG, SweepInfo, register_sweep, settle_parent
 
 OFFLINE_PREFIX = "offline-"  # placeholder run ids of runs created while MLflow was unreachable
 # MLflow's limits: 100 params and 1000 metrics per log_batch call.
@@ -245,6 +246,7 @@ def apply_record(client: Any, record: Mapping[str, Any], run_ids: dict[str, str]
             experiment_id, start_time=record.get("start_time"), tags=tags, run_name=record.get("run_name")
         )
         run_ids[record["run"]] = run.info.run_id
+        settle_parent(client, run.info.run_id)  # a sweep resumed after it ended runs again
         return run.info.run_id
 
     run_id = run_ids.get(record["run"], record["run"])
@@ -252,6 +254,7 @@ def apply_record(client: Any, record: Mapping[str, Any], run_ids: dict[str, str]
         raise ValueError(f"record for run {run_id} comes before the record that creates it")
     if op == "continue_run":
         client.update_run(run_id, status="RUNNING")
+        settle_parent(client, run_id)
     elif op == "params":
         items = [Param(k, str(v)) for k, v in record["params"].items()]
         for i in range(0, len(items), PARAMS_PER_BATCH):
@@ -269,9 +272,7 @@ def apply_record(client: Any, record: Mapping[str, Any], run_ids: dict[str, str]
         client.log_artifact(run_id, record["path"], record.get("artifact_path"))
     elif op == "terminate":
         client.set_terminated(run_id, status=record["status"], end_time=record.get("end_time"))
-        parent = client.get_run(run_id).data.tags.get(PARENT_RUN_TAG)
-        if parent:
-            client.set_terminated(parent, status="FINISHED", end_time=record.get("end_time"))
+        settle_parent(client, run_id, end_time=record.get("end_time"))
     else:
         raise ValueError(
             f"unknown tracking record op {op!r} (expected one of: create_run, continue_run, params, "

@@ -33,6 +33,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -349,3 +350,37 @@ def sweep_description(sweep: SweepInfo, table: str = "") -> str:
     if table:
         lines += ["", table]
     return "\n".join(lines)
+
+
+# ---- the parent run's status: that of the sweep's runs --------------------------------------------------------------
+
+
+def sweep_status(statuses: Iterable[str]) -> str:
+    """The status of a sweep from those of its jobs' runs, as the parent run shows it: RUNNING while any job runs
+    (a requeued job's run stays RUNNING), else FAILED when one failed, KILLED when one was stopped (resumable), else
+    FINISHED."""
+    statuses = set(statuses)
+    for status in ("RUNNING", "FAILED", "KILLED"):
+        if status in statuses:
+            return status
+    return "FINISHED"
+
+
+def settle_parent(client: Any, run_id: str, end_time: int | None = None) -> None:
+    """After job run ``run_id`` started, resumed or ended: give its sweep's parent run the status of the runs under
+    it (``sweep_status``). Done by every job, so that the parent is right when the submitter is gone (a SLURM sweep
+    left with Ctrl-C); jobs not started yet have no run and do not count. Of two jobs ending together, the later
+    one's search sees both ends. A run outside a sweep: nothing to do."""
+    run = client.get_run(run_id)
+    parent = run.data.tags.get(PARENT_RUN_TAG)
+    if not parent:
+        return
+    siblings = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent}'", max_results=50000
+    )
+    status = sweep_status(sibling.info.status for sibling in siblings)
+    if status == "RUNNING":
+        if client.get_run(parent).info.status != "RUNNING":
+            client.update_run(parent, status="RUNNING")
+    else:
+        client.set_terminated(parent, status=status, end_time=end_time)
