@@ -83,7 +83,8 @@ def _run(cfg: EvaluateConfig, eval_cfg: EvalConfig, dist: DistEnv, tracker: Mlfl
     for name in eval_cfg.datasets:  # a missing dataset stops the run before weights are downloaded or loaded
         with refusing():  # an unknown name: one line, no traceback (stereo_exp.cli.user_errors)
             check_dataset_root(name, cfg.paths.data, cfg.datasets)
-    loaded = load_model(cfg.weights, cfg.model, checkpoints=cfg.checkpoints, tracking_uri=cfg.tracking.uri)
+    with refusing():  # weights of another model, a file as checkpoints: one line saying what to pass instead
+        loaded = load_model(cfg.weights, cfg.model, checkpoints=cfg.checkpoints, tracking_uri=cfg.tracking.uri)
     log.info("Model: %s", loaded.source)
     log.info("Evaluating on %d process(es), device %s", dist.world_size, dist.device)
     model = loaded.model.to(dist.device)

@@ -261,6 +261,11 @@ def _check_weights_exist(args: argparse.Namespace, model_weights: str | None) ->
     model would write plausible-looking noise: refuse unless ``--random-weights`` asks for it."""
     from stereo_exp.evaluation.model_source import find_latest_checkpoint
 
+    if args.weights is None and Path(args.checkpoints).is_file():  # `--checkpoint FILE` abbreviates --checkpoints
+        raise InputError(
+            f"--checkpoints {args.checkpoints} is a file; --checkpoints names the folder searched for the newest "
+            f"checkpoint. To predict with this file: --weights {args.checkpoints}"
+        )
     no_weights = args.weights is None and model_weights is None and not args.random_weights
     if no_weights and find_latest_checkpoint(args.checkpoints) is None:
         raise InputError(

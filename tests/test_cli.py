@@ -92,6 +92,10 @@ WRONG_INPUTS = [
     # added used to be ignored (the run trained its full length).
     ("stereo_exp", [*TINY_RUN, "+train.max_step=100"], "error: unknown key train.max_step (did you mean train.max_st"),
     ("stereo_exp.eda", ["+augmentation.crop=[8,8]"], "error: unknown key augmentation.crop (did you mean augmentat"),
+    # Weights of another model, a checkpoint file as the folder to search: these ended in "Evaluation failed
+    # (traceback in ...)", leaving the run folder.
+    ("stereo_exp.evaluate", ["weights=MEGVII_V1"], "error: weights=MEGVII_V1 are published for crestereo_base, but"),
+    ("stereo_exp.evaluate", [f"checkpoints={__file__}"], f"error: checkpoints={__file__} is a file; checkpoints "),
 ]
 
 

@@ -130,6 +130,16 @@ def test_without_weights_or_a_checkpoint_it_refuses_unless_random_weights_are_as
     assert out.is_file() and out.with_suffix(".png").is_file()
 
 
+def test_a_checkpoint_file_given_as_the_folder_to_search_says_to_pass_it_as_weights(tmp_path, weights, capsys):
+    # argparse completes `--checkpoint m.pth` to --checkpoints, the folder searched for the newest checkpoint: it
+    # used to say there was no checkpoint "under m.pth/".
+    left, right = write_pair(tmp_path)
+    assert main([str(left), str(right), "--checkpoint", str(weights), "-o", str(tmp_path / "d.pfm")]) == 2
+    assert f"--checkpoints {weights} is a file; " in capsys.readouterr().err
+    assert not (tmp_path / "d.pfm").exists()
+    assert main([str(left), str(right), "--weights", str(weights), "-o", str(tmp_path / "d.pfm")]) == 0
+
+
 def test_help_lists_the_options_and_examples():
     text = build_parser().format_help()
     for option in ("--output", "--weights", "--model", "--iters", "--cascades", "--device", "examples:"):

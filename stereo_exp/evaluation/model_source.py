@@ -60,6 +60,11 @@ def load_model(
 ) -> LoadedModel:
     """Resolve ``weights`` as described in the module docstring; errors name the value and what was expected."""
     if weights is None:
+        if Path(checkpoints).is_file():  # e.g. checkpoints=outputs/.../step_0000300.pth
+            raise ValueError(
+                f"checkpoints={checkpoints} is a file; checkpoints names the folder searched for the newest "
+                f"checkpoint when weights is not given. To evaluate this file: weights={checkpoints}"
+            )
         latest = find_latest_checkpoint(checkpoints)
         if latest is not None:
             log.info("weights=null: using the newest checkpoint under %s: %s", checkpoints, latest)
