@@ -50,6 +50,10 @@ def clean_errors(cfg: DictConfig, what: str = "Training") -> Iterator[None]:
         if not clean:
             raise
         discard_untouched_run_folder()
+        if os.environ.get("TORCHELASTIC_ERROR_FILE"):  # torchrun's failure summary, the last lines, names it too
+            from stereo_exp.distributed import record_launcher_error
+
+            record_launcher_error(f"error: {error}")
         sys.exit(f"error: {error}")
     try:
         yield

@@ -114,6 +114,19 @@ def test_a_wrong_value_ends_a_single_run_in_one_line_and_leaves_no_folder(tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def test_a_wrong_value_under_torchrun_is_the_root_cause_in_torchrun_s_failure_summary(tmp_path):
+    # torchrun's summary, the terminal's last lines, said "To enable traceback see: https://pytorch.org/...".
+    command = [*TORCHRUN_2, "-m", "stereo_exp", *TINY_RUN, "schedule.min_lr=1"]
+    done = run_command(command, tmp_path, timeout=120)
+    assert done.returncode == 1
+    root_cause = done.stderr[done.stderr.index("Root Cause") :]
+    assert "traceback : error: schedule.min_lr (1.0) must lie in [0, schedule.lr" in root_cause, done.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_refused_command_keeps_the_folder_of_the_run_it_names_and_other_runs_of_the_day(tmp_path):
     earlier_run = tmp_path / "outputs" / "2026-01-01" / "00-00-00" / "checkpoints" / "step_0000002.pth"
     earlier_run.parent.mkdir(parents=True)
@@ -163,9 +176,6 @@ def test_a_sweep_with_a_wrong_value_ends_in_one_line_before_any_job_and_leaves_n
     assert done.returncode == 1
     assert done.stderr.startswith("error: job #0 (schedule.min_lr=1): schedule.min_lr (1.0) must lie in"), done.stderr
     assert list(tmp_path.iterdir()) == []  # no sweep folder, no MLflow store
-
-
-TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
 @pytest.mark.parametrize(
