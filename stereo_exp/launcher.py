@@ -297,13 +297,14 @@ class SweepLauncher:
             )
         if OmegaConf.select(self.config, "tracking.backend") == "mlflow":  # compare reads MLflow
             lines.append(f"Next: python -m stereo_exp.compare --sweep {where}")
-        print("\n".join(lines), flush=True)
         # Kept for whoever was not watching (a sweep of days, a terminal that hung up); a resumed sweep adds its own.
+        # Written first: printing to a terminal that is gone fails.
         try:
             with open(Path(sweep.sweep_dir) / SUMMARY_FILE, "a") as file:
                 file.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}]" + "\n".join(lines) + "\n")
         except OSError as error:
             log.warning("Could not keep the summary in %s: %s", sweep.sweep_dir, error)
+        print("\n".join(lines), flush=True)
 
 
 class SubmititSweepLauncher(SweepLauncher):

@@ -217,7 +217,11 @@ def test_a_job_on_two_nodes_trains_one_ddp_run_with_the_weights_of_torchrun_on_o
     assert [step for step, _ in loss_history(store, mlflow_run.info.run_id)] == list(range(1, STEPS + 1))
     assert f"MLflow: run {mlflow_run.info.run_id}" in rank0_log
     assert "MLflow" not in rank1_log and "Checkpoint:" not in rank1_log
-    assert sorted(p.name for p in sweep_dir.iterdir() if not p.name.startswith(".")) == ["0", "multirun.yaml"]
+    assert sorted(p.name for p in sweep_dir.iterdir() if not p.name.startswith(".")) == [
+        "0",
+        "multirun.yaml",
+        "summary.txt",
+    ]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == CHECKPOINTS
     assert (run / "cluster_train_app.log").read_text().count("MLflow: run ") == 1
 
