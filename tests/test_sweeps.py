@@ -444,26 +444,29 @@ def test_ctrl_c_in_a_sweep_without_a_launcher_stops_it_after_a_checkpoint_and_th
     assert_each_job_one_finished_run_with_every_step_once(tmp_path, ["lr=0.0001", "lr=0.0002"], steps=120)
 
 
+def tiny_app(folder: Path, task: str, *launcher: str) -> list[str]:
+    """A Hydra app of one key, ``a``, on the repository's launcher configs, whose task function runs ``task`` (lines of
+    Python that may read ``cfg``); returns the command that sweeps ``a=1,2`` with the ``launcher`` overrides."""
+    (folder / "app.yaml").write_text(f"a: 0\nhydra:\n  searchpath:\n    - file://{CONF_DIR}\n")
+    body = textwrap.indent(textwrap.dedent(task).strip(), " " * 4)
+    (folder / "app.py").write_text(
+        "import hydra\n\n\n"
+        '@hydra.main(version_base="1.3", config_path=".", config_name="app")\n'
+        f"def main(cfg):\n{body}\n\n\n"
+        'if __name__ == "__main__":\n    main()\n'
+    )
+    return [sys.executable, str(folder / "app.py"), "-m", *launcher, "a=1,2"]
+
+
 def test_the_jobs_of_a_local_sweep_let_their_openmp_threads_sleep_while_waiting(tmp_path):
     # They share this machine's cores; spinning threads made two 2-thread trainings on 2 cores 10x slower.
-    (tmp_path / "app.yaml").write_text(f"a: 0\nhydra:\n  searchpath:\n    - file://{CONF_DIR}\n")
-    (tmp_path / "app.py").write_text(
-        textwrap.dedent("""
+    task = """
         import os
         from pathlib import Path
-
-        import hydra
-
-        @hydra.main(version_base="1.3", config_path=".", config_name="app")
-        def main(cfg):
-            Path(f"{os.environ['ROOT']}/policy_{cfg.a}.txt").write_text(os.environ.get("OMP_WAIT_POLICY", "unset"))
-
-        if __name__ == "__main__":
-            main()
-        """)
-    )
+        Path(f"{os.environ['ROOT']}/policy_{cfg.a}.txt").write_text(os.environ.get("OMP_WAIT_POLICY", "unset"))
+    """
+    command = tiny_app(tmp_path, task, "hydra/launcher=local")
     env = {key: value for key, value in subprocess_env().items() if key != "OMP_WAIT_POLICY"}
-    command = [sys.executable, str(tmp_path / "app.py"), "-m", "hydra/launcher=local", "a=1,2"]
     done = subprocess.run(
         command, cwd=tmp_path, env={**env, "ROOT": str(tmp_path)}, capture_output=True, text=True, timeout=300
     )
@@ -483,29 +486,11 @@ def test_a_slurm_job_whose_task_fails_is_failed_in_sacct_and_listed_by_the_submi
 ):
     # Hydra keeps a failed task's exception in its JobReturn; without the launcher raising it again the job exits 0
     # and sacct says COMPLETED. A tiny Hydra app on the repository's launcher config: one point fails, one does not.
-    (tmp_path / "app.yaml").write_text(f"a: 0\nhydra:\n  searchpath:\n    - file://{CONF_DIR}\n")
-    (tmp_path / "app.py").write_text(
-        textwrap.dedent("""
-        import hydra
-
-        @hydra.main(version_base="1.3", config_path=".", config_name="app")
-        def main(cfg):
-            if cfg.a == 2:
-                raise RuntimeError("the task failed on purpose")
-
-        if __name__ == "__main__":
-            main()
-        """)
-    )
-    command = [
-        sys.executable,
-        str(tmp_path / "app.py"),
-        "-m",
-        "hydra/launcher=slurm",
-        "hydra.launcher.timeout_min=10",
-        f"hydra.launcher.partition={slurm_cluster.partition}",
-        "a=1,2",
-    ]
+    task = """
+        if cfg.a == 2:
+            raise RuntimeError("the task failed on purpose")
+    """
+    command = tiny_app(tmp_path, task, *slurm_cluster.hydra_launcher_overrides())
     done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stdout + done.stderr
     (sweep,) = (tmp_path / "multirun").glob("*/*")
@@ -523,29 +508,11 @@ def test_the_submitter_of_a_slurm_sweep_waits_on_after_its_terminal_hangs_up_and
 ):
     # A dropped SSH connection used to end the submitter at once: the jobs went on in SLURM, but nothing was left
     # to say how the sweep ended (no summary, no table on the parent run). Now it waits on, detached from the terminal.
-    (tmp_path / "app.yaml").write_text(f"a: 0\nhydra:\n  searchpath:\n    - file://{CONF_DIR}\n")
-    (tmp_path / "app.py").write_text(
-        textwrap.dedent("""
+    task = """
         import time
-        import hydra
-
-        @hydra.main(version_base="1.3", config_path=".", config_name="app")
-        def main(cfg):
-            time.sleep(5)  # still running when the terminal hangs up
-
-        if __name__ == "__main__":
-            main()
-        """)
-    )
-    command = [
-        sys.executable,
-        str(tmp_path / "app.py"),
-        "-m",
-        "hydra/launcher=slurm",
-        "hydra.launcher.timeout_min=10",
-        f"hydra.launcher.partition={slurm_cluster.partition}",
-        "a=1,2",
-    ]
+        time.sleep(5)  # still running when the terminal hangs up
+    """
+    command = tiny_app(tmp_path, task, *slurm_cluster.hydra_launcher_overrides())
     submitted = lambda: bool(list(tmp_path.glob("multirun/*/*/.submitit/**/*_submitted.pkl")))  # noqa: E731
     assert hang_up_when(command, tmp_path, submitted) == 0  # both jobs completed
     (sweep,) = (tmp_path / "multirun").glob("*/*")
