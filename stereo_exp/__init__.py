@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 __version__ = "0.1.0"
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the config groups: the entry points' config_path
 
 
 def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], Any]:

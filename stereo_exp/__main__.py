@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig
 
-from stereo_exp.cli import clean_errors, resume_advice
+from stereo_exp.cli import clean_errors, refuse_unknown_keys, resume_advice
 from stereo_exp.config import register_configs
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    refuse_unknown_keys("config", sys.argv[1:])  # before Hydra, whose advice for a misspelt key adds it
     try:
         main()
     except KeyboardInterrupt:  # while Hydra starts (main handles the training's; the launchers, their sweep's)

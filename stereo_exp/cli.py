@@ -7,16 +7,61 @@ import contextlib
 import gc
 import logging
 import os
+import re
 import shutil
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from stereo_exp.config import typed
+from stereo_exp import CONF_DIR
+from stereo_exp.config import did_you_mean, refusal, typed
+
+
+def refuse_unknown_keys(config_name: str, argv: Sequence[str]) -> None:
+    """Before Hydra starts: a command that sets a key no schema declares (``train.max_step=100``) ends with one line
+    naming the key meant. Hydra's own error says "To append to your config use +train.max_step=100", which adds the
+    key, and ``typed`` then refuses it: two round trips for a typo (and a swept one left a sweep folder behind). A
+    swept key is checked with its first value. A command with a flag other than ``-m`` (``--help``, ``--cfg``,
+    another config) is left to Hydra, as is every other composition error."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException, HydraException
+
+    if any(arg.startswith("-") and arg not in ("-m", "--multirun") for arg in argv):
+        return
+    try:
+        parsed = OverridesParser.create().parse_overrides([arg for arg in argv if not arg.startswith("-")])
+    except HydraException:
+        return  # a syntax error: Hydra says where
+    overrides = {}  # key -> the override as composed here: a swept one with its first value
+    for override in parsed:
+        if override.is_sweep_override():
+            try:
+                first = next(iter(override.sweep_string_iterator()))
+            except HydraException:  # interval(...): no first value
+                continue
+            overrides[override.key_or_group] = f"{override.get_key_element()}={first}"
+        else:
+            overrides[override.key_or_group] = override.input_line
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        try:
+            compose(config_name, overrides=list(overrides.values()))
+            return
+        except Exception as error:  # anything but a key that does not exist: Hydra says it, once it runs
+            unknown = re.match(r"Could not override '([^']+)'\.", str(error))
+            if not isinstance(error, ConfigCompositionException) or unknown is None:
+                return
+        key = unknown.group(1)
+        others = [override for other, override in overrides.items() if other != key]
+        try:
+            hint = did_you_mean(compose(config_name, overrides=others), key)
+        except Exception:  # another mistake in the command: the key alone then
+            hint = ""
+    sys.exit(f"error: {refusal([f'unknown key {key}{hint}'])}")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

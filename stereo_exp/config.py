@@ -96,8 +96,13 @@ def typed(cfg: DictConfig) -> Any:
     so ``+train.max_step=100`` would otherwise train as if the option had not been given."""
     unknown = unknown_keys(cfg)
     if unknown:
-        raise ValueError("; ".join(unknown) + ". `--help` lists every key.")
+        raise ValueError(refusal(unknown))
     return OmegaConf.to_object(cfg)
+
+
+def refusal(unknown: list[str]) -> str:
+    """The message that refuses a command for ``unknown_keys``' findings."""
+    return "; ".join(unknown) + ". `--help` lists every key."
 
 
 def unknown_keys(node: DictConfig, prefix: str = "", known: list[str] | None = None) -> list[str]:
@@ -117,6 +122,14 @@ def unknown_keys(node: DictConfig, prefix: str = "", known: list[str] | None = N
         if isinstance(child, DictConfig):
             found += unknown_keys(child, f"{path}.", known)
     return found
+
+
+def did_you_mean(cfg: DictConfig, path: str) -> str:
+    """`` (did you mean ...?)`` for ``path``, a key that no schema of ``cfg`` declares ("" when nothing is close)."""
+    prefix, _, name = path.rpartition(".")
+    node = OmegaConf.select(cfg, prefix) if prefix else cfg
+    declared = (_declared(node) or []) if isinstance(node, DictConfig) else []
+    return _did_you_mean(name, f"{prefix}." if prefix else "", declared, list(_key_paths(cfg)))
 
 
 def _declared(node: DictConfig) -> list[str] | None:

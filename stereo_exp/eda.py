@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import math
+import sys
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig
 
-from stereo_exp.cli import clean_errors, save_hydra_records
+from stereo_exp.cli import clean_errors, refuse_unknown_keys, save_hydra_records
 from stereo_exp.config import register_configs, to_plain, typed
 
 if TYPE_CHECKING:
@@ -179,4 +180,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_unknown_keys("eda", sys.argv[1:])  # before Hydra, whose advice for a misspelt key adds it
     main()

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig
 
-from stereo_exp.cli import clean_errors, save_hydra_records
+from stereo_exp.cli import clean_errors, refuse_unknown_keys, save_hydra_records
 from stereo_exp.config import register_configs, to_plain, typed
 
 if TYPE_CHECKING:
@@ -165,4 +166,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    refuse_unknown_keys("evaluate", sys.argv[1:])  # before Hydra, whose advice for a misspelt key adds it
     main()

@@ -38,6 +38,7 @@ waits on after a hang-up. Every summary is also appended to ``<sweep dir>/summar
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -192,7 +193,9 @@ class SweepLauncher:
                     output = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
                     config.hydra.runtime.output_dir = str(output.resolve())
                 HydraConfig.instance().set_config(config)  # ${hydra:...} as the job resolves it
-                task = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+                task = copy.deepcopy(config)  # keeps the root's schema, which checks the top-level keys (+foo=1)
+                with read_write(task), open_dict(task):
+                    del task["hydra"]
                 try:
                     typed(task)
                 except OmegaConfBaseException as error:  # not a schema's check: leave it to the job

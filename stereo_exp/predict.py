@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from stereo_exp import CONF_DIR
+
 if TYPE_CHECKING:  # torch and PIL are imported where used: --help answers without loading them
     import torch
 
 log = logging.getLogger("stereo_exp.predict")
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DISPARITY_SUFFIXES = (".pfm", ".npy")
 _GLOB_CHARS = set("*?[")
 

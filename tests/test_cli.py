@@ -89,9 +89,11 @@ WRONG_INPUTS = [
     ("stereo_exp.evaluate", ["dataset=synthetc"], "error: Unknown dataset 'synthetc'; the catalog has: "),
     ("stereo_exp", [*TINY_RUN, "loader.num_workers=-2"], "error: loader.num_workers must be >= 0 "),
     # Hydra's own error for `train.max_step=100` says "To append to your config use +train.max_step=100"; the key so
-    # added used to be ignored (the run trained its full length).
+    # added used to be ignored (the run trained its full length). Now neither form gets that far.
     ("stereo_exp", [*TINY_RUN, "+train.max_step=100"], "error: unknown key train.max_step (did you mean train.max_st"),
+    ("stereo_exp", [*TINY_RUN, "train.checkpoint_every=5"], "error: unknown key train.checkpoint_every (did you mean "),
     ("stereo_exp.eda", ["+augmentation.crop=[8,8]"], "error: unknown key augmentation.crop (did you mean augmentat"),
+    ("stereo_exp.evaluate", ["eval.batchsize=2"], "error: unknown key eval.batchsize (did you mean eval.batch_size?"),
     # Weights of another model, a checkpoint file as the folder to search: these ended in "Evaluation failed
     # (traceback in ...)", leaving the run folder.
     ("stereo_exp.evaluate", ["weights=MEGVII_V1"], "error: weights=MEGVII_V1 are published for crestereo_base, but"),
@@ -169,12 +171,22 @@ def test_a_refused_command_in_a_run_folder_changes_no_byte_of_it_and_a_resume_ke
     assert (run / ".hydra" / "overrides.yaml").read_text() == started_by  # the records of the command that started it
 
 
-def test_a_sweep_with_a_wrong_value_ends_in_one_line_before_any_job_and_leaves_no_folder(tmp_path):
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["hydra/launcher=local", "schedule.min_lr=1,0"], "job #0 (schedule.min_lr=1): schedule.min_lr (1.0) must lie"),
+        # A misspelt swept key (Hydra's own error left the sweep folder), a key added to the top level (each job
+        # failed on it: the check composed the jobs' configs without the root's schema).
+        (["train.max_stepz=1,2"], "unknown key train.max_stepz (did you mean train.max_steps?)"),
+        (["seed=1,2", "+foo=1"], "job #0 (seed=1): unknown key foo. "),
+    ],
+    ids=["value", "swept key", "added key"],
+)
+def test_a_sweep_with_a_wrong_value_ends_in_one_line_before_any_job_and_leaves_no_folder(tmp_path, overrides, message):
     # Hydra's sweeper writes multirun/<date>/<time>/multirun.yaml before the launcher checks every job's config.
-    command = [sys.executable, "-m", "stereo_exp", "-m", "hydra/launcher=local", "schedule.min_lr=1,0"]
-    done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    done = run_command([sys.executable, "-m", "stereo_exp", "-m", *overrides], tmp_path, timeout=120)
     assert done.returncode == 1
-    assert done.stderr.startswith("error: job #0 (schedule.min_lr=1): schedule.min_lr (1.0) must lie in"), done.stderr
+    assert done.stderr.startswith(f"error: {message}"), done.stderr
     assert list(tmp_path.iterdir()) == []  # no sweep folder, no MLflow store
 
 
