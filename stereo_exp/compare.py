@@ -30,6 +30,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from stereo_exp.launcher import SUMMARY_FILE
 from stereo_exp.tracking.comparison import compare, markdown_table
 from stereo_exp.tracking.mlflow_io import StoreNotFound, open_client
 from stereo_exp.tracking.mlflow_tracker import TrackingConfig
@@ -76,8 +80,21 @@ def resolve_target(uri: str | None, experiment: str | None, sweep: str | None) -
             raise ValueError(f"sweep {sweep} logged to several places; choose one: {where}")
         if records:
             return records[0].tracking_uri, records[0].experiment, records[0].sweep_id
+        if _tracking_backend(sweep) == "none":
+            raise ValueError(
+                f"sweep {sweep} ran with tracking=none: no MLflow run to compare (its summary, with each job's final "
+                f"mae: {sweep / SUMMARY_FILE})"
+            )
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     return uri, experiment or DEFAULT_EXPERIMENT, sweep_id
+
+
+def _tracking_backend(sweep: Path) -> str | None:
+    """``tracking.backend`` of the sweep's config, as Hydra recorded it (``multirun.yaml``); None if unknown."""
+    try:
+        return OmegaConf.select(OmegaConf.load(sweep / "multirun.yaml"), "tracking.backend")
+    except (OSError, ValueError, OmegaConfBaseException):
+        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

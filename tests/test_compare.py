@@ -160,3 +160,19 @@ def test_a_sweep_folder_that_is_not_there_is_named_as_such(tmp_path, monkeypatch
     assert compare_main(["--sweep", "multirun"]) == 2
     assert capsys.readouterr().err.startswith("error: --sweep multirun: no such directory, and not a sweep id")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_run_without_mlflow_says_so_and_where_its_summary_is(tmp_path, monkeypatch, capsys):
+    # A sweep with tracking=none has no MLflow records: compare said "no MLflow store at sqlite:///mlflow.db ...;
+    # pass --uri or --sweep SWEEP_DIR", which the user had just done.
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "multirun" / "2026-12-05" / "17-42-44"
+    sweep.mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("tracking:\n  backend: none\n")  # as Hydra records the sweep's config
+    assert compare_main(["--sweep", "multirun"]) == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error == (
+        "error: sweep multirun/2026-12-05/17-42-44 ran with tracking=none: no MLflow run to compare (its summary, "
+        "with each job's final mae: multirun/2026-12-05/17-42-44/summary.txt)"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["multirun"]  # no store, no output folder
