@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from stereo_exp.tracking.mlflow_tracker import KEY_METRIC_TAG, TASK_TAG
-from stereo_exp.tracking.sweep import OVERRIDES_TAG, ROLE_TAG, SWEEP_ID_TAG, SWEEP_ROLE, validation_metrics
+from stereo_exp.tracking.sweep import (
+    OVERRIDES_TAG,
+    ROLE_TAG,
+    SWEEP_ID_TAG,
+    SWEEP_ROLE,
+    search_all_runs,
+    validation_metrics,
+)
 
 _VAL_MAE = re.compile(r"^val/[^/]+/mae$")
 
@@ -57,7 +64,7 @@ class Comparison:
 def training_runs(client: Any, experiment_id: str, sweep: str | None) -> list[Any]:
     """The training runs of the experiment (of one sweep if given): not the sweeps' parent runs, nor the runs of
     the evaluate and eda commands (tagged stereo_exp.task)."""
-    runs = _search_all(client, experiment_id, f"tags.`{SWEEP_ID_TAG}` = '{sweep}'" if sweep else "")
+    runs = search_all_runs(client, experiment_id, f"tags.`{SWEEP_ID_TAG}` = '{sweep}'" if sweep else "")
     return [r for r in runs if r.data.tags.get(ROLE_TAG) != SWEEP_ROLE and TASK_TAG not in r.data.tags]
 
 
@@ -174,16 +181,6 @@ def _label(curves: list[RunCurve]) -> None:
     for curve in curves:
         varying = [o for o in curve.overrides if o not in shared]
         curve.label = " ".join(varying) or curve.name
-
-
-def _search_all(client: Any, experiment_id: str, filter_string: str) -> list[Any]:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def _plot(result: Comparison, title: str) -> None:

@@ -375,12 +375,21 @@ def settle_parent(client: Any, run_id: str, end_time: int | None = None) -> None
     parent = run.data.tags.get(PARENT_RUN_TAG)
     if not parent:
         return
-    siblings = client.search_runs(
-        [run.info.experiment_id], filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent}'", max_results=50000
-    )
+    siblings = search_all_runs(client, run.info.experiment_id, f"tags.`{PARENT_RUN_TAG}` = '{parent}'")
     status = sweep_status(sibling.info.status for sibling in siblings)
     if status == "RUNNING":
         if client.get_run(parent).info.status != "RUNNING":
             client.update_run(parent, status="RUNNING")
     else:
         client.set_terminated(parent, status=status, end_time=end_time)
+
+
+def search_all_runs(client: Any, experiment_id: str, filter_string: str) -> list[Any]:
+    """Every run of ``experiment_id`` that matches ``filter_string``, page after page."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
