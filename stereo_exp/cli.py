@@ -199,8 +199,9 @@ def resume_advice(cfg: DictConfig) -> str:
         return "Run the same command again"
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     key, node = ("hydra.sweep.dir", hydra_cfg.sweep) if multirun else ("hydra.run.dir", hydra_cfg.run)
-    folder = Path(str(node.dir))  # ${now:...} as it was when the command started (Hydra caches it)
-    time_named = "${now:" in str(OmegaConf.to_container(node, resolve=False)["dir"])
+    folder = Path(str(node.dir))  # the time as it was when the command started (the resolvers cache it)
+    pattern = str(OmegaConf.to_container(node, resolve=False)["dir"])
+    time_named = "${launch_time:" in pattern or "${now:" in pattern  # ours (the default) or Hydra's
     if not (output_is_hydra_run_dir(cfg) and time_named):
         return "Run the same command again"
     if folder.is_relative_to(Path.cwd()):

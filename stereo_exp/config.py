@@ -9,9 +9,12 @@ every key and type at composition, so a misspelt key or a wrong type stops the r
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -28,6 +31,7 @@ __all__ = [
     "Precision",
     "SpeedConfig",
     "TrainConfig",
+    "launch_time",
     "register_configs",
     "to_plain",
     "typed",
@@ -81,6 +85,32 @@ def register_configs(app: str | None = None) -> None:
             cs.store(name=schema_name, node=schema)
     for package in (models, data, engine, evaluation, tracking):
         package.register_configs(cs)
+    # Hydra re-registers its own `now` whenever it starts, so the default folders use a resolver of their own.
+    OmegaConf.register_new_resolver("launch_time", launch_time, use_cache=True, replace=True)
+
+
+def launch_time(pattern: str) -> str:
+    """``${launch_time:PATTERN}``, the moment the command was launched as ``strftime(PATTERN)``: the default run and
+    sweep folders are named by it (conf/*.yaml). Hydra's ``${now:...}`` is read by each process, and torchrun's
+    ranks start apart, so two ranks could name two folders (one second apart), and the ranks torchrun restarts after
+    a failure (``--max-restarts``) a new one, where they would start over instead of resuming. For a worker of
+    torchrun it is therefore the moment torchrun itself started (the worker's parent), the same for every rank of
+    the host and every restart; for any other process, now."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # torchrun exports it to its workers only
+        try:
+            return _process_start(os.getppid()).strftime(pattern)
+        except (OSError, ValueError, StopIteration):  # no /proc (not Linux): each rank's now, as Hydra's
+            pass
+    return datetime.datetime.now().strftime(pattern)
+
+
+def _process_start(pid: int) -> datetime.datetime:
+    """When process ``pid`` started, to the clock tick, from /proc: the same figure whoever reads it and when."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    ticks_after_boot = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime; the name in (...) may hold spaces
+    boot_lines = Path("/proc/stat").read_text().splitlines()
+    boot = next(int(line.split()[1]) for line in boot_lines if line.startswith("btime "))  # seconds since the epoch
+    return datetime.datetime.fromtimestamp(boot + ticks_after_boot / os.sysconf("SC_CLK_TCK"))
 
 
 def to_plain(config: Any) -> dict[str, Any]:

@@ -118,7 +118,9 @@ class DistEnv:
         # torch's env:// rendezvous reads these; SLURM does not set them, so export what we resolved.
         os.environ.setdefault("MASTER_ADDR", self.master_addr or "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(self.master_port or 29500))
-        torch_dist.init_process_group(backend=self.backend, rank=self.rank, world_size=self.world_size)
+        torch_dist.init_process_group(
+            backend=self.backend, store=_torchrun_attempt_store(), rank=self.rank, world_size=self.world_size
+        )
         # One line per rank (before other ranks' logs are quieted): where each process runs and whom it met, the
         # first thing to read when a multi-node job hangs or trains on the wrong number of processes.
         address = os.environ["MASTER_ADDR"]
@@ -179,6 +181,27 @@ def record_launcher_error(message: str) -> None:
     if path:
         with open(path, "w") as file:
             json.dump({"message": message, "timestamp": int(time.time())}, file)
+
+
+def _torchrun_attempt_store() -> torch_dist.Store | None:
+    """The store a worker of torchrun meets the others in: torchrun's own (its agent's), seen under a prefix of
+    this attempt (``TORCHELASTIC_RESTART_COUNT``); None outside torchrun (env:// then makes one, or SLURM's rank 0).
+
+    torch's env:// joins torchrun's store as it is, and torchrun keeps that store across the restarts of
+    ``--max-restarts``: the ranks of a restart then found the addresses the ranks they replace had written there,
+    and a rank that read them before its peer wrote anew failed ("Gloo connectFullMesh failed ... Connection
+    refused") and used up the restart (1 restart in 2 here, with torch 2.14)."""
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    agent_store = torch_dist.TCPStore(
+        env["MASTER_ADDR"],
+        int(env["MASTER_PORT"]),
+        int(env["WORLD_SIZE"]),
+        is_master=False,
+        timeout=torch_dist.constants.default_pg_timeout,
+    )
+    return torch_dist.PrefixStore(f"stereo_exp/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", agent_store)
 
 
 def _pick_device(preference: str, local_rank: int) -> torch.device:

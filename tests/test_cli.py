@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -216,6 +217,40 @@ def test_ctrl_c_in_a_run_of_the_default_time_named_folder_says_how_to_resume_it_
     resumed = run_command([*command, *advice], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert list(tmp_path.glob("outputs/*/*")) == [folder]  # no new run folder: the same run went on
+    assert (folder / "checkpoints" / "step_0000040.pth").is_file()
+
+
+def _torchrun_worker(torchrun_pid: int, local_rank: int) -> int:
+    """The pid of the worker of local rank ``local_rank`` that torchrun (``torchrun_pid``) started (from /proc)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            environ = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):  # a process that ended meanwhile
+            continue
+        if parent == torchrun_pid and f"LOCAL_RANK={local_rank}".encode() in environ:
+            return int(stat.parent.name)
+    raise AssertionError(f"torchrun (pid {torchrun_pid}) has no worker of local rank {local_rank}")
+
+
+def test_torchrun_ranks_started_seconds_apart_share_one_default_folder_and_its_restart_resumes_there(tmp_path):
+    # Each rank read the time for outputs/<date>/<time> itself: a rank started in the next second left a folder of
+    # its own (now and then under load), and the ranks torchrun restarts after a failure (--max-restarts) named a
+    # new one, where they would start over; first, though, half the restarts failed: their process group read the
+    # addresses of the ranks they replaced ("Gloo connectFullMesh failed"). Rank 1 starts 1.5 s late here, and is
+    # killed after the first checkpoint.
+    delay_rank_1 = 'if [ "$LOCAL_RANK$TORCHELASTIC_RESTART_COUNT" = 10 ]; then sleep 1.5; fi; exec "$0" "$@"'
+    torchrun = [*TORCHRUN_2, "--max-restarts", "1", "--no-python", "sh", "-c", delay_rank_1, sys.executable, "-m"]
+    process = start_in_own_group(
+        [*torchrun, "stereo_exp", *TINY_RUN, "mix.dataset_steps=[40]", "train.val_every=40"], tmp_path
+    )
+    wait_for_checkpoints(tmp_path, "outputs/*/*/checkpoints/*.pth")
+    os.kill(_torchrun_worker(process.pid, local_rank=1), signal.SIGKILL)  # a crashed rank: torchrun restarts both
+    output = process.communicate(timeout=180)[0]
+    assert process.returncode == 0, output[-3000:]
+    (folder,) = tmp_path.glob("outputs/*/*")
+    log = (folder / "__main__.log").read_text()
+    assert "Resuming from" in log, log[-3000:]
     assert (folder / "checkpoints" / "step_0000040.pth").is_file()
 
 
