@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
@@ -278,3 +279,20 @@ def detach_from_terminal() -> None:
     for descriptor in (0, 1, 2):
         os.dup2(devnull, descriptor)
     os.close(devnull)
+
+
+class HeldStops:
+    """The handler of SIGTERM and SIGHUP in a process that runs several trainings one after another (a sequential
+    sweep), while none of them runs (a job's set-up, after its last step): it keeps them instead of ending the process
+    at once (the default action) without a summary. The next training takes them over and stops after its first
+    step, with a checkpoint; one that came too late for a training is given back (``engine.trainer``)."""
+
+    signals = (signal.SIGTERM, signal.SIGHUP)  # Ctrl-C needs no holding: KeyboardInterrupt stops a set-up cleanly
+
+    def __init__(self) -> None:
+        self.received: list[int] = []  # in order of arrival
+
+    def __call__(self, signum: int, _frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            detach_from_terminal()  # the set-up's next print would fail
+        self.received.append(signum)

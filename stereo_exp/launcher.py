@@ -31,7 +31,8 @@ Ctrl-C: SLURM jobs go on (the submitter says how to see and cancel them). Local 
 single run does (a checkpoint after the current step, then they stop); the submitter waits for them, lists them as
 INTERRUPTED and says which command resumes the sweep (``hydra.sweep.dir=``), then exits with 130. A second Ctrl-C
 stops the jobs at once, without a checkpoint. A sequential sweep stops with its running job (the others: NOT
-STARTED), with the same summary. SIGTERM to the submitter of a local sweep (``kill``, ``timeout``) is passed on to its
+STARTED), with the same summary; so does it after SIGTERM (143) or a hang-up of its terminal (129), also one that
+comes between two trainings. SIGTERM to the submitter of a local sweep (``kill``, ``timeout``) is passed on to its
 jobs and ends the same way, with exit code 143; a hang-up of its terminal too (129). The submitter of a SLURM sweep
 waits on after a hang-up. Every summary is also appended to ``<sweep dir>/summary.txt``.
 """
@@ -59,6 +60,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import OmegaConf, open_dict, read_write
 
 from stereo_exp.cli import (
+    HeldStops,
     cause,
     detach_from_terminal,
     discard_untouched_sweep_folder,
@@ -592,7 +594,8 @@ class SequentialSweepLauncher(SweepLauncher):
     """``hydra/launcher=sequential``, the default of ``-m``: the jobs one after another in this process, as Hydra's
     basic launcher runs them, with the same checks before, MLflow parent run and summary as the other launchers. A
     job that fails does not stop the sweep. Ctrl-C stops the running job after its checkpoint (a second one at once),
-    and the sweep with it: the summary says which jobs did not start and which command resumes the sweep."""
+    and the sweep with it: the summary says which jobs did not start and which command resumes the sweep. SIGTERM
+    and a hang-up do the same (exit 143, 129), also between two trainings (``cli.HeldStops``)."""
 
     config_file = "conf/hydra/launcher/sequential.yaml"
     task_function: Any
@@ -607,20 +610,28 @@ class SequentialSweepLauncher(SweepLauncher):
         log.info("Sweep output dir : %s (%d jobs, one after another)", self.config.hydra.sweep.dir, len(nums))
         outcomes = [JobOutcome(num, "-", names[num]) for num in nums]
         interrupted = False
-        for outcome, overrides in zip(outcomes, job_overrides, strict=True):
-            if interrupted:
-                outcome.state = NOT_STARTED
-                continue
-            log.info("\t#%d : %s", outcome.num, " ".join(filter_overrides(overrides)))
-            try:
-                outcome.end(_run_job(outcome.num, partial(self._run_in_process, outcome.num, overrides)))
-            except JobInterrupted as stop:
-                outcome.end(error=str(stop), interrupted=True)
-                interrupted, self.stop_signal = True, stop.signum
-            except Exception as error:  # listed in the summary; the next job starts
-                outcome.end(error=_job_error(f"{type(error).__name__}: {error}"))
-            finally:
-                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # the job set its own
+        held = HeldStops()  # SIGTERM or a hang-up while no training runs: the sweep stops at the next checkpoint
+        previous = {signum: signal.signal(signum, held) for signum in HeldStops.signals}
+        try:
+            for outcome, overrides in zip(outcomes, job_overrides, strict=True):
+                if held.received and not interrupted:  # came after a training (or too late for it): stop here
+                    interrupted, self.stop_signal = True, held.received[0]
+                if interrupted:
+                    outcome.state = NOT_STARTED
+                    continue
+                log.info("\t#%d : %s", outcome.num, " ".join(filter_overrides(overrides)))
+                try:
+                    outcome.end(_run_job(outcome.num, partial(self._run_in_process, outcome.num, overrides)))
+                except JobInterrupted as stop:
+                    outcome.end(error=str(stop), interrupted=True)
+                    interrupted, self.stop_signal = True, stop.signum
+                except Exception as error:  # listed in the summary; the next job starts
+                    outcome.end(error=_job_error(f"{type(error).__name__}: {error}"))
+                finally:
+                    configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # the job set its own
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         return self._finish(sweep, record, outcomes)
 
     def _run_in_process(self, num: int, overrides: Sequence[str]) -> JobReturn:

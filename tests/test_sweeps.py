@@ -444,6 +444,44 @@ def test_ctrl_c_in_a_sweep_without_a_launcher_stops_it_after_a_checkpoint_and_th
     assert_each_job_one_finished_run_with_every_step_once(tmp_path, ["lr=0.0001", "lr=0.0002"], steps=120)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "hang-up"])
+def test_a_stop_signal_as_the_next_job_of_a_sweep_without_a_launcher_starts_ends_it_with_its_summary_and_it_resumes(
+    tmp_path, signum
+):
+    # The sequential launcher runs the jobs in its own process. A SIGTERM (`kill`, `timeout`) or a hang-up that came
+    # while no training ran (a job's set-up: config, data, model, MLflow run) took the default action: the sweep
+    # ended there without a summary, the next jobs never started, and its parent run read RUNNING for good.
+    command = sweep_command("seed=0,1,2")
+    next_job_started = lambda: any(tmp_path.glob("multirun/*/*/1"))  # noqa: E731 (Hydra made its folder)
+    if signum == signal.SIGTERM:
+        process = start_in_own_group(command, tmp_path)
+        deadline = time.monotonic() + 180
+        while not next_job_started() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=180)[0]
+        exit_code = process.returncode
+    else:
+        exit_code, output = hang_up_when(command, tmp_path, next_job_started), ""
+    (sweep,) = tmp_path.glob("multirun/*/*")
+    kept = (sweep / "summary.txt").read_text()
+    assert exit_code == 128 + signum, (output or kept)[-3000:]
+    summary = summary_lines(kept)
+    assert summary == summary_lines(output or kept)
+    assert summary[0].endswith("1 of 3 jobs completed, 1 interrupted, 1 not started"), summary
+    assert re.match(r"  #0 +- +COMPLETED +FINISHED +\d+\.\d{4} +seed=0$", summary[2]), summary
+    assert re.match(r"  #1 +- +INTERRUPTED +KILLED +\S+ +seed=1$", summary[3]), summary
+    step = checkpoint_step(summary[4], sweep, 1, stopped_by=f"Received {signal.Signals(signum).name}")
+    assert re.match(r"  #2 +- +NOT STARTED +- +- +seed=2$", summary[5]), summary
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("stereo_exp").experiment_id])
+    assert sorted(run.info.status for run in runs) == ["FINISHED", "KILLED", "KILLED"]  # job 0, job 1, the parent
+
+    resumed = resume_as_advised(command, tmp_path, kept, sweep)
+    assert summary_lines(resumed.stdout)[0].endswith("3 of 3 jobs completed")
+    assert f"Resumed from step {step}\n" in (sweep / "1" / "__main__.log").read_text()
+
+
 def tiny_app(folder: Path, task: str, *launcher: str) -> list[str]:
     """A Hydra app of one key, ``a``, on the repository's launcher configs, whose task function runs ``task`` (lines of
     Python that may read ``cfg``); returns the command that sweeps ``a=1,2`` with the ``launcher`` overrides."""

@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from stereo_exp import evaluation, models
-from stereo_exp.cli import detach_from_terminal, output_is_hydra_run_dir, save_hydra_records
+from stereo_exp.cli import HeldStops, detach_from_terminal, output_is_hydra_run_dir, save_hydra_records
 from stereo_exp.config import Config, to_plain, typed
 from stereo_exp.data.loader import Shard, build_train_loader
 from stereo_exp.distributed import DistEnv
@@ -516,8 +516,8 @@ class _StopSignal:
         for signum in signums:
             handler = self._previous.get(signum)
             # SIG_DFL / SIG_IGN / not installed from Python; Python's own Ctrl-C handler would only raise
-            # KeyboardInterrupt, which the checkpoint made unnecessary.
-            if not callable(handler) or handler is signal.default_int_handler:
+            # KeyboardInterrupt, which the checkpoint made unnecessary; HeldStops gets its signals back in restore().
+            if not callable(handler) or handler is signal.default_int_handler or isinstance(handler, HeldStops):
                 continue
             try:
                 handler(signum, None)
@@ -528,6 +528,8 @@ class _StopSignal:
     def restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+            if isinstance(handler, HeldStops) and signum in self.received:  # also one too late to act on (last step)
+                handler.received.append(signum)
 
 
 def _install_stop_signals() -> _StopSignal:
@@ -536,6 +538,11 @@ def _install_stop_signals() -> _StopSignal:
         # signal.signal raises ValueError off the main thread (e.g. a test runner thread): no handling there.
         with contextlib.suppress(ValueError):
             stop._previous[signum] = signal.signal(signum, stop.handle)
+    for handler in stop._previous.values():
+        if isinstance(handler, HeldStops):  # signals that came before this training (a sequential sweep's set-up)
+            for signum in handler.received:
+                stop.handle(signum, None)
+            handler.received.clear()
     return stop
 
 
