@@ -14,7 +14,7 @@ import sys
 import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -296,3 +296,42 @@ class HeldStops:
         if signum == signal.SIGHUP:
             detach_from_terminal()  # the set-up's next print would fail
         self.received.append(signum)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or a hang-up (SIGHUP) in a command with nothing to checkpoint (evaluate, eda): it stops at once, as
+    after Ctrl-C (its MLflow run KILLED, one line), rather than by the signal's default action, which left the
+    MLflow run RUNNING for good."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """Within: SIGTERM and SIGHUP raise ``Interrupted``, as Ctrl-C raises KeyboardInterrupt (main thread only)."""
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            detach_from_terminal()  # the next line printed to the gone terminal would fail
+        raise Interrupted(signum)
+
+    previous: dict[int, Any] = {}
+    with contextlib.suppress(ValueError):  # signal.signal off the main thread (a test runner thread): no handling
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, interrupt)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def exit_interrupted(stop: KeyboardInterrupt, what: str) -> NoReturn:
+    """End a command that Ctrl-C, SIGTERM or a hang-up stopped (``stop``): one line naming ``what`` stopped and how,
+    no traceback, exit code 128 + the signal."""
+    signum = getattr(stop, "signum", signal.SIGINT)
+    how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    print(f"\n{what} interrupted ({how}).", file=sys.stderr)
+    sys.exit(128 + signum)

@@ -147,4 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as stop:
+        from stereo_exp.cli import exit_interrupted
+
+        exit_interrupted(stop, "Comparison")

@@ -30,7 +30,13 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig
 
-from stereo_exp.cli import clean_errors, refuse_unknown_keys, save_hydra_records
+from stereo_exp.cli import (
+    clean_errors,
+    exit_interrupted,
+    refuse_unknown_keys,
+    save_hydra_records,
+    stop_signals_interrupt,
+)
 from stereo_exp.config import register_configs, to_plain, typed
 
 if TYPE_CHECKING:
@@ -55,7 +61,8 @@ def run_eda(cfg: DictConfig) -> dict[str, Any]:
     tracker = MlflowTracker(config.tracking)
     status = "FAILED"
     try:
-        report = _run(config, tracker)
+        with stop_signals_interrupt():  # SIGTERM (scancel, timeout) or a hang-up: KILLED, as after Ctrl-C
+            report = _run(config, tracker)
         status = "FINISHED"
         return report
     except KeyboardInterrupt:
@@ -181,4 +188,7 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     refuse_unknown_keys("eda", sys.argv[1:])  # before Hydra, whose advice for a misspelt key adds it
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, a hang-up: the MLflow run ended KILLED
+        exit_interrupted(stop, "EDA")

@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig
 
-from stereo_exp.cli import clean_errors, refuse_unknown_keys, save_hydra_records
+from stereo_exp.cli import (
+    clean_errors,
+    exit_interrupted,
+    refuse_unknown_keys,
+    save_hydra_records,
+    stop_signals_interrupt,
+)
 from stereo_exp.config import register_configs, to_plain, typed
 
 if TYPE_CHECKING:
@@ -45,7 +51,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     tracker = MlflowTracker(config.tracking, dist)
     status = "FAILED"
     try:
-        grids = _run(config, eval_cfg, dist, tracker)
+        with stop_signals_interrupt():  # SIGTERM (scancel, timeout) or a hang-up: KILLED, as after Ctrl-C
+            grids = _run(config, eval_cfg, dist, tracker)
         status = "FINISHED"
         return grids
     except KeyboardInterrupt:
@@ -167,4 +174,7 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     refuse_unknown_keys("evaluate", sys.argv[1:])  # before Hydra, whose advice for a misspelt key adds it
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, a hang-up: the MLflow run ended KILLED
+        exit_interrupted(stop, "Evaluation")

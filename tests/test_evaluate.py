@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,7 @@ from stereo_exp.models import build_model
 from stereo_exp.models.inference import predict_disparity
 from stereo_exp.testing.dataset_replicas import write_middlebury2014
 from stereo_exp.tracking import MlflowTracker, TrackingConfig
-from tests.conftest import CONF_DIR
+from tests.conftest import CONF_DIR, start_in_own_group
 
 # ---- the published log layout ---------------------------------------------------------------------------------
 
@@ -324,6 +326,37 @@ def test_evaluate_on_a_tiny_middlebury_folder_writes_the_table_json_pictures_and
     assert (mae.step, mae.value) == (3, pytest.approx(expected["mae"], rel=1e-9))  # at the checkpoint's step
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"eval.log", "eval.json", "pictures"} <= artifacts
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_evaluation_stopped_by_ctrl_c_or_sigterm_ends_in_one_line_and_its_mlflow_run_reads_killed(tmp_path, signum):
+    # Ctrl-C ended in a 40-line traceback; SIGTERM (scancel, `timeout`) killed the process by its default action, and
+    # its MLflow run read RUNNING for good.
+    weights = write_checkpoint(tmp_path / "m.pth")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")  # the default store, made here: the test polls it
+    experiment = client.create_experiment("stereo_exp")
+    many = ["dataset=synthetic-val", *SYNTHETIC[:2], "datasets.synthetic.val_samples=100000"]  # minutes: stopped first
+    grid = ["eval.size=[32,48]", "eval.n_cascades=[1]", "eval.n_iterations=[2]"]
+    command = [
+        sys.executable,
+        "-m",
+        "stereo_exp.evaluate",
+        "model=raft_stereo_tiny",
+        f"weights={weights}",
+        *many,
+        *grid,
+    ]
+    process = start_in_own_group(command, tmp_path)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not client.search_runs([experiment]):  # the evaluation is under way
+        time.sleep(0.1)
+    os.killpg(process.pid, signum)  # Ctrl-C reaches every process of the terminal; `kill` its own
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 128 + signum, output[-3000:]
+    how = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    assert output.rstrip().endswith(f"Evaluation interrupted ({how}).") and "Traceback" not in output, output[-3000:]
+    (run,) = client.search_runs([experiment])
+    assert run.info.status == "KILLED"
 
 
 def test_without_weights_the_newest_checkpoint_under_outputs_is_evaluated_on_the_motorcycle_pair(tmp_path):
