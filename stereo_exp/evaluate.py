@@ -83,7 +83,8 @@ def _run(cfg: EvaluateConfig, eval_cfg: EvalConfig, dist: DistEnv, tracker: Mlfl
     from stereo_exp.evaluation.model_source import load_model
     from stereo_exp.evaluation.table import format_protocol, format_tables, results_to_json
     from stereo_exp.schemas import amp_dtype
-    from stereo_exp.tracking.mlflow_tracker import TASK_TAG
+    from stereo_exp.tracking.mlflow_tracker import KEY_METRIC_TAG, TASK_TAG
+    from stereo_exp.tracking.sweep import SweepInfo
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -100,10 +101,14 @@ def _run(cfg: EvaluateConfig, eval_cfg: EvalConfig, dist: DistEnv, tracker: Mlfl
     resolved = to_plain(cfg)
     resolved["model"] = loaded.model_cfg  # what was evaluated (a checkpoint's config replaces the model group)
     resolved["eval"] = to_plain(eval_cfg)
+    sweep = SweepInfo.from_hydra()  # a job of a multirun (weights=a,b): tagged and nested under the sweep's run
+    swept = sweep.run_name() if sweep is not None else None  # what tells the jobs' runs apart
+    named = " ".join(filter(None, ["eval", loaded.model_cfg["name"], "+".join(eval_cfg.datasets), swept]))
     tracker.start(
         params=resolved,
-        run_name=f"eval {loaded.model_cfg['name']} {'+'.join(eval_cfg.datasets)}",
+        run_name=cfg.tracking.run_name or named,
         tags={TASK_TAG: "evaluate", **loaded.tags},
+        sweep=sweep,
     )
 
     grids, figures = evaluate_datasets(
@@ -141,6 +146,7 @@ def _run(cfg: EvaluateConfig, eval_cfg: EvalConfig, dist: DistEnv, tracker: Mlfl
         log.info("Wrote %s and %s%s", output / "eval.log", output / "eval.json", in_pictures)
 
         tracker.log_metrics(flat_metrics(grids), step=loaded.step or 0)
+        tracker.set_tags({KEY_METRIC_TAG: key_metric(grids)})  # what a sweep's summary and compare show
         tracker.log_artifact(output / "eval.log")
         tracker.log_artifact(output / "eval.json")
         for name, figure in figures.items():
@@ -149,6 +155,14 @@ def _run(cfg: EvaluateConfig, eval_cfg: EvalConfig, dist: DistEnv, tracker: Mlfl
         if url:
             log.info("MLflow: %s", url)
     return grids
+
+
+def key_metric(grids: dict[str, Any]) -> str:
+    """The metric an evaluation is ranked by (a ``flat_metrics`` name): the mae of the first dataset's first cell."""
+    name, grid = next(iter(grids.items()))
+    n_casc = next(iter(grid))
+    n_iters = next(iter(grid[n_casc]))
+    return f"eval/{name}/c{n_casc}_i{n_iters}/mae"
 
 
 def flat_metrics(grids: dict[str, Any]) -> dict[str, float]:
@@ -167,9 +181,7 @@ def main(cfg: DictConfig) -> float | None:
     """Evaluate; returns the mae of the first dataset's first grid cell (the objective of a sweep over weights)."""
     with clean_errors(cfg, what="Evaluation"):  # a wrong value or missing data: one line saying what to change
         grids = evaluate(cfg)
-    first = next(iter(grids.values()))
-    cell = next(iter(next(iter(first.values())).values()))
-    return cell["mae"]
+    return flat_metrics(grids)[key_metric(grids)]
 
 
 if __name__ == "__main__":

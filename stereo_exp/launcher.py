@@ -660,8 +660,10 @@ def _run_job(job_num: int, run: Callable[[], JobReturn]) -> JobReturn:
     job would exit 0 and SLURM say COMPLETED); ``JobInterrupted`` when Ctrl-C stopped it."""
     try:
         result = run()
-    except KeyboardInterrupt:  # in Hydra's job set-up (stereo_exp.__main__ handles the training's)
-        raise JobInterrupted("Interrupted (Ctrl-C) before the training began") from None
+    except KeyboardInterrupt as stop:  # Hydra's job set-up (stereo_exp.__main__ handles the training's), an evaluation
+        signum = getattr(stop, "signum", signal.SIGINT)  # cli.Interrupted: SIGTERM or a hang-up of an evaluation
+        how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        raise JobInterrupted(f"Interrupted ({how}) without a checkpoint", signum) from None
     except SystemExit as stop:
         # stereo_exp.__main__ ends a run stopped by a signal with exit code 128 + its number, caused by the trainer's
         # Preempted after its checkpoint; exit code 130 without a cause was a second Ctrl-C, or one before the
@@ -767,13 +769,13 @@ def _summarise_in_mlflow(
     table in its description; close the runs of ended jobs still RUNNING (FAILED, or KILLED when interrupted) and the
     parent (FAILED when a job failed, KILLED when one was interrupted).
     Returns (runs by job number, metric, a note for the summary)."""
-    from stereo_exp.tracking.comparison import compare, default_metric, markdown_table, training_runs
+    from stereo_exp.tracking.comparison import compare, default_metric, markdown_table, runs_to_compare
     from stereo_exp.tracking.mlflow_io import open_client
     from stereo_exp.tracking.sweep import JOB_NUM_TAG, NOTE_TAG, sweep_description, sweep_status
 
     with _http(tracking):
         client = open_client(record.tracking_uri, create=False)
-        found = training_runs(client, record.experiment_id, record.sweep_id)
+        found = runs_to_compare(client, record.experiment_id, record.sweep_id)
         runs = {int(run.data.tags[JOB_NUM_TAG]): run for run in found}
         for outcome in outcomes:  # killed (SIGKILL, out of memory, a lost node): the job could not close its run
             run = runs.get(outcome.num)
@@ -786,7 +788,7 @@ def _summarise_in_mlflow(
         note = ""
         if missing:
             note = (
-                f"MLflow has no run of job {missing}: it ended before training, or its records wait in its run "
+                f"MLflow has no run of job {missing}: it ended before making one, or its records wait in its run "
                 f"folder (python -m stereo_exp.tracking.sync {sweep.sweep_dir})"
             )
         if record.parent_run_id is None:

@@ -359,6 +359,52 @@ def test_an_evaluation_stopped_by_ctrl_c_or_sigterm_ends_in_one_line_and_its_mlf
     assert run.info.status == "KILLED"
 
 
+def test_a_sweep_of_evaluations_over_weights_nests_its_named_runs_lists_their_mae_and_compare_ranks_them(tmp_path):
+    # `-m hydra/launcher=local weights=A,B`: the evaluations' runs were neither tagged with their sweep nor nested
+    # under its parent run (left empty), all were named alike, the summary said "MLflow has no run of job #0, #1"
+    # and its `compare --sweep` command answered "no runs of sweep".
+    weights = [write_checkpoint(tmp_path / f"{name}.pth", seed=seed) for seed, name in enumerate(["a", "b"])]
+    grid = ["eval.size=[32,48]", "eval.n_cascades=[1]", "eval.n_iterations=[2]", "eval.save_images=0"]
+    command = [sys.executable, "-m", "stereo_exp.evaluate", "-m", "hydra/launcher=local", "model=raft_stereo_tiny"]
+    weights_swept = "weights=" + ",".join(str(w) for w in weights)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [*command, "dataset=synthetic-val", *SYNTHETIC, *grid, "num_threads=1", weights_swept],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = done.stdout[done.stdout.index("Sweep ") :].splitlines()
+    assert lines[1].split()[3:5] == ["mlflow", "eval/synthetic-val/c1_i2/mae"], lines
+    for num, row in enumerate(lines[2:4]):
+        assert row.split()[2:4] == ["COMPLETED", "FINISHED"] and row.endswith(f"weights={weights[num]}"), lines
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("stereo_exp").experiment_id])
+    (parent,) = [run for run in runs if run.data.tags.get("stereo_exp.role") == "sweep"]
+    jobs = sorted((run for run in runs if run is not parent), key=lambda run: run.data.tags["stereo_exp.job_num"])
+    assert [run.info.run_name for run in jobs] == [f"eval raft_stereo_tiny synthetic-val weights={w}" for w in weights]
+    assert {run.data.tags["mlflow.parentRunId"] for run in jobs} == {parent.info.run_id}
+    assert parent.info.status == "FINISHED"
+    maes = [run.data.metrics["eval/synthetic-val/c1_i2/mae"] for run in jobs]
+    for num, row in enumerate(lines[2:4]):
+        assert row.split()[4] == f"{maes[num]:.4f}", lines  # the runs' own figures
+    sweep = next(line for line in lines if line.startswith("Next: ")).split()[-1]
+    compared = subprocess.run(
+        [sys.executable, "-m", "stereo_exp.compare", "--sweep", sweep],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert compared.returncode == 0, compared.stderr
+    assert "eval/synthetic-val/c1_i2/mae of 2 runs" in compared.stdout
+
+
 def test_without_weights_the_newest_checkpoint_under_outputs_is_evaluated_on_the_motorcycle_pair(tmp_path):
     old = write_checkpoint(tmp_path / "outputs/2026-01-01/10-00-00/checkpoints/step_0000005.pth", seed=0, step=5)
     new = write_checkpoint(tmp_path / "outputs/2026-01-02/10-00-00/checkpoints/step_0000002.pth", seed=1, step=2)

@@ -61,11 +61,12 @@ class Comparison:
     table_csv: Path
 
 
-def training_runs(client: Any, experiment_id: str, sweep: str | None) -> list[Any]:
-    """The training runs of the experiment (of one sweep if given): not the sweeps' parent runs, nor the runs of
-    the evaluate and eda commands (tagged stereo_exp.task)."""
+def runs_to_compare(client: Any, experiment_id: str, sweep: str | None) -> list[Any]:
+    """The runs of one sweep's jobs if ``sweep`` is given (training runs, or the evaluations of a sweep of
+    ``stereo_exp.evaluate``), else the experiment's training runs; never the sweeps' parent runs, nor outside a sweep
+    the runs of the evaluate and eda commands (tagged stereo_exp.task)."""
     runs = search_all_runs(client, experiment_id, f"tags.`{SWEEP_ID_TAG}` = '{sweep}'" if sweep else "")
-    return [r for r in runs if r.data.tags.get(ROLE_TAG) != SWEEP_ROLE and TASK_TAG not in r.data.tags]
+    return [r for r in runs if r.data.tags.get(ROLE_TAG) != SWEEP_ROLE and (sweep or TASK_TAG not in r.data.tags)]
 
 
 def default_metric(runs: list[Any]) -> str | None:
@@ -94,7 +95,7 @@ def load_curves(
     if found is None:
         names = sorted(e.name for e in client.search_experiments())
         raise ValueError(f"no MLflow experiment {experiment!r} at {client.tracking_uri}; experiments: {names}")
-    runs = training_runs(client, found.experiment_id, sweep)
+    runs = runs_to_compare(client, found.experiment_id, sweep)
     if not runs:
         where = f"sweep {sweep}" if sweep else "it"
         raise ValueError(f"experiment {experiment!r} at {client.tracking_uri} has no runs of {where}")
