@@ -81,9 +81,12 @@ def _run(cfg: EdaAppConfig, tracker: Any) -> dict[str, Any]:
     from stereo_exp.data.mix import Draw, MixSampler
     from stereo_exp.data.transforms import TrainTransform
     from stereo_exp.tracking.mlflow_tracker import TASK_TAG
+    from stereo_exp.tracking.sweep import SweepInfo, command_run_name
 
     mix, aug, eda, loader_cfg = cfg.mix, cfg.augmentation, cfg.eda, cfg.loader
-    tracker.start(params=to_plain(cfg), run_name=f"eda {'+'.join(mix.datasets)}", tags={TASK_TAG: "eda"})
+    sweep = SweepInfo.from_hydra()  # a job of a multirun (augmentation=a,b): tagged and nested under the sweep's run
+    run_name = cfg.tracking.run_name or command_run_name(f"eda {'+'.join(mix.datasets)}", sweep)
+    tracker.start(params=to_plain(cfg), run_name=run_name, tags={TASK_TAG: "eda"}, sweep=sweep)
 
     datasets = build_mix_datasets(mix, data_root=cfg.paths.data, dataset_options=cfg.datasets)
     active = [i for i, steps in enumerate(mix.dataset_steps) if steps > 0]

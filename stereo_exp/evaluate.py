@@ -84,7 +84,7 @@ def _run(cfg: EvaluateConfig, eval_cfg: EvalConfig, dist: DistEnv, tracker: Mlfl
     from stereo_exp.evaluation.table import format_protocol, format_tables, results_to_json
     from stereo_exp.schemas import amp_dtype
     from stereo_exp.tracking.mlflow_tracker import KEY_METRIC_TAG, TASK_TAG
-    from stereo_exp.tracking.sweep import SweepInfo
+    from stereo_exp.tracking.sweep import SweepInfo, command_run_name
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -102,11 +102,10 @@ def _run(cfg: EvaluateConfig, eval_cfg: EvalConfig, dist: DistEnv, tracker: Mlfl
     resolved["model"] = loaded.model_cfg  # what was evaluated (a checkpoint's config replaces the model group)
     resolved["eval"] = to_plain(eval_cfg)
     sweep = SweepInfo.from_hydra()  # a job of a multirun (weights=a,b): tagged and nested under the sweep's run
-    swept = sweep.run_name() if sweep is not None else None  # what tells the jobs' runs apart
-    named = " ".join(filter(None, ["eval", loaded.model_cfg["name"], "+".join(eval_cfg.datasets), swept]))
+    named = f"eval {loaded.model_cfg['name']} {'+'.join(eval_cfg.datasets)}"
     tracker.start(
         params=resolved,
-        run_name=cfg.tracking.run_name or named,
+        run_name=cfg.tracking.run_name or command_run_name(named, sweep),
         tags={TASK_TAG: "evaluate", **loaded.tags},
         sweep=sweep,
     )

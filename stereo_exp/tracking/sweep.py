@@ -201,6 +201,13 @@ class SweepInfo:
         return f"{name}: {keys}" if keys else name
 
 
+def command_run_name(name: str, sweep: SweepInfo | None) -> str:
+    """The run name of an evaluate or eda command, ``name`` (``eval <model> <datasets>``), followed in a sweep by
+    what its job varies: the one thing that tells the sweep's runs apart."""
+    swept = sweep.run_name() if sweep is not None else None
+    return f"{name} {swept}" if swept else name
+
+
 def default_run_name(sweep: SweepInfo | None) -> str | None:
     """A run's name when ``tracking.run_name`` is null: in a sweep, what it varies (``SweepInfo.run_name``);
     otherwise the experiment file, or ``<model>-<mix>-<schedule>``, of Hydra's choices. None outside Hydra."""
