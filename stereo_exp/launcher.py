@@ -300,7 +300,8 @@ class SweepLauncher:
             lines.append(
                 f"MLflow experiment {record.experiment}: {record.experiment_url()}" + (f"  ({hint})" if hint else "")
             )
-        if OmegaConf.select(self.config, "tracking.backend") == "mlflow":  # compare reads MLflow
+        # compare reads MLflow, and ranks by a validation metric: none in the runs of an eda sweep
+        if OmegaConf.select(self.config, "tracking.backend") == "mlflow" and not (runs and metric is None):
             lines.append(f"Next: python -m stereo_exp.compare --sweep {where}")
         # Kept for whoever was not watching (a sweep of days, a terminal that hung up); a resumed sweep adds its own.
         # Written first: printing to a terminal that is gone fails.

@@ -136,8 +136,12 @@ def evaluate_grid(
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
     )
-    bar = tqdm(
-        total=len(shard) * len(cells), desc=desc, unit="img", disable=not (progress and dist.is_main), leave=False
+    bar = tqdm(  # one forward pass per image and grid cell
+        total=len(shard) * len(cells),
+        desc=f"{desc} ({len(cells)} grid cells per image)" if len(cells) > 1 else desc,
+        unit="pass",
+        disable=not (progress and dist.is_main),
+        leave=False,
     )
     was_training = net.training
     net.eval()
