@@ -135,6 +135,9 @@ class SweepLauncher:
 
     config_file: str  # the launcher's config, named in error messages
     config: Any
+    # Whether the jobs run on this machine, so that a dataset folder or weights file missing here is missing for them
+    # (a job refused before any starts); SLURM's nodes may see data this host does not (staged to node-local disks).
+    jobs_run_here = True
     stop_signal: int | None = None  # the signal that stopped the sweep (Ctrl-C, SIGTERM): exit code 128 + it
     hydra_context: Any
 
@@ -181,12 +184,15 @@ class SweepLauncher:
         return {}
 
     def _check_configs(self, sweep: SweepInfo, nums: list[int], job_overrides: Sequence[Sequence[str]]) -> None:
-        """Compose every job's config as its job will, and run its schemas' checks: a wrong value fails here, once,
-        not in every job after it started. The message names the job by its swept values."""
+        """Compose every job's config as its job will, and run the checks a single run makes before it writes
+        anything (its schemas'; a training's datasets, weights, schedule length and crop size): a wrong value or a
+        missing dataset fails here, once, not in every job after it started. The message names the job by its swept
+        values. A file missing here is only warned about on SLURM, whose nodes may see data that this host does not."""
         from hydra.core.hydra_config import HydraConfig
         from omegaconf.errors import OmegaConfBaseException
 
         submitter = HydraConfig.instance().cfg
+        unseen: dict[str, int] = {}  # a missing file's error -> the first job that needs it (SLURM only)
         try:
             for num, overrides in zip(nums, job_overrides, strict=True):
                 config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -198,16 +204,22 @@ class SweepLauncher:
                 task = copy.deepcopy(config)  # keeps the root's schema, which checks the top-level keys (+foo=1)
                 with read_write(task), open_dict(task):
                     del task["hydra"]
+                given = filter_overrides(overrides)
+                swept = [o for o in given if o.partition("=")[0].lstrip("+~") in sweep.plan.values] or given
                 try:
-                    typed(task)
+                    _check_run(typed(task))
                 except OmegaConfBaseException as error:  # not a schema's check: leave it to the job
                     log.warning("Could not check the config of job #%d here: %s", num, _last_line(str(error)))
+                except FileNotFoundError as error:  # a dataset folder or weights file that is not here
+                    if self.jobs_run_here:
+                        raise LaunchError(f"job #{num} ({' '.join(swept)}): {error}") from None
+                    unseen.setdefault(str(error).splitlines()[0].rstrip(":"), num)  # the rest: in the job's log
                 except ValueError as error:
-                    given = filter_overrides(overrides)
-                    swept = [o for o in given if o.partition("=")[0].lstrip("+~") in sweep.plan.values] or given
                     raise LaunchError(f"job #{num} ({' '.join(swept)}): {error}") from None
         finally:
             HydraConfig.instance().cfg = submitter
+        for error, num in unseen.items():  # data staged on the nodes themselves, or a mistake: said before submitting
+            log.warning("Job #%d will fail unless its nodes see what this host does not: %s", num, error)
 
     def _register(self, sweep: SweepInfo) -> SweepRecord | None:
         """The sweep's MLflow store, experiment, parent run and view, made once before the jobs start. An
@@ -510,6 +522,7 @@ class SlurmSweepLauncher(SubmititSweepLauncher):
     """The SLURM launcher's additions: resources fitted to the partition, and sacct's states in the summary."""
 
     config_file = "conf/hydra/launcher/slurm.yaml"
+    jobs_run_here = False
 
     def _resources(self) -> dict[str, Any]:
         """Fit ``gpus_per_node``, ``tasks_per_node`` and ``cpus_per_task`` (``auto`` or numbers) to the partition,
@@ -690,6 +703,18 @@ def _run_job(job_num: int, run: Callable[[], JobReturn]) -> JobReturn:
         drop_failed_run(error)  # else its DataLoader's worker processes keep the job (or the next one) from ending
         raise error
     return result
+
+
+def _check_run(config: Any) -> None:
+    """A training job's checks before anything of it is written, as a single run makes them
+    (``engine.preflight.check_run``: datasets under ``paths.data``, weights, schedule length, crop size); the jobs of
+    the other apps (evaluate, eda) check the rest themselves."""
+    from stereo_exp.config import Config
+
+    if isinstance(config, Config):
+        from stereo_exp.engine.preflight import check_run
+
+        check_run(config)
 
 
 def _http(tracking: Any) -> Any:

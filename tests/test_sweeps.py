@@ -383,6 +383,34 @@ def test_a_local_job_of_two_tasks_trains_one_ddp_run(tmp_path):
     assert jobs == ["seed=0", "seed=1"] and {run.info.status for run in runs} == {"FINISHED"}
 
 
+@pytest.mark.parametrize(
+    ("launcher", "wrong", "refusal"),
+    [
+        (
+            "hydra/launcher=local",
+            ["mix=cre_eth_mbl", "mix.dataset_steps=[2,2,2]", "paths.data=/nonexistent", "seed=0,1"],
+            "error: job #0 (seed=0): mix.datasets: 3 of 3 datasets cannot be used (paths.data='/nonexistent' is not",
+        ),
+        (
+            "hydra/launcher=sequential",
+            ["schedule.warmup_steps=1,100"],
+            "error: job #1 (schedule.warmup_steps=100): schedule.warmup_steps=100 is not shorter than the run (6 steps",
+        ),
+    ],
+    ids=["local-missing-data", "sequential-warm-up-past-the-end"],
+)
+def test_a_sweep_whose_job_a_single_run_would_refuse_is_refused_before_any_job_and_leaves_nothing(
+    tmp_path, launcher, wrong, refusal
+):
+    # Only the schemas were checked before the jobs started: a missing dataset folder (SLURM: every job queued, then
+    # failed) or a warm-up longer than the run (after the jobs before it trained) failed in the job, leaving a
+    # sweep folder, an MLflow store and a parent run; a single run refuses both before writing anything.
+    done = run_command([*sweep_command(launcher), *wrong], tmp_path)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stderr.startswith(refusal), done.stderr[:2000]
+    assert list(tmp_path.iterdir()) == []  # no sweep folder, no MLflow store
+
+
 def test_a_sweep_without_a_launcher_runs_its_jobs_in_turn_past_a_failed_one_and_lists_them(tmp_path):
     # `-m` alone (Hydra's habit): the sequential launcher. Hydra's basic launcher ended in a traceback after the
     # sweep, with no summary, and checked no job's config before the first one started.
