@@ -63,6 +63,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         dist.destroy()
 
 
+def check_evaluation(cfg: EvaluateConfig) -> None:
+    """Raise (``RunRefused``, ``FileNotFoundError``) naming the key at fault when an evaluation cannot start: a dataset
+    missing under ``paths.data``, a weights file that is not there. Reads no weights: a sweep checks its jobs with it
+    before any starts."""
+    from stereo_exp.data.catalog import check_dataset_root
+    from stereo_exp.engine.preflight import refusing
+    from stereo_exp.evaluation.model_source import check_weights_file
+
+    for name in eval_config(cfg).datasets:
+        with refusing():  # an unknown name: one line, no traceback (stereo_exp.cli.user_errors)
+            check_dataset_root(name, cfg.paths.data, cfg.datasets)
+    check_weights_file(cfg.weights)
+
+
 def eval_config(cfg: EvaluateConfig) -> EvalConfig:
     """``cfg.eval`` with the ``dataset`` shortcut applied, checked."""
     if cfg.dataset is None:
@@ -76,7 +90,6 @@ def eval_config(cfg: EvaluateConfig) -> EvalConfig:
 def _run(cfg: EvaluateConfig, eval_cfg: EvalConfig, dist: DistEnv, tracker: MlflowTracker) -> dict[str, Any]:
     import torch
 
-    from stereo_exp.data.catalog import check_dataset_root
     from stereo_exp.data.transforms import GtResize
     from stereo_exp.engine.preflight import refusing
     from stereo_exp.evaluation.cascade import evaluate_datasets, save_figures
@@ -89,9 +102,7 @@ def _run(cfg: EvaluateConfig, eval_cfg: EvalConfig, dist: DistEnv, tracker: Mlfl
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)  # only matters for a model without weights
-    for name in eval_cfg.datasets:  # a missing dataset stops the run before weights are downloaded or loaded
-        with refusing():  # an unknown name: one line, no traceback (stereo_exp.cli.user_errors)
-            check_dataset_root(name, cfg.paths.data, cfg.datasets)
+    check_evaluation(cfg)  # a missing dataset stops the run before weights are downloaded or loaded
     with refusing():  # weights of another model, a file as checkpoints: one line saying what to pass instead
         loaded = load_model(cfg.weights, cfg.model, checkpoints=cfg.checkpoints, tracking_uri=cfg.tracking.uri)
     log.info("Model: %s", loaded.source)

@@ -706,15 +706,20 @@ def _run_job(job_num: int, run: Callable[[], JobReturn]) -> JobReturn:
 
 
 def _check_run(config: Any) -> None:
-    """A training job's checks before anything of it is written, as a single run makes them
-    (``engine.preflight.check_run``: datasets under ``paths.data``, weights, schedule length, crop size); the jobs of
-    the other apps (evaluate, eda) check the rest themselves."""
+    """A job's checks before anything of it is written, as a single run makes them: a training's
+    (``engine.preflight.check_run``: datasets under ``paths.data``, weights, schedule length, crop size), an
+    evaluation's (``evaluate.check_evaluation``: datasets, weights file)."""
     from stereo_exp.config import Config
+    from stereo_exp.evaluation.config import EvaluateConfig
 
     if isinstance(config, Config):
         from stereo_exp.engine.preflight import check_run
 
         check_run(config)
+    elif isinstance(config, EvaluateConfig):
+        from stereo_exp.evaluate import check_evaluation
+
+        check_evaluation(config)
 
 
 def _http(tracking: Any) -> Any:

@@ -405,6 +405,18 @@ def test_a_sweep_of_evaluations_over_weights_nests_its_named_runs_lists_their_ma
     assert "eval/synthetic-val/c1_i2/mae of 2 runs" in compared.stdout
 
 
+def test_a_sweep_of_evaluations_with_a_weights_file_that_is_not_there_is_refused_before_any_job(tmp_path):
+    # It was found by job #1 itself, after the sweep folder, the MLflow store and the parent run were made.
+    weights, missing = write_checkpoint(tmp_path / "a.pth"), tmp_path / "b.pth"
+    command = [sys.executable, "-m", "stereo_exp.evaluate", "-m", "hydra/launcher=local", "model=raft_stereo_tiny"]
+    done = subprocess.run(
+        [*command, f"weights={weights},{missing}"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stderr.startswith(f"error: job #1 (weights={missing}): weights='{missing}' is not a file. Expected")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.pth"]  # no sweep folder, no MLflow store
+
+
 def test_without_weights_the_newest_checkpoint_under_outputs_is_evaluated_on_the_motorcycle_pair(tmp_path):
     old = write_checkpoint(tmp_path / "outputs/2026-01-01/10-00-00/checkpoints/step_0000005.pth", seed=0, step=5)
     new = write_checkpoint(tmp_path / "outputs/2026-01-02/10-00-00/checkpoints/step_0000002.pth", seed=1, step=2)

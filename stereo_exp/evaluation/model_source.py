@@ -82,13 +82,24 @@ def load_model(
         if isinstance(state, dict) and "model" in state and "config" in state:
             return load_checkpoint_model(path, state)
         return _from_model_config(model_cfg, weights=str(path), search=None)
-    if path.suffix in (".pth", ".pt", ".ckpt", ".bin") or "/" in weights or path.is_dir():
-        raise FileNotFoundError(
-            f"weights={weights!r} is not a file. Expected a published weights name, a .pth state_dict or checkpoint "
-            "file, or an MLflow run (runs:/<run id>)."
-        )
+    check_weights_file(weights)  # a path that is not a file
     _check_published_fits(weights, str(model_cfg.name))
     return _from_model_config(model_cfg, weights=weights, search=None)  # a published name
+
+
+def check_weights_file(weights: str | None) -> None:
+    """Raise ``FileNotFoundError`` when ``weights`` names a file (a path, or a name ending in .pth, .pt, .ckpt or
+    .bin) that is not there, without reading anything: what a sweep checks before its jobs start."""
+    if weights is None or _RUN_URI.match(str(weights)):
+        return
+    path = Path(str(weights))
+    if path.is_file() or (_RUN_ID.match(str(weights)) and not path.exists()):
+        return
+    if path.suffix in (".pth", ".pt", ".ckpt", ".bin") or "/" in str(weights) or path.is_dir():
+        raise FileNotFoundError(
+            f"weights={str(weights)!r} is not a file. Expected a published weights name, a .pth state_dict or "
+            "checkpoint file, or an MLflow run (runs:/<run id>)."
+        )
 
 
 def _check_published_fits(name: str, model_name: str) -> None:
