@@ -332,6 +332,10 @@ def exit_interrupted(stop: KeyboardInterrupt, what: str) -> NoReturn:
     """End a command that Ctrl-C, SIGTERM or a hang-up stopped (``stop``): one line naming ``what`` stopped and how,
     no traceback, exit code 128 + the signal."""
     signum = getattr(stop, "signum", signal.SIGINT)
-    how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-    print(f"\n{what} interrupted ({how}).", file=sys.stderr)
+    print(f"\n{what} interrupted ({stop_name(signum)}).", file=sys.stderr)
     sys.exit(128 + signum)
+
+
+def stop_name(signum: int) -> str:
+    """A stop signal as the user knows it: Ctrl-C for SIGINT, else its name (SIGTERM, SIGHUP)."""
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name

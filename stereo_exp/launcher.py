@@ -67,6 +67,7 @@ from stereo_exp.cli import (
     drop_failed_run,
     report_failure,
     resume_advice,
+    stop_name,
 )
 from stereo_exp.config import typed
 
@@ -676,8 +677,7 @@ def _run_job(job_num: int, run: Callable[[], JobReturn]) -> JobReturn:
         result = run()
     except KeyboardInterrupt as stop:  # Hydra's job set-up (stereo_exp.__main__ handles the training's), an evaluation
         signum = getattr(stop, "signum", signal.SIGINT)  # cli.Interrupted: SIGTERM or a hang-up of an evaluation
-        how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        raise JobInterrupted(f"Interrupted ({how}) without a checkpoint", signum) from None
+        raise JobInterrupted(f"Interrupted ({stop_name(signum)}) without a checkpoint", signum) from None
     except SystemExit as stop:
         # stereo_exp.__main__ ends a run stopped by a signal with exit code 128 + its number, caused by the trainer's
         # Preempted after its checkpoint; exit code 130 without a cause was a second Ctrl-C, or one before the
