@@ -208,7 +208,7 @@ class SweepLauncher:
                 given = filter_overrides(overrides)
                 swept = [o for o in given if o.partition("=")[0].lstrip("+~") in sweep.plan.values] or given
                 try:
-                    _check_run(typed(task))
+                    _check_job(typed(task))
                 except OmegaConfBaseException as error:  # not a schema's check: leave it to the job
                     log.warning("Could not check the config of job #%d here: %s", num, _last_line(str(error)))
                 except FileNotFoundError as error:  # a dataset folder or weights file that is not here
@@ -705,7 +705,7 @@ def _run_job(job_num: int, run: Callable[[], JobReturn]) -> JobReturn:
     return result
 
 
-def _check_run(config: Any) -> None:
+def _check_job(config: Any) -> None:
     """A job's checks before anything of it is written, as a single run makes them: a training's
     (``engine.preflight.check_run``: datasets under ``paths.data``, weights, schedule length, crop size), an
     evaluation's (``evaluate.check_evaluation``: datasets, weights file)."""

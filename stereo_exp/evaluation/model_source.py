@@ -90,15 +90,15 @@ def load_model(
 def check_weights_file(weights: str | None) -> None:
     """Raise ``FileNotFoundError`` when ``weights`` names a file (a path, or a name ending in .pth, .pt, .ckpt or
     .bin) that is not there, without reading anything: what a sweep checks before its jobs start."""
-    if weights is None or _RUN_URI.match(str(weights)):
+    if weights is None:
         return
-    path = Path(str(weights))
-    if path.is_file() or (_RUN_ID.match(str(weights)) and not path.exists()):
+    spec, path = str(weights), Path(str(weights))
+    if _RUN_URI.match(spec) or path.is_file() or (_RUN_ID.match(spec) and not path.exists()):
         return
-    if path.suffix in (".pth", ".pt", ".ckpt", ".bin") or "/" in str(weights) or path.is_dir():
+    if path.suffix in (".pth", ".pt", ".ckpt", ".bin") or "/" in spec or path.is_dir():
         raise FileNotFoundError(
-            f"weights={str(weights)!r} is not a file. Expected a published weights name, a .pth state_dict or "
-            "checkpoint file, or an MLflow run (runs:/<run id>)."
+            f"weights={spec!r} is not a file. Expected a published weights name, a .pth state_dict or checkpoint "
+            "file, or an MLflow run (runs:/<run id>)."
         )
 
 
