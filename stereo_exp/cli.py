@@ -310,16 +310,20 @@ class Interrupted(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def stop_signals_interrupt() -> Iterator[None]:
-    """Within: SIGTERM and SIGHUP raise ``Interrupted``, as Ctrl-C raises KeyboardInterrupt (main thread only)."""
+    """Within: Ctrl-C, SIGTERM and SIGHUP raise ``Interrupted`` where the process is (main thread only), except in an
+    ``uninterrupted()`` region, which raises it when it ends."""
 
     def interrupt(signum: int, _frame: Any) -> None:
         if signum == signal.SIGHUP:
             detach_from_terminal()  # the next line printed to the gone terminal would fail
+        if _uninterrupted.depth and _uninterrupted.pending is None:  # a second stop is not held
+            _uninterrupted.pending = signum
+            return
         raise Interrupted(signum)
 
     previous: dict[int, Any] = {}
     with contextlib.suppress(ValueError):  # signal.signal off the main thread (a test runner thread): no handling
-        for signum in (signal.SIGTERM, signal.SIGHUP):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             previous[signum] = signal.signal(signum, interrupt)
     try:
         yield
@@ -328,12 +332,47 @@ def stop_signals_interrupt() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+class _Uninterrupted:
+    depth = 0  # nesting of uninterrupted() regions
+    pending: int | None = None  # the stop signal received inside one
+
+
+_uninterrupted = _Uninterrupted()
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """A region a stop must not cut in two, such as an MLflow call (a run created but not yet known to the tracker,
+    which then cannot end it KILLED; a SQLite commit half done): under ``stop_signals_interrupt`` a stop received
+    inside is raised when the region ends (a second one at once)."""
+    _uninterrupted.depth += 1
+    completed = False
+    try:
+        yield
+        completed = True
+    finally:
+        _uninterrupted.depth -= 1
+        signum = _uninterrupted.pending if _uninterrupted.depth == 0 else None
+        if signum is not None:
+            _uninterrupted.pending = None
+            if completed:  # else the region's own exception goes on
+                raise Interrupted(signum)
+
+
 def exit_interrupted(stop: KeyboardInterrupt, what: str) -> NoReturn:
     """End a command that Ctrl-C, SIGTERM or a hang-up stopped (``stop``): one line naming ``what`` stopped and how,
     no traceback, exit code 128 + the signal."""
     signum = getattr(stop, "signum", signal.SIGINT)
+    quiet_half_built_objects()
     print(f"\n{what} interrupted ({stop_name(signum)}).", file=sys.stderr)
     sys.exit(128 + signum)
+
+
+def quiet_half_built_objects() -> None:
+    """After an interruption, until the process ends: no "Exception ignored in ..." for an object whose finalizer
+    fails. Ctrl-C or a stop signal raises wherever the process is, also inside a constructor (tqdm's: its ``__del__``
+    then fails on the attribute never set); such noise after the interruption's one line tells the user nothing."""
+    sys.unraisablehook = lambda _unraisable: None
 
 
 def stop_name(signum: int) -> str:

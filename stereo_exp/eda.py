@@ -36,6 +36,7 @@ from stereo_exp.cli import (
     refuse_unknown_keys,
     save_hydra_records,
     stop_signals_interrupt,
+    uninterrupted,
 )
 from stereo_exp.config import register_configs, to_plain, typed
 
@@ -85,8 +86,9 @@ def _run(cfg: EdaAppConfig, tracker: Any) -> dict[str, Any]:
 
     mix, aug, eda, loader_cfg = cfg.mix, cfg.augmentation, cfg.eda, cfg.loader
     sweep = SweepInfo.from_hydra()  # a job of a multirun (augmentation=a,b): tagged and nested under the sweep's run
-    run_name = cfg.tracking.run_name or command_run_name(f"eda {'+'.join(mix.datasets)}", sweep)
-    tracker.start(params=to_plain(cfg), run_name=run_name, tags={TASK_TAG: "eda"}, sweep=sweep)
+    default_name = command_run_name(f"eda {'+'.join(mix.datasets)}", sweep)
+    with uninterrupted():  # a stop waits for the tracker to know its run: it then ends it KILLED
+        tracker.start(params=to_plain(cfg), default_name=default_name, tags={TASK_TAG: "eda"}, sweep=sweep)
 
     datasets = build_mix_datasets(mix, data_root=cfg.paths.data, dataset_options=cfg.datasets)
     active = [i for i, steps in enumerate(mix.dataset_steps) if steps > 0]
@@ -151,10 +153,11 @@ def _run(cfg: EdaAppConfig, tracker: Any) -> dict[str, Any]:
     print(table)
     log.info("Wrote %s, %s and %s", output / "eda.txt", output / "eda.json", output / "eda_histograms.png")
 
-    tracker.log_metrics(_flat_metrics(rows), step=0)
-    for name in ("eda.txt", "eda.json", "eda_histograms.png"):
-        tracker.log_artifact(output / name)
-    url = tracker.where()
+    with uninterrupted():  # the results reach MLflow whole (a stop then ends the run KILLED)
+        tracker.log_metrics(_flat_metrics(rows), step=0)
+        for name in ("eda.txt", "eda.json", "eda_histograms.png"):
+            tracker.log_artifact(output / name)
+        url = tracker.where()
     if url:
         log.info("MLflow: %s", url)
     return report

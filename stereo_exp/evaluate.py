@@ -25,6 +25,7 @@ from stereo_exp.cli import (
     refuse_unknown_keys,
     save_hydra_records,
     stop_signals_interrupt,
+    uninterrupted,
 )
 from stereo_exp.config import register_configs, to_plain, typed
 
@@ -114,12 +115,13 @@ def _run(cfg: EvaluateConfig, eval_cfg: EvalConfig, dist: DistEnv, tracker: Mlfl
     resolved["eval"] = to_plain(eval_cfg)
     sweep = SweepInfo.from_hydra()  # a job of a multirun (weights=a,b): tagged and nested under the sweep's run
     named = f"eval {loaded.model_cfg['name']} {'+'.join(eval_cfg.datasets)}"
-    tracker.start(
-        params=resolved,
-        run_name=cfg.tracking.run_name or command_run_name(named, sweep),
-        tags={TASK_TAG: "evaluate", **loaded.tags},
-        sweep=sweep,
-    )
+    with uninterrupted():  # a stop waits for the tracker to know its run: it then ends it KILLED
+        tracker.start(
+            params=resolved,
+            default_name=command_run_name(named, sweep),
+            tags={TASK_TAG: "evaluate", **loaded.tags},
+            sweep=sweep,
+        )
 
     grids, figures = evaluate_datasets(
         model,
@@ -155,13 +157,14 @@ def _run(cfg: EvaluateConfig, eval_cfg: EvalConfig, dist: DistEnv, tracker: Mlfl
         in_pictures = f" and {len(pictures)} pictures in {output / 'pictures'}" if pictures else ""
         log.info("Wrote %s and %s%s", output / "eval.log", output / "eval.json", in_pictures)
 
-        tracker.log_metrics(flat_metrics(grids), step=loaded.step or 0)
-        tracker.set_tags({KEY_METRIC_TAG: key_metric(grids)})  # what a sweep's summary and compare show
-        tracker.log_artifact(output / "eval.log")
-        tracker.log_artifact(output / "eval.json")
-        for name, figure in figures.items():
-            tracker.log_figure(figure, f"pictures/{name}.png")
-        url = tracker.where()
+        with uninterrupted():  # the results reach MLflow whole (a stop then ends the run KILLED)
+            tracker.log_metrics(flat_metrics(grids), step=loaded.step or 0)
+            tracker.set_tags({KEY_METRIC_TAG: key_metric(grids)})  # what a sweep's summary and compare show
+            tracker.log_artifact(output / "eval.log")
+            tracker.log_artifact(output / "eval.json")
+            for name, figure in figures.items():
+                tracker.log_figure(figure, f"pictures/{name}.png")
+            url = tracker.where()
         if url:
             log.info("MLflow: %s", url)
     return grids

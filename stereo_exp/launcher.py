@@ -65,6 +65,7 @@ from stereo_exp.cli import (
     detach_from_terminal,
     discard_untouched_sweep_folder,
     drop_failed_run,
+    quiet_half_built_objects,
     report_failure,
     resume_advice,
     stop_name,
@@ -677,6 +678,7 @@ def _run_job(job_num: int, run: Callable[[], JobReturn]) -> JobReturn:
         result = run()
     except KeyboardInterrupt as stop:  # Hydra's job set-up (stereo_exp.__main__ handles the training's), an evaluation
         signum = getattr(stop, "signum", signal.SIGINT)  # cli.Interrupted: SIGTERM or a hang-up of an evaluation
+        quiet_half_built_objects()  # the sweep ends: its summary without the noise of what the stop left half-built
         raise JobInterrupted(f"Interrupted ({stop_name(signum)}) without a checkpoint", signum) from None
     except SystemExit as stop:
         # stereo_exp.__main__ ends a run stopped by a signal with exit code 128 + its number, caused by the trainer's

@@ -8,10 +8,12 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from stereo_exp.cli import Interrupted, stop_signals_interrupt, uninterrupted
 from tests.conftest import (
     TINY_RUN,
     file_checksums,
@@ -306,3 +308,55 @@ def test_a_run_whose_terminal_hangs_up_writes_a_checkpoint_and_the_same_command_
     resumed = run_command([*command, f"train.max_steps={int(stop.group(1)) + 2}"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"Resumed from step {stop.group(1)}" in resumed.stdout
+
+
+# A stop signal that arrives while tqdm builds a progress bar, after it set `disable` and before `pos`: the half-built
+# bar's finalizer then fails. `postfix` is read in that window, so reading it stands in for the signal's arrival.
+_STOPPED_WHILE_A_BAR_IS_BUILT = """
+import signal
+from tqdm import tqdm
+from stereo_exp.cli import Interrupted, exit_interrupted
+
+class SignalWhenRead:
+    def __bool__(self):
+        raise Interrupted(signal.SIGTERM)
+
+def evaluate():
+    for _ in tqdm(range(3), postfix=SignalWhenRead()):
+        pass
+
+try:
+    evaluate()
+except KeyboardInterrupt as stop:
+    exit_interrupted(stop, "Evaluation")
+"""
+
+
+def test_a_stop_while_a_progress_bar_is_being_built_still_ends_in_one_line():
+    # CI saw an evaluation stopped by SIGTERM end with tqdm's "Exception ignored in ... no attribute 'pos'" traceback
+    # after its one line: the signal had come inside tqdm's constructor.
+    ended = subprocess.run(
+        [sys.executable, "-c", _STOPPED_WHILE_A_BAR_IS_BUILT], env=subprocess_env(), capture_output=True, text=True
+    )
+    assert ended.returncode == 128 + signal.SIGTERM, ended.stderr
+    assert ended.stderr.strip() == "Evaluation interrupted (SIGTERM).", ended.stderr
+
+
+def test_a_stop_inside_an_uninterrupted_region_ends_the_command_when_the_region_ends():
+    # CI saw an evaluation's MLflow run left RUNNING: SIGTERM had come between the run's creation and the tracker
+    # learning its id, so nothing could end it KILLED; another stop cut a SQLite commit in two (a traceback).
+    reached = []
+    with pytest.raises(Interrupted) as stopped, stop_signals_interrupt():
+        with uninterrupted():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs here, at the first bytecode after the signal
+            reached.append("the region's end")
+        reached.append("after the region")
+    assert reached == ["the region's end"] and stopped.value.signum == signal.SIGTERM
+    with pytest.raises(Interrupted), stop_signals_interrupt(), uninterrupted():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C is not held
+        time.sleep(0.05)
+        reached.append("after the second stop")
+    assert reached == ["the region's end"]

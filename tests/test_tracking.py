@@ -22,7 +22,7 @@ def test_flatten_config_joins_nested_keys_with_dots():
 def test_params_metrics_and_artifacts_land_in_the_store(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = MlflowTracker(TrackingConfig(uri=uri, experiment="tests"))
-    run_id = tracker.start(params={"schedule": {"lr": 4e-4}, "seed": 0}, run_name="first")
+    run_id = tracker.start(params={"schedule": {"lr": 4e-4}, "seed": 0}, default_name="first")
     for step in (10, 20):
         tracker.log_metrics({"train/loss": 1.0 / step}, step)
     (tmp_path / "config.yaml").write_text("seed: 0\n")

@@ -184,9 +184,12 @@ def _run(cfg: Config, dist: DistEnv, output: Path, tracker: MlflowTracker, hydra
         save_hydra_records(cfg, replace=False)  # the command that started the run, kept by every resume
         checkpointer.remove_partial_writes()
     sweep = SweepInfo.from_hydra()  # None unless this is a job of a multirun: then tagged and grouped
-    run_name = cfg.tracking.run_name or default_run_name(sweep)
     run_id = tracker.start(
-        params=resolved, run_id=start.mlflow_run_id, run_name=run_name, sweep=sweep, run_key=start.run_key
+        params=resolved,
+        run_id=start.mlflow_run_id,
+        default_name=default_run_name(sweep),
+        sweep=sweep,
+        run_key=start.run_key,
     )
     state.mlflow_run_id = run_id or start.mlflow_run_id  # kept through an attempt with tracking.backend=none
     if dist.is_main:

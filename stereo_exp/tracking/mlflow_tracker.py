@@ -148,14 +148,15 @@ class MlflowTracker:
         *,
         params: Mapping[str, Any] | None = None,
         run_id: str | None = None,
-        run_name: str | None = None,
+        default_name: str | None = None,
         tags: Mapping[str, str] | None = None,
         sweep: SweepInfo | None = None,
         run_key: str | None = None,
     ) -> str | None:
         """Create a run (or continue ``run_id``) and log ``params`` (a nested config); returns the run id
-        (an ``offline-...`` placeholder when MLflow cannot be reached). ``sweep``: tag the run with its sweep
-        and nest it under the sweep's parent run. ``run_key``: tag a new run with it (``RUN_KEY_TAG``); without
+        (an ``offline-...`` placeholder when MLflow cannot be reached). ``default_name``: a new run's name unless
+        ``tracking.run_name`` sets one (then what the sweep varies). ``sweep``: tag the run with its sweep and nest it
+        under the sweep's parent run. ``run_key``: tag a new run with it (``RUN_KEY_TAG``); without
         ``run_id``, a run of the experiment carrying that key is continued instead of creating a second one (an
         attempt killed between creating the run and recording its id), and its missing params are logged."""
         if not self.active:
@@ -182,7 +183,7 @@ class MlflowTracker:
             "op": "create_run",
             "run": placeholder,
             "experiment": self.cfg.experiment,
-            "run_name": run_name or self.cfg.run_name or (sweep.run_name() if sweep else None),
+            "run_name": self.cfg.run_name or default_name or (sweep.run_name() if sweep else None),
             "tags": {**all_tags, **({RUN_KEY_TAG: run_key} if run_key else {})},
             "start_time": int(time.time() * 1000),
             "sweep": sweep.to_dict() if sweep else None,
