@@ -185,9 +185,19 @@ class MatmulCeiling:
 
 def count_flops(fn: Callable[[], Any]) -> int:
     """Matmul and convolution FLOPs (multiply + add = 2) of everything ``fn`` runs, backward passes included."""
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.mm: _mm_flops}) as counter:
         fn()
     return int(counter.get_total_flops())
+
+
+def _mm_flops(a: torch.Tensor, b: torch.Tensor, *_: Any, **__: Any) -> int:
+    """FLOPs of ``torch.mm(a, b)``: 2 per multiply-add, counting only the stored entries of a sparse ``a`` (the fast
+    paths' sparse warp: 4 per row); torch's own formula counts every sparse product as a dense one."""
+    stored = a._nnz() if a.layout != torch.strided else a.shape[0] * a.shape[1]
+    return 2 * stored * b.shape[1]
+
+
+_mm_flops._get_raw = True  # FlopCounterMode passes it the tensors, not only their shapes
 
 
 def count_model_and_executed_flops(model: torch.nn.Module, fn: Callable[[], Any]) -> tuple[int, int]:
@@ -286,6 +296,7 @@ def time_alternating(
 def timing_fields(timing: Timing, model_flops: int, executed_flops: int, precision: str) -> dict[str, Any]:
     """The result fields every timed benchmark reports: median seconds, FLOPs, rate, ceiling and share."""
     ceiling = CEILING_OF_PRECISION[precision]
+    measured = ceiling in timing.ceilings  # not bf16's on a CPU without bf16 arithmetic (ceilings_for)
     return {
         "seconds": timing.median,
         "seconds_best": timing.best,
@@ -294,19 +305,26 @@ def timing_fields(timing: Timing, model_flops: int, executed_flops: int, precisi
         "model_gflop": model_flops / 1e9,
         "executed_gflop": executed_flops / 1e9,
         "achieved_gflops": model_flops / timing.median / 1e9,
-        "ceiling_gflops": timing.ceiling(ceiling) / 1e9,
+        "ceiling_gflops": timing.ceiling(ceiling) / 1e9 if measured else None,
         "ceiling_dtype": ceiling,
-        "share_pct": 100 * timing.share(model_flops, ceiling),
+        "share_pct": 100 * timing.share(model_flops, ceiling) if measured else None,
         "share_best_pct": 100
-        * max(model_flops / t / c for t, c in zip(timing.seconds, timing.ceilings[ceiling], strict=True)),
+        * max(model_flops / t / c for t, c in zip(timing.seconds, timing.ceilings[ceiling], strict=True))
+        if measured
+        else None,
         "share_of_fp32_ceiling_pct": 100 * timing.share(model_flops, "fp32"),
         "ceilings_gflops_all": {name: [c / 1e9 for c in values] for name, values in timing.ceilings.items()},
     }
 
 
 def ceilings_for(device: torch.device) -> dict[str, MatmulCeiling]:
-    """The fp32 and bf16 ceilings of ``device``."""
-    return {"fp32": MatmulCeiling(torch.float32, device), "bf16": MatmulCeiling(torch.bfloat16, device)}
+    """The fp32 and bf16 ceilings of ``device``; fp32's only on a CPU without bf16 arithmetic (oneDNN's check: no
+    AVX-512 or AVX-NE-CONVERT, e.g. an AVX2 AMD EPYC), where bf16 is emulated (~1 GFLOP/s: one ceiling sample took
+    minutes) and bf16 shares would mean nothing."""
+    ceilings = {"fp32": MatmulCeiling(torch.float32, device)}
+    if device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        ceilings["bf16"] = MatmulCeiling(torch.bfloat16, device)
+    return ceilings
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
     python -m benchmarks.inference --models crestereo_base --precisions fp32 --repeats 5
     python -m benchmarks.inference --device cuda                 # the same table on a GPU
     python -m benchmarks.inference --models raft_stereo_realtime --precisions bf16 --compile false,true --warmup 3
+    python -m benchmarks.inference --models crestereo_base --overrides "" "model.channels_last=true"   # config variants
 
 What runs is what ``python -m stereo_exp.predict`` and the evaluation run per image: the model in eval mode under
 ``torch.inference_mode()`` (and autocast for bf16/fp16), padding to the size multiple, ``--iters`` recurrent updates,
@@ -45,6 +46,7 @@ COLUMNS = (
     ("precision", "precision"),
     ("fast_paths", "fast"),
     ("compiled", "compiled"),
+    ("overrides", "overrides"),
     ("latency_s", "latency s"),
     ("frames_per_s", "frames/s"),
     ("model_gflop", "GFLOP"),
@@ -63,7 +65,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     from stereo_exp.models.speed import resolve_speed
 
     device = resolve_device(spec["device"])
-    cfg = training_config(spec["model"], spec["precision"], fast_paths=spec["fast_paths"])
+    cfg = training_config(spec["model"], spec["precision"], fast_paths=spec["fast_paths"], overrides=spec["overrides"])
     torch.manual_seed(0)
     model = build_model(cfg.model).to(device).eval()
     batch = synthetic_batch(1, spec["size"], device)
@@ -84,6 +86,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         "precision": spec["precision"],
         "fast_paths": spec["fast_paths"],
         "compiled": spec["compiled"],
+        "overrides": " ".join(spec["overrides"]),
         "latency_s": measured["seconds"],
         "frames_per_s": 1 / measured["seconds"],
         **measured,
@@ -98,6 +101,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iters", type=int, default=10, help="recurrent updates")
     add_variant_arguments(parser)
     parser.add_argument("--compile", default="false", help="false | true | false,true: compiled recurrent updates")
+    parser.add_argument(
+        "--overrides",
+        nargs="*",
+        default=[""],
+        help='config variants, each a space-separated list of Hydra overrides, e.g. "" "model.channels_last=true"',
+    )
     args = parser.parse_args(argv)
     if args.case:
         run_single_case(args, run_case)
@@ -110,7 +119,9 @@ def main(argv: list[str] | None = None) -> None:
             "precision": precision,
             "fast_paths": fast,
             "compiled": compiled,
+            "overrides": variant.split(),
         }
+        for variant in args.overrides
         for model in parse_list(args.models)
         for precision in parse_list(args.precisions)
         for fast in parse_list(args.fast_paths, parse_bool)

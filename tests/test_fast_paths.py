@@ -13,7 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from benchmarks.common import Timing, count_flops, format_table
+from benchmarks.common import Timing, count_flops, format_table, timing_fields
 from stereo_exp.config import register_configs
 from stereo_exp.models import build_model
 from stereo_exp.models.blocks import (
@@ -150,17 +150,21 @@ def test_gru_fast_path_with_raft_context_gates_equals_the_gru_with_context():
     torch.testing.assert_close(fast, plain, atol=1e-6, rtol=0)
 
 
-def test_separable_gru_fast_path_equals_both_cells_on_the_full_input_values_and_gradients():
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format], ids=["nhwc", "nchw"])
+def test_separable_gru_fast_path_equals_both_cells_on_the_full_input_values_and_gradients(layout):
     torch.manual_seed(0)
     gru = SeparableConvGRU(input_size=10, hidden_size=CPU_REWRITE_MIN_CHANNELS, kernel_length=5)
     shapes = ((CPU_REWRITE_MIN_CHANNELS, 1), (4, 2), (6, 3))
-    h, static, dynamic = (_randn(1, c, 9, 8, seed=s).requires_grad_() for c, s in shapes)
+    h, static, dynamic = (
+        _randn(1, c, 9, 8, seed=s).contiguous(memory_format=layout).requires_grad_() for c, s in shapes
+    )
     plain = gru(h, torch.cat([static, dynamic], dim=1))
     gates = gru.input_gates(static)
-    assert gates[1].transposed  # on a CPU the vertical cell runs on transposed maps with (1 x 5) kernels
+    # On a CPU the vertical cell of a wide channels-last state runs on transposed maps with (1 x 5) kernels.
+    assert gates[1].transposed is (layout == torch.channels_last)
     fast = gru.forward_fast(h, dynamic, gates)
     torch.testing.assert_close(fast, plain, atol=1e-6, rtol=0)
-    assert fast.is_contiguous(memory_format=torch.channels_last)
+    assert fast.is_contiguous(memory_format=layout)
     grad = _randn(*plain.shape, seed=4)
     inputs = (h, static, dynamic, *gru.parameters())
     for fast_grad, plain_grad in zip(
@@ -215,9 +219,15 @@ def test_fast_deformable_correlation_equals_the_plain_one_values_and_gradients(m
 # ----------------------------------------------------------------------------------------------------------------
 
 
+# The fast paths' two memory layouts of the recurrent part (``channels_last``; ``recurrent_channels_last`` picks one
+# per machine): both are tested on every machine.
+LAYOUTS = pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+
+
+@LAYOUTS
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["stored", "checkpointed"])
-def test_crestereo_fast_paths_train_like_the_plain_computation(checkpointing):
-    plain, fast = _plain_and_fast(crestereo_tiny, activation_checkpointing=checkpointing)
+def test_crestereo_fast_paths_train_like_the_plain_computation(checkpointing, channels_last):
+    plain, fast = _plain_and_fast(crestereo_tiny, activation_checkpointing=checkpointing, channels_last=channels_last)
     left, right = _pair(32, 48, batch=2)
     results = []
     for model in (plain, fast):
@@ -254,11 +264,12 @@ def test_crestereo_base_fast_paths_equal_the_plain_computation_with_the_publishe
         torch.testing.assert_close(q, p, atol=ATOL, rtol=0)
 
 
-def test_crestereo_base_fast_paths_train_like_the_plain_computation():
+@LAYOUTS
+def test_crestereo_base_fast_paths_train_like_the_plain_computation(channels_last):
     # crestereo_base's 128-256 channel maps take every CPU rewrite of the fast paths (cpu_rewrite_applies), which
-    # crestereo_tiny's 24-48 channels do not: the sparse warp, the transposed vertical GRU, tanh from the sigmoid, the
-    # written-out candidate correlation.
-    plain, fast = _plain_and_fast(crestereo_base)
+    # crestereo_tiny's 24-48 channels do not: the sparse warp, the transposed vertical GRU (channels-last only), tanh
+    # from the sigmoid, the written-out candidate correlation.
+    plain, fast = _plain_and_fast(crestereo_base, channels_last=channels_last)
     left, right = _pair(64, 96, batch=2)
     results = []
     for model in (plain, fast):
@@ -267,10 +278,10 @@ def test_crestereo_base_fast_paths_train_like_the_plain_computation():
         results.append((predictions, _autograd_node_names(loss)))
         loss.backward()
     (expected, plain_nodes), (got, fast_nodes) = results
-    rewrites = {
-        f"_{name}Backward" for name in ("SparseBilinear", "SwapHeightWidth", "TanhFromSigmoid", "CandidateCorrelation")
-    }
+    names = ["SparseBilinear", "TanhFromSigmoid", "CandidateCorrelation", *(["SwapHeightWidth"] * channels_last)]
+    rewrites = {f"_{name}Backward" for name in names}
     assert rewrites <= fast_nodes and not rewrites & plain_nodes  # the fast model ran every rewrite, the plain none
+    assert ("_SwapHeightWidthBackward" in fast_nodes) == channels_last
     for p, q in zip(expected, got, strict=True):
         torch.testing.assert_close(q, p, atol=ATOL, rtol=0)
     _assert_gradients_close(plain, fast)
@@ -289,8 +300,10 @@ def _autograd_node_names(output: torch.Tensor) -> set[str]:
     return names
 
 
-def test_raft_stereo_fast_paths_train_like_the_plain_computation():
-    plain, fast = _plain_and_fast(raft_stereo_tiny)  # 3 GRU levels with slow-fast updates: every path of the update
+@LAYOUTS
+def test_raft_stereo_fast_paths_train_like_the_plain_computation(channels_last):
+    # 3 GRU levels with slow-fast updates: every path of the update
+    plain, fast = _plain_and_fast(raft_stereo_tiny, channels_last=channels_last)
     left, right = _pair(32, 64, batch=2)
     results = []
     for model in (plain, fast):
@@ -328,6 +341,33 @@ def test_fast_models_keep_the_published_state_dict_layout_and_load_into_plain_on
         assert torch.equal(value, fast_state[key]), key
 
 
+@pytest.mark.parametrize(
+    ("capability", "cuda", "expected"),
+    [("AVX2", False, {"crestereo_base": False, "crestereo_tiny": True, "raft_stereo_base": False}),
+     ("AVX512", False, {"crestereo_base": True, "crestereo_tiny": True, "raft_stereo_base": True}),
+     ("AVX2", True, {"crestereo_base": True, "crestereo_tiny": True, "raft_stereo_base": True})],
+    ids=["avx2-cpu", "avx512-cpu", "avx2-with-gpu"],
+)  # fmt: skip
+def test_channels_last_null_is_channels_first_only_for_wide_maps_on_a_cpu_without_avx512(
+    monkeypatch, capability, cuda, expected
+):
+    # On an AMD EPYC (Zen 3, AVX2) oneDNN's channels-last convolution backward ran 10-35% slower than its
+    # channels-first one, and crestereo_base's train step 15% slower for it (docs/PERFORMANCE.md).
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        for model_name, channels_last in expected.items():
+            cfg = compose("config", overrides=[f"model={model_name}", "tracking=none"]).model
+            assert cfg.channels_last is None
+            model = build_model(cfg)
+            assert model.channels_last is channels_last, model_name
+            weight = model.mask_predictor.parameters().__next__()
+            assert weight.is_contiguous(memory_format=torch.channels_last) is channels_last, model_name
+            forced = compose("config", overrides=[f"model={model_name}", f"model.channels_last={not channels_last}"])
+            assert build_model(forced.model).channels_last is (not channels_last), model_name
+
+
 @pytest.mark.parametrize("model_name", ["crestereo_tiny", "raft_stereo_tiny"])
 def test_model_fast_paths_is_a_config_key_that_defaults_to_true(model_name):
     register_configs()
@@ -363,3 +403,21 @@ def test_share_uses_the_ceiling_measured_around_each_repeat():
 def test_tables_right_align_numbers_and_mark_missing_values():
     table = format_table([("model", "model"), ("latency_s", "latency s")], [{"model": "a", "latency_s": 1.23456}, {}])
     assert table.splitlines() == ["model  latency s", "-----  ---------", "    a       1.23", "    -          -"]
+
+
+def test_a_bf16_case_on_a_cpu_without_bf16_arithmetic_has_no_ceiling_and_no_share():
+    # On an AVX2 CPU every benchmark stopped in the bf16 ceiling: oneDNN has no bf16 convolution there, and bf16
+    # torch.mm is emulated at ~1 GFLOP/s (one ceiling sample took minutes). The fp32 figures stay.
+    timing = Timing(seconds=[2.0], ceilings={"fp32": [100.0]})
+    fields = timing_fields(timing, model_flops=100, executed_flops=80, precision="bf16")
+    assert (fields["ceiling_gflops"], fields["share_pct"], fields["share_best_pct"]) == (None, None, None)
+    assert fields["share_of_fp32_ceiling_pct"] == pytest.approx(50.0)
+
+
+def test_flop_counting_counts_a_sparse_product_by_its_stored_entries():
+    # torch's formula counted the fast paths' sparse warp as a dense (points x pixels) @ (pixels x channels) product:
+    # crestereo_base's inference showed 1566 "executed" GFLOP against 917 model GFLOP.
+    image = _randn(1, 8, 6, 7).contiguous(memory_format=torch.channels_last)
+    coords = torch.rand(1, 6, 7, 2, generator=torch.Generator().manual_seed(1)) * torch.tensor([5.0, 4.0]) + 0.5
+    points, corners = 6 * 7, 4  # every point strictly inside: four corners with a weight each
+    assert count_flops(lambda: sample_pixels_channels_last(image, coords)) == 2 * points * corners * 8

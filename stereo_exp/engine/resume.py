@@ -47,9 +47,12 @@ EXACT_CHANGES = (
     *("train.allow_inexact_resume", "checkpoint.", "hydra"),
 )
 # Keys that keep the run meaningful but change the numbers: floating-point reductions depend on the thread count,
-# the precision, the device, compiled kernels and the optimizer's kernels. Accepted only with
-# train.allow_inexact_resume=true.
-INEXACT_CHANGES = ("train.num_threads", "train.precision", "train.device", "speed.", "optim.implementation")
+# the precision, the device, compiled kernels, the memory layout of the maps and the optimizer's kernels. Accepted
+# only with train.allow_inexact_resume=true.
+INEXACT_CHANGES = (
+    *("train.num_threads", "train.precision", "train.device", "speed.", "model.channels_last"),
+    "optim.implementation",
+)
 
 
 class RunDirectoryError(ValueError):

@@ -42,6 +42,8 @@ __all__ = [
     "coords_grid",
     "cpu_rewrite_applies",
     "grid_sample_pixels",
+    "memory_format_of",
+    "recurrent_channels_last",
     "sample_pixels_channels_last",
     "swap_height_width",
     "tanh_fast",
@@ -332,10 +334,11 @@ class ConvGRU(nn.Module):
         if transposed:
             zr_weight, q_weight = _transpose_kernel(zr_weight), _transpose_kernel(q_weight)
         zr, q = gates.split([2 * n, n], dim=1)
+        layout = memory_format_of(gates)  # that of the maps the updates convolve (the model's recurrent layout)
         return FastGates(
-            # Contiguous once here: every update adds them to a fresh channels-last convolution output.
-            zr=zr.contiguous(memory_format=torch.channels_last),
-            q=q.contiguous(memory_format=torch.channels_last),
+            # Contiguous once here: every update adds them to a fresh convolution output of the same layout.
+            zr=zr.contiguous(memory_format=layout),
+            q=q.contiguous(memory_format=layout),
             zr_weight=zr_weight,
             q_weight=q_weight,
             static_channels=static_channels,
@@ -415,8 +418,8 @@ class SeparableConvGRU(nn.Module):
 
     def input_gates(self, static: Tensor) -> tuple[FastGates, FastGates]:
         """Both cells' ``ConvGRU.input_gates`` for the leading input channels ``static``. On a CPU the vertical
-        cell's are transposed for a wide hidden state (see ``forward_fast`` and ``cpu_rewrite_applies``)."""
-        if cpu_rewrite_applies(static, self.hidden_size):
+        cell's are transposed for a wide channels-last hidden state (``forward_fast``, ``cpu_rewrite_applies``)."""
+        if cpu_rewrite_applies(static, self.hidden_size) and memory_format_of(static) == torch.channels_last:
             vertical = self.convgru2.input_gates(swap_height_width(static), transposed=True)
         else:
             vertical = self.convgru2.input_gates(static)
@@ -744,6 +747,22 @@ def tanh_fast(x: Tensor) -> Tensor:
     if x.dtype == torch.float32 and cpu_rewrite_applies(x, x.shape[1]):
         return _TanhFromSigmoid.apply(x)
     return torch.tanh(x)
+
+
+def recurrent_channels_last(channels: int) -> bool:
+    """The fast paths' memory layout for a recurrent part of ``channels`` channels when the config leaves it open
+    (``model.channels_last: null``): channels-last (True), except for wide maps (``CPU_REWRITE_MIN_CHANNELS``) on a
+    machine without a GPU whose CPU lacks AVX-512. There oneDNN's channels-first convolution backward is the faster
+    one: on an AMD EPYC (Zen 3, AVX2) 10-35% per GRU or head convolution, 15% of crestereo_base's train step
+    (docs/PERFORMANCE.md); with AVX-512, and on a GPU, channels-last is."""
+    if torch.cuda.is_available() or channels < CPU_REWRITE_MIN_CHANNELS:
+        return True
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def memory_format_of(x: Tensor) -> torch.memory_format:
+    """``torch.channels_last`` for a (B, C, H, W) tensor whose channels are innermost, else the default layout."""
+    return torch.channels_last if x.stride(1) == 1 and x.shape[1] > 1 else torch.contiguous_format
 
 
 def to_channels_last(x: Tensor) -> Tensor:

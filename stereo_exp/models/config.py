@@ -132,6 +132,7 @@ class CREStereoConfig(ModelConfig):
     # memory and speed
     activation_checkpointing: bool = False  # recompute each recurrent update in backward (less memory, ~1.3x compute)
     fast_paths: bool = True  # optimised recurrent updates (same numbers to 1e-4; docs/PERFORMANCE.md); false = plain
+    channels_last: bool | None = None  # fast paths: recurrent maps channels-last; null = yes unless wide, AVX2-only CPU
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -257,6 +258,7 @@ class RaftStereoConfig(ModelConfig):
     # Memory and speed
     activation_checkpointing: bool = False  # recompute each recurrent update in backward: less memory, more time
     fast_paths: bool = True  # optimised recurrent updates (same numbers to 1e-4; docs/PERFORMANCE.md); false = plain
+    channels_last: bool | None = None  # fast paths: recurrent maps channels-last; null = yes unless wide, AVX2-only CPU
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -49,6 +49,7 @@ from stereo_exp.models.blocks import (
     coords_grid,
     cpu_rewrite_applies,
     grid_sample_pixels,
+    recurrent_channels_last,
     sample_pixels_channels_last,
     tanh_fast,
     to_channels_last,
@@ -568,6 +569,9 @@ class CREStereo(nn.Module):
             right features that is a sparse matrix product on a CPU (``_sample_fast``). False runs the
             plain computation (the reference the fast paths are tested against). Needs a recurrent block with
             ``input_gates`` / ``forward_fast`` (``SeparableConvGRU``).
+        channels_last: the fast paths' update block and mask predictor on channels-last maps (the features and the
+            correlation always are); None = ``recurrent_channels_last`` of the hidden state's width (channels-last
+            except for wide maps on a CPU without AVX-512).
     """
 
     def __init__(
@@ -585,6 +589,7 @@ class CREStereo(nn.Module):
         search_window_2d: SearchWindow = SearchWindow((3, 3)),
         activation_checkpointing: bool = False,
         fast_paths: bool = True,
+        channels_last: bool | None = None,
     ) -> None:
         super().__init__()
         rates = list(feature_downsample_rates)  # CREStereoConfig checks the numbers this module is built from
@@ -627,11 +632,16 @@ class CREStereo(nn.Module):
         self.max_res_correlation_layer = AdaptiveGroupCorrelation(groups=corr_groups)
         # Registered last to keep the published files' key order.
         self.positional_encodings = positional_encoding
+        if channels_last is None:
+            channels_last = recurrent_channels_last(self.hidden_size)
+        self.channels_last = fast_paths and channels_last
         if fast_paths:
-            # The recurrent part runs on channels-last features (see ``forward_flow``); its kernels in the same order
-            # save oneDNN a reorder per call. The encoder stays channels-first: its instance norms are faster there.
-            # Only strides change: the state_dict's keys, shapes and values are the published ones.
-            for part in (self.update_block, self.mask_predictor, self.offset_convs):
+            # The correlations run on channels-last features (see ``forward_flow``), and so do the update block and
+            # mask predictor with ``channels_last``; kernels in the maps' order save oneDNN a reorder per call. The
+            # encoder stays channels-first: its instance norms are faster there. Only strides change: the
+            # state_dict's keys, shapes and values are the published ones.
+            parts = (self.update_block, self.mask_predictor) if self.channels_last else ()
+            for part in (*parts, self.offset_convs):
                 part.to(memory_format=torch.channels_last)
 
     # ---------------------------------------------------------------------------------------------------------------
@@ -738,7 +748,9 @@ class CREStereo(nn.Module):
     def _context_input(self, context: Tensor) -> Any:
         """What the updates of one level read of the context (B, Cc, h, w): the context itself, or on the fast path
         its share of the GRU gates, the same for every update of the level (``UpdateBlock.context_gates``)."""
-        return self.update_block.context_gates(context) if self.fast_paths else context
+        if not self.fast_paths:
+            return context
+        return self.update_block.context_gates(context if self.channels_last else context.contiguous())
 
     def _refine(
         self,
@@ -783,7 +795,11 @@ class CREStereo(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         corr = correlation(left, right, flow, window, offsets, fast=self.fast_paths)  # (B, groups * K, h, w)
         if self.fast_paths:
-            hidden, delta_flow = self.update_block.forward_fast(hidden, context, corr, to_channels_last(flow))
+            if self.channels_last:  # the correlation and the hidden state are channels-last already
+                flow = to_channels_last(flow)
+            else:
+                corr, hidden, flow = corr.contiguous(), hidden.contiguous(), flow.contiguous()
+            hidden, delta_flow = self.update_block.forward_fast(hidden, context, corr, flow)
         else:
             hidden, delta_flow = self.update_block(hidden, context, corr, flow)
         mask = self.mask_predictor(hidden)
@@ -878,6 +894,7 @@ def crestereo(config: CREStereoConfig) -> CREStereo:
         search_window_2d=window_2d,
         activation_checkpointing=config.activation_checkpointing,
         fast_paths=config.fast_paths,
+        channels_last=config.channels_last,
     )
 
 

@@ -34,6 +34,7 @@ from stereo_exp.models.blocks import (
     NormLayer,
     ResidualBlock,
     coords_grid,
+    recurrent_channels_last,
     to_channels_last,
     upsample_flow,
 )
@@ -321,6 +322,8 @@ class RaftStereo(nn.Module):
             ``tests/test_fast_paths.py``): channels-last memory for the update block, heads and context
             convolutions, the GRU biases folded into the precomputed context once per image, the z and r gates as
             one convolution. False runs the plain computation.
+        channels_last: the fast paths' channels-last memory (above); None = ``recurrent_channels_last`` of the
+            finest GRU's width (channels-last except for wide maps on a CPU without AVX-512).
     """
 
     def __init__(
@@ -335,6 +338,7 @@ class RaftStereo(nn.Module):
         slow_fast: bool = False,
         activation_checkpointing: bool = False,
         fast_paths: bool = True,
+        channels_last: bool | None = None,
     ) -> None:
         super().__init__()
         hidden_dims = update_block.hidden_dims
@@ -357,9 +361,12 @@ class RaftStereo(nn.Module):
         # Each GRU level halves the 1/f feature map, so inputs must divide by f * 2^(levels - 1).
         self.size_multiple: int = self.downsampling_factor * 2 ** (len(hidden_dims) - 1)
         self.fast_paths = fast_paths
+        if channels_last is None:
+            channels_last = recurrent_channels_last(update_block.hidden_dims[0])
+        self.channels_last = fast_paths and channels_last
         self._compiled_iteration: Callable[..., tuple[list[Tensor], Tensor, Tensor]] | None = None  # compile_updates
         self._compile_in_eval = False
-        if fast_paths:
+        if self.channels_last:
             # The recurrent part runs on channels-last tensors (oneDNN convolves them without reordering); the
             # encoders stay channels-first (their norms are faster there). Only strides change, not the state_dict.
             for part in (self.update_block, self.disparity_head, self.mask_predictor, self.context_convs):
@@ -380,7 +387,7 @@ class RaftStereo(nn.Module):
         for (h, ctx), conv, dim in zip(
             self.context_encoder(left), self.context_convs, self.update_block.hidden_dims, strict=True
         ):
-            if self.fast_paths:
+            if self.channels_last:
                 h, ctx = to_channels_last(h), to_channels_last(ctx)
             hidden.append(torch.tanh(h))
             contexts.append(conv(F.relu(ctx)).split(dim, dim=1))
@@ -435,7 +442,7 @@ class RaftStereo(nn.Module):
         corr_features = self.corr_block.lookup(pyramid, coords_x)
         flow_x = coords_x - grid_x
         flow = torch.cat([flow_x, torch.zeros_like(flow_x)], dim=1)  # the motion encoder reads (x, y) flow; y = 0
-        if self.fast_paths:
+        if self.channels_last:
             corr_features, flow = to_channels_last(corr_features), to_channels_last(flow)
         num_levels = len(hidden)
         fast = self.fast_paths
@@ -558,6 +565,7 @@ def raft_stereo(config: RaftStereoConfig) -> RaftStereo:
         slow_fast=config.slow_fast,
         activation_checkpointing=config.activation_checkpointing,
         fast_paths=config.fast_paths,
+        channels_last=config.channels_last,
     )
 
 
