@@ -362,7 +362,7 @@ def test_channels_last_null_is_channels_first_only_for_wide_maps_on_a_cpu_withou
             assert cfg.channels_last is None
             model = build_model(cfg)
             assert model.channels_last is channels_last, model_name
-            weight = model.mask_predictor.parameters().__next__()
+            weight = next(model.mask_predictor.parameters())
             assert weight.is_contiguous(memory_format=torch.channels_last) is channels_last, model_name
             forced = compose("config", overrides=[f"model={model_name}", f"model.channels_last={not channels_last}"])
             assert build_model(forced.model).channels_last is (not channels_last), model_name
