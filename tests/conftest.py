@@ -9,6 +9,7 @@ import select
 import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -45,6 +46,54 @@ TINY_RUN = [
     "checkpoint.every=2",
     "tracking=none",
 ]
+
+
+# The suite runs in two pytest-xdist workers, each test module in one of them (pyproject's addopts: --dist loadfile).
+# The modules of the SLURM test clusters run together in one worker, as if one file: a cluster is started once, by
+# one session, and stopped at that session's end, never under another worker's test. Each of them uses a session
+# fixture of tests/cluster_fixtures.py (test_readme's workspace runs the README's sweep on one).
+CLUSTER_MODULES = (
+    "test_cluster_infra.py",
+    "test_multinode.py",
+    "test_readme.py",
+    "test_slurm_sweeps.py",
+    "test_slurm_training.py",
+)
+CLUSTER_FIXTURES = {"slurm_cluster", "slurm_two_nodes"}
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, called in the controlling process
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ClusterModulesTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return "the SLURM test clusters" if Path(module).name in CLUSTER_MODULES else module
+
+    return ClusterModulesTogether(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Longest first (the workers take modules in this order): the cluster modules, then the modules with the most
+    # slow tests, so that no long module is left to run alone at the end. A module's tests keep their order.
+    slow_tests = Counter(item.path.name for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: (item.path.name not in CLUSTER_MODULES, -slow_tests[item.path.name]))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    used = CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ()))
+    if used and item.path.name not in CLUSTER_MODULES:
+        pytest.fail(f"{item.path.name} uses {', '.join(sorted(used))}: list it in CLUSTER_MODULES (tests/conftest.py)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The workers share the cores: each computes in-process with its share of them (OpenMP threads beyond the
+    # cores spin against each other); subprocesses run one thread each (subprocess_env).
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def compose_train_config(output: Path, *overrides: str) -> DictConfig:

@@ -193,6 +193,7 @@ def test_a_sweep_with_a_wrong_value_ends_in_one_line_before_any_job_and_leaves_n
     assert list(tmp_path.iterdir()) == []  # no sweep folder, no MLflow store
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("launcher", "exit_code"),
     [([sys.executable], 130), (TORCHRUN_2, 1)],  # torchrun leaves with its own SignalException on Ctrl-C
@@ -235,6 +236,7 @@ def _torchrun_worker(torchrun_pid: int, local_rank: int) -> int:
     raise AssertionError(f"torchrun (pid {torchrun_pid}) has no worker of local rank {local_rank}")
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_started_seconds_apart_share_one_default_folder_and_its_restart_resumes_there(tmp_path):
     # Each rank read the time for outputs/<date>/<time> itself: a rank started in the next second left a folder of
     # its own (now and then under load), and the ranks torchrun restarts after a failure (--max-restarts) named a

@@ -359,6 +359,7 @@ def test_an_evaluation_stopped_by_ctrl_c_or_sigterm_ends_in_one_line_and_its_mlf
     assert run.info.status == "KILLED"
 
 
+@pytest.mark.slow
 def test_a_sweep_of_evaluations_over_weights_nests_its_named_runs_lists_their_mae_and_compare_ranks_them(tmp_path):
     # `-m hydra/launcher=local weights=A,B`: the evaluations' runs were neither tagged with their sweep nor nested
     # under its parent run (left empty), all were named alike, the summary said "MLflow has no run of job #0, #1"

@@ -1,8 +1,9 @@
 """Sweeps: what a multirun sweeps and how its runs are named, processes that start together on a new SQLite store,
 a local sweep with the default tracking in which one job diverges, `-m` without a launcher (the sequential one), Ctrl-C
-in a local and in a sequential sweep and their resumption, and a failed SLURM job.
+in a local and in a sequential sweep and their resumption.
 
-The README's own 2x2 SLURM sweep, its MLflow records and the UI are tested in tests/test_readme.py."""
+Sweeps on the SLURM test cluster are in tests/test_slurm_sweeps.py; the README's own 2x2 SLURM sweep, its MLflow
+records and the UI in tests/test_readme.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -39,11 +39,6 @@ from tests.conftest import (
     subprocess_env,
     wait_for_checkpoints,
 )
-
-if TYPE_CHECKING:
-    from tests.cluster_fixtures import SlurmCluster
-
-pytest_plugins = ["tests.cluster_fixtures"]
 
 
 def multirun_config(task: list[str], sweeper_params: dict[str, str] | None = None):
@@ -305,7 +300,7 @@ def test_ctrl_c_in_a_local_sweep_checkpoints_every_job_and_the_command_it_prints
     # to kill its job 1 s later, before the checkpoint; the submitter ended in a traceback; the jobs' advice, "run the
     # same command again", would have started a new sweep in a new time-named folder.
     command = sweep_command(
-        "hydra/launcher=local", "mix.dataset_steps=[120]", "train.val_every=60", "schedule.lr=1e-4,2e-4"
+        "hydra/launcher=local", "mix.dataset_steps=[60]", "train.val_every=60", "schedule.lr=1e-4,2e-4"
     )
     output = ctrl_c_once_checkpointed(command, tmp_path, jobs=[0, 1])
     (sweep,) = tmp_path.glob("multirun/*/*")
@@ -322,7 +317,7 @@ def test_ctrl_c_in_a_local_sweep_checkpoints_every_job_and_the_command_it_prints
     assert summary_lines(resumed.stdout)[0].endswith("2 of 2 jobs completed")
     for num, step in enumerate(steps):
         assert f"Resumed from step {step}\n" in (sweep / str(num) / "__main__.log").read_text()
-    assert_each_job_one_finished_run_with_every_step_once(tmp_path, ["lr=0.0001", "lr=0.0002"], steps=120)
+    assert_each_job_one_finished_run_with_every_step_once(tmp_path, ["lr=0.0001", "lr=0.0002"], steps=60)
 
 
 @pytest.mark.slow
@@ -412,6 +407,7 @@ def test_a_sweep_whose_job_a_single_run_would_refuse_is_refused_before_any_job_a
     assert list(tmp_path.iterdir()) == []  # no sweep folder, no MLflow store
 
 
+@pytest.mark.slow
 def test_a_sweep_without_a_launcher_runs_its_jobs_in_turn_past_a_failed_one_and_lists_them(tmp_path):
     # `-m` alone (Hydra's habit): the sequential launcher. Hydra's basic launcher ended in a traceback after the
     # sweep, with no summary, and checked no job's config before the first one started.
@@ -458,7 +454,7 @@ def test_a_sweep_without_mlflow_lists_each_job_s_final_mae_and_no_compare_comman
 def test_ctrl_c_in_a_sweep_without_a_launcher_stops_it_after_a_checkpoint_and_the_printed_command_resumes_it(
     tmp_path,
 ):
-    command = sweep_command("mix.dataset_steps=[120]", "train.val_every=60", "schedule.lr=1e-4,2e-4")
+    command = sweep_command("mix.dataset_steps=[40]", "train.val_every=40", "schedule.lr=1e-4,2e-4")
     output = ctrl_c_once_checkpointed(command, tmp_path, jobs=[0])
     (sweep,) = tmp_path.glob("multirun/*/*")
     summary = summary_lines(output)
@@ -470,9 +466,10 @@ def test_ctrl_c_in_a_sweep_without_a_launcher_stops_it_after_a_checkpoint_and_th
     resumed = resume_as_advised(command, tmp_path, output, sweep)
     assert summary_lines(resumed.stdout)[0].endswith("2 of 2 jobs completed")
     assert f"Resumed from step {step}\n" in (sweep / "0" / "__main__.log").read_text()
-    assert_each_job_one_finished_run_with_every_step_once(tmp_path, ["lr=0.0001", "lr=0.0002"], steps=120)
+    assert_each_job_one_finished_run_with_every_step_once(tmp_path, ["lr=0.0001", "lr=0.0002"], steps=40)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "hang-up"])
 def test_a_stop_signal_as_the_next_job_of_a_sweep_without_a_launcher_starts_ends_it_with_its_summary_and_it_resumes(
     tmp_path, signum
@@ -546,71 +543,3 @@ def summary_lines(stdout: str) -> list[str]:
     """The submitter's summary: from its "Sweep ..." line to the end."""
     lines = stdout.splitlines()
     return lines[max(i for i, line in enumerate(lines) if line.startswith("Sweep ")) :]
-
-
-@pytest.mark.cluster
-def test_a_slurm_job_whose_task_fails_is_failed_in_sacct_and_listed_by_the_submitter(
-    slurm_cluster: SlurmCluster, tmp_path
-):
-    # Hydra keeps a failed task's exception in its JobReturn; without the launcher raising it again the job exits 0
-    # and sacct says COMPLETED. A tiny Hydra app on the repository's launcher config: one point fails, one does not.
-    task = """
-        if cfg.a == 2:
-            raise RuntimeError("the task failed on purpose")
-    """
-    command = tiny_app(tmp_path, task, *slurm_cluster.hydra_launcher_overrides())
-    done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1, done.stdout + done.stderr
-    (sweep,) = (tmp_path / "multirun").glob("*/*")
-    ids = [job for job in slurm_cluster.multirun_job_ids(sweep) if "_" in job]  # the array tasks, not the array
-    assert [slurm_cluster.wait(job_id, timeout_s=60) for job_id in ids] == ["COMPLETED", "FAILED"]
-    summary = summary_lines(done.stdout)
-    assert summary[0].endswith("1 of 2 jobs completed, 1 failed")
-    assert re.match(rf"  #1 +{ids[1]} +FAILED +- +- +a=2$", summary[3])
-    assert summary[4].startswith("      RuntimeError: the task failed on purpose")
-
-
-@pytest.mark.cluster
-def test_the_submitter_of_a_slurm_sweep_waits_on_after_its_terminal_hangs_up_and_keeps_its_summary(
-    slurm_cluster: SlurmCluster, tmp_path
-):
-    # A dropped SSH connection used to end the submitter at once: the jobs went on in SLURM, but nothing was left
-    # to say how the sweep ended (no summary, no table on the parent run). Now it waits on, detached from the terminal.
-    task = """
-        import time
-        time.sleep(5)  # still running when the terminal hangs up
-    """
-    command = tiny_app(tmp_path, task, *slurm_cluster.hydra_launcher_overrides())
-    submitted = lambda: bool(list(tmp_path.glob("multirun/*/*/.submitit/**/*_submitted.pkl")))  # noqa: E731
-    assert hang_up_when(command, tmp_path, submitted) == 0  # both jobs completed
-    (sweep,) = (tmp_path / "multirun").glob("*/*")
-    summary = summary_lines((sweep / "summary.txt").read_text())
-    assert summary[0].endswith("2 of 2 jobs completed"), summary
-    ids = [job for job in slurm_cluster.multirun_job_ids(sweep) if "_" in job]
-    assert [line.split()[:3] for line in summary[2:4]] == [["#0", ids[0], "COMPLETED"], ["#1", ids[1], "COMPLETED"]]
-
-
-@pytest.mark.cluster
-def test_a_slurm_job_cancelled_after_a_checkpoint_is_listed_as_interrupted_with_the_command_that_resumes_it(
-    slurm_cluster: SlurmCluster, tmp_path
-):
-    # scancel sends SIGTERM: the job writes a checkpoint and stops, without a result file (SLURM may requeue it). It
-    # was listed as failed (no result) with its MLflow run left RUNNING, and no command to resume it.
-    command = [
-        *sweep_command(*slurm_cluster.hydra_launcher_overrides(), "mix.dataset_steps=[400]", "train.val_every=400"),
-        "seed=0",
-    ]
-    submitter = start_in_own_group(command, tmp_path)
-    wait_for_checkpoints(tmp_path, "multirun/*/*/0/checkpoints/*.pth", timeout=180)
-    (sweep,) = tmp_path.glob("multirun/*/*")
-    (job_id,) = slurm_cluster.multirun_job_ids(sweep)
-    slurm_cluster.run("scancel", job_id)
-    output = submitter.communicate(timeout=180)[0]
-    assert submitter.returncode == 1, output[-3000:]  # the sweep did not complete; no Ctrl-C: not 130
-    summary = summary_lines(output)
-    assert summary[0].endswith("0 of 1 jobs completed, 1 interrupted"), summary
-    assert re.match(rf"  #0 +{job_id} +CANCELLED +KILLED +\S+ +.* seed=0$", summary[2]), summary
-    checkpoint_step(summary[3], sweep, 0, stopped_by="Received SIGTERM")
-    # The printed command resumes it as it resumes an interrupted local sweep (tested above; not again here: another
-    # SLURM job and its queueing).
-    assert summary[4].startswith(f"Run the same command with hydra.sweep.dir={sweep.relative_to(tmp_path)} to resume")
