@@ -96,7 +96,7 @@ def _run(cfg: EvaluateConfig, eval_cfg: EvalConfig, dist: DistEnv, tracker: Mlfl
     from stereo_exp.evaluation.cascade import evaluate_datasets, save_figures
     from stereo_exp.evaluation.model_source import load_model
     from stereo_exp.evaluation.table import format_protocol, format_tables, results_to_json
-    from stereo_exp.schemas import amp_dtype
+    from stereo_exp.schemas import amp_dtype, emulated_precision_warning
     from stereo_exp.tracking.mlflow_tracker import KEY_METRIC_TAG, TASK_TAG
     from stereo_exp.tracking.sweep import SweepInfo, command_run_name
 
@@ -123,6 +123,8 @@ def _run(cfg: EvaluateConfig, eval_cfg: EvalConfig, dist: DistEnv, tracker: Mlfl
             sweep=sweep,
         )
 
+    if dist.is_main and (slow := emulated_precision_warning("precision", cfg.precision, dist.device)):
+        log.warning(slow)
     grids, figures = evaluate_datasets(
         model,
         eval_cfg,

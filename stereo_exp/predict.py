@@ -292,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from stereo_exp.distributed import DistEnv
         from stereo_exp.evaluation.model_source import load_model
-        from stereo_exp.schemas import amp_dtype
+        from stereo_exp.schemas import amp_dtype, emulated_precision_warning
 
         cfg = _compose_config(args)
         _check_weights_exist(args, cfg.model.weights)
@@ -301,13 +301,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, KeyError, RuntimeError) as error:  # the weights' messages say what to pass instead
             raise InputError(str(error)) from error
         log.info("Model: %s", loaded.source)
+        device = DistEnv.from_environment(args.device).device
+        if slow := emulated_precision_warning("--precision", args.precision, device):
+            log.warning(slow)
         predict_pairs(
             loaded.model,
             pairs,
             outputs,
             num_iters=args.iters or loaded.eval_iters,
             n_cascades=args.cascades,
-            device=DistEnv.from_environment(args.device).device,
+            device=device,
             amp_dtype=amp_dtype(args.precision),
             vmax=args.vmax,
         )

@@ -48,7 +48,7 @@ from stereo_exp.engine.preflight import check_run
 from stereo_exp.engine.schedule import build_scheduler
 from stereo_exp.engine.state import AveragedWeights, LogWindow, StepStats, TrainState
 from stereo_exp.models.weights import load_weights
-from stereo_exp.schemas import Precision, amp_dtype
+from stereo_exp.schemas import Precision, amp_dtype, emulated_precision_warning
 from stereo_exp.tracking import MlflowTracker, SweepInfo, default_run_name
 
 __all__ = ["NonFiniteLossError", "Preempted", "StepOptions", "StepStats", "TrainResult", "train", "train_step"]
@@ -149,6 +149,8 @@ def _run(cfg: Config, dist: DistEnv, output: Path, tracker: MlflowTracker, hydra
     resolved = to_plain(cfg)  # config.yaml, the checkpoint's record of the config, the MLflow params
     schedule_steps = sum(cfg.mix.dataset_steps)  # the schedule always spans the whole mix
     stop_step = min(schedule_steps, cfg.train.max_steps or schedule_steps)
+    if dist.is_main and (slow := emulated_precision_warning("train.precision", cfg.train.precision, device)):
+        log.warning(slow)
 
     # ---- where the run starts: fresh, resumed, or restarted; decided by rank 0, nothing written yet -------------
     new_dir_override = _new_dir_override(output, hydra_output) if dist.is_main else ""
