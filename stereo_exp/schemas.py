@@ -42,9 +42,9 @@ def amp_dtype(precision: Precision | str) -> torch.dtype | None:
 
 
 def emulated_precision_warning(key: str, precision: Precision | str, device: torch.device) -> str | None:
-    """What to tell a user whose ``precision`` (set by ``key``) has no arithmetic on ``device``, else None: a CPU
-    without bf16 or fp16 instructions (oneDNN's need AVX-512 BF16 / FP16 or AMX) computes autocast's bf16 and fp16
-    in emulation, several times slower than fp32 (a crestereo_tiny train step: 6x, 7x on an AVX2 AMD EPYC)."""
+    """What to tell a user whose ``precision`` (set by ``key``) has no arithmetic on ``device``, else None. On a CPU
+    without bf16 or fp16 instructions (oneDNN needs AVX-512 BF16 / FP16 or AMX for them), autocast emulates the type,
+    several times slower than fp32 (a crestereo_tiny train step: 6x in bf16, 7x in fp16 on an AVX2 AMD EPYC)."""
     import torch
 
     precision = Precision(precision)
