@@ -321,8 +321,10 @@ def ceilings_for(device: torch.device) -> dict[str, MatmulCeiling]:
     """The fp32 and bf16 ceilings of ``device``; fp32's only on a CPU without bf16 arithmetic (oneDNN's check: no
     AVX-512 or AVX-NE-CONVERT, e.g. an AVX2 AMD EPYC), where bf16 is emulated (~1 GFLOP/s: one ceiling sample took
     minutes) and bf16 shares would mean nothing."""
+    from stereo_exp.schemas import has_arithmetic
+
     ceilings = {"fp32": MatmulCeiling(torch.float32, device)}
-    if device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if has_arithmetic("bf16", device):
         ceilings["bf16"] = MatmulCeiling(torch.bfloat16, device)
     return ceilings
 

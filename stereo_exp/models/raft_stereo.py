@@ -362,7 +362,7 @@ class RaftStereo(nn.Module):
         self.size_multiple: int = self.downsampling_factor * 2 ** (len(hidden_dims) - 1)
         self.fast_paths = fast_paths
         if channels_last is None:
-            channels_last = recurrent_channels_last(update_block.hidden_dims[0])
+            channels_last = recurrent_channels_last(hidden_dims[0])
         self.channels_last = fast_paths and channels_last
         self._compiled_iteration: Callable[..., tuple[list[Tensor], Tensor, Tensor]] | None = None  # compile_updates
         self._compile_in_eval = False
