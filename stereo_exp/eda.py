@@ -61,16 +61,17 @@ def run_eda(cfg: DictConfig) -> dict[str, Any]:
         check_mix_datasets(config.mix, data_root=config.paths.data, options=config.datasets)
     tracker = MlflowTracker(config.tracking)
     status = "FAILED"
-    try:
-        with stop_signals_interrupt():  # SIGTERM (scancel, timeout) or a hang-up: KILLED, as after Ctrl-C
+    with stop_signals_interrupt():  # SIGTERM (scancel, timeout) or a hang-up: KILLED, as after Ctrl-C
+        try:
             report = _run(config, tracker)
-        status = "FINISHED"
-        return report
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracker.end(status)
+            status = "FINISHED"
+            return report
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            with uninterrupted():  # a stop now waits until the run's end is recorded: never left RUNNING
+                tracker.end(status)
 
 
 def _run(cfg: EdaAppConfig, tracker: Any) -> dict[str, Any]:

@@ -53,14 +53,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     status = "FAILED"
     try:
         with stop_signals_interrupt():  # SIGTERM (scancel, timeout) or a hang-up: KILLED, as after Ctrl-C
-            grids = _run(config, eval_cfg, dist, tracker)
-        status = "FINISHED"
-        return grids
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
+            try:
+                grids = _run(config, eval_cfg, dist, tracker)
+                status = "FINISHED"
+                return grids
+            except KeyboardInterrupt:
+                status = "KILLED"
+                raise
+            finally:
+                with uninterrupted():  # a stop now waits until the run's end is recorded: never left RUNNING
+                    tracker.end(status)
     finally:
-        tracker.end(status)
         dist.destroy()
 
 

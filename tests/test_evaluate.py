@@ -33,7 +33,7 @@ from stereo_exp.models import build_model
 from stereo_exp.models.inference import predict_disparity
 from stereo_exp.testing.dataset_replicas import write_middlebury2014
 from stereo_exp.tracking import MlflowTracker, TrackingConfig
-from tests.conftest import CONF_DIR, start_in_own_group
+from tests.conftest import CONF_DIR, start_in_own_group, subprocess_env
 
 # ---- the published log layout ---------------------------------------------------------------------------------
 
@@ -357,6 +357,49 @@ def test_an_evaluation_stopped_by_ctrl_c_or_sigterm_ends_in_one_line_and_its_mlf
     assert output.rstrip().endswith(f"Evaluation interrupted ({how}).") and "Traceback" not in output, output[-3000:]
     (run,) = client.search_runs([experiment])
     assert run.info.status == "KILLED"
+
+
+# Runs a command's module with MLflow's end of its run preceded by a SIGTERM to itself: the stop arrives after the
+# work, while the run is being ended (deterministic stand-in for an scancel or a second Ctrl-C at that moment).
+STOP_WHILE_ENDING = """
+import os, runpy, signal, sys
+from stereo_exp.tracking.mlflow_tracker import MlflowTracker
+end = MlflowTracker.end
+def end_after_a_stop(self, status="FINISHED"):
+    os.kill(os.getpid(), signal.SIGTERM)
+    end(self, status)
+MlflowTracker.end = end_after_a_stop
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("command", ["evaluate", "eda"])
+def test_a_stop_while_the_mlflow_run_is_ended_waits_for_the_end_then_stops_the_command(tmp_path, command):
+    # The stop handlers were restored before the run was ended: SIGTERM there killed the process inside MLflow's
+    # call (the run read RUNNING for good, exit 143 without a word), a second Ctrl-C left a traceback.
+    if command == "evaluate":
+        weights = write_checkpoint(tmp_path / "m.pth")
+        grid = ["eval.size=[32,48]", "eval.n_cascades=[1]", "eval.n_iterations=[2]"]
+        args = ["model=raft_stereo_tiny", f"weights={weights}", "dataset=synthetic-val", *SYNTHETIC, *grid]
+        what = "Evaluation"
+    else:
+        args = ["eda.num_crops=3", "loader.num_workers=0"]
+        what = "EDA"
+    done = subprocess.run(
+        [sys.executable, "-c", STOP_WHILE_ENDING, f"stereo_exp.{command}", *args],
+        cwd=tmp_path,  # the default store, ./mlflow.db
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert output.rstrip().endswith(f"{what} interrupted (SIGTERM).") and "Traceback" not in output, output[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([experiment.experiment_id for experiment in client.search_experiments()])
+    assert run.info.status == "FINISHED"  # the work was done when the stop came
 
 
 @pytest.mark.slow
