@@ -359,6 +359,25 @@ def uninterrupted() -> Iterator[None]:
                 raise Interrupted(signum)
 
 
+@contextlib.contextmanager
+def interruptible_run(tracker: Any) -> Iterator[None]:
+    """The body of a command with nothing to checkpoint (evaluate, eda), and the end of its MLflow run: within,
+    Ctrl-C, SIGTERM and a hang-up interrupt (``stop_signals_interrupt``); on the way out ``tracker``'s run ends
+    FINISHED, KILLED (interrupted) or FAILED (an error), inside the stop-signal region: a stop that comes while the
+    end is recorded waits for it (else it killed the process inside MLflow's call, the run RUNNING for good)."""
+    status = "FAILED"
+    with stop_signals_interrupt():
+        try:
+            yield
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            with uninterrupted():
+                tracker.end(status)
+
+
 def exit_interrupted(stop: KeyboardInterrupt, what: str) -> NoReturn:
     """End a command that Ctrl-C, SIGTERM or a hang-up stopped (``stop``): one line naming ``what`` stopped and how,
     no traceback, exit code 128 + the signal."""

@@ -33,9 +33,9 @@ from omegaconf import DictConfig
 from stereo_exp.cli import (
     clean_errors,
     exit_interrupted,
+    interruptible_run,
     refuse_unknown_keys,
     save_hydra_records,
-    stop_signals_interrupt,
     uninterrupted,
 )
 from stereo_exp.config import register_configs, to_plain, typed
@@ -60,18 +60,8 @@ def run_eda(cfg: DictConfig) -> dict[str, Any]:
     with refusing():  # before the MLflow store or run exists
         check_mix_datasets(config.mix, data_root=config.paths.data, options=config.datasets)
     tracker = MlflowTracker(config.tracking)
-    status = "FAILED"
-    with stop_signals_interrupt():  # SIGTERM (scancel, timeout) or a hang-up: KILLED, as after Ctrl-C
-        try:
-            report = _run(config, tracker)
-            status = "FINISHED"
-            return report
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        finally:
-            with uninterrupted():  # a stop now waits until the run's end is recorded: never left RUNNING
-                tracker.end(status)
+    with interruptible_run(tracker):  # SIGTERM (scancel, timeout) or a hang-up: KILLED, as after Ctrl-C
+        return _run(config, tracker)
 
 
 def _run(cfg: EdaAppConfig, tracker: Any) -> dict[str, Any]:

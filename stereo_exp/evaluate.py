@@ -22,9 +22,9 @@ from omegaconf import DictConfig
 from stereo_exp.cli import (
     clean_errors,
     exit_interrupted,
+    interruptible_run,
     refuse_unknown_keys,
     save_hydra_records,
-    stop_signals_interrupt,
     uninterrupted,
 )
 from stereo_exp.config import register_configs, to_plain, typed
@@ -50,19 +50,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     dist = DistEnv.from_environment(config.device)
     dist.init_process_group()
     tracker = MlflowTracker(config.tracking, dist)
-    status = "FAILED"
     try:
-        with stop_signals_interrupt():  # SIGTERM (scancel, timeout) or a hang-up: KILLED, as after Ctrl-C
-            try:
-                grids = _run(config, eval_cfg, dist, tracker)
-                status = "FINISHED"
-                return grids
-            except KeyboardInterrupt:
-                status = "KILLED"
-                raise
-            finally:
-                with uninterrupted():  # a stop now waits until the run's end is recorded: never left RUNNING
-                    tracker.end(status)
+        with interruptible_run(tracker):  # SIGTERM (scancel, timeout) or a hang-up: KILLED, as after Ctrl-C
+            return _run(config, eval_cfg, dist, tracker)
     finally:
         dist.destroy()
 
