@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from stereo_exp.cli import Interrupted, stop_signals_interrupt, uninterrupted
 from tests.conftest import (
@@ -310,6 +311,61 @@ def test_a_run_whose_terminal_hangs_up_writes_a_checkpoint_and_the_same_command_
     resumed = run_command([*command, f"train.max_steps={int(stop.group(1)) + 2}"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"Resumed from step {stop.group(1)}" in resumed.stdout
+
+
+# Runs `python -m stereo_exp ARGS` with the signals numbered in $STOPS sent to itself after the last step, while the
+# run ends: the summary's print stands in for that moment (as the final checkpoint's upload to MLflow, which takes
+# minutes with a large model and a remote server). Deterministic stand-ins for a `kill`, an scancel or Ctrl-C there.
+_STOPPED_WHILE_THE_RUN_ENDS = """
+import os, runpy, sys
+from stereo_exp.engine import trainer
+print_summary = trainer._print_summary
+def stopped_first(*args):
+    for signum in os.environ["STOPS"].split(","):
+        os.kill(os.getpid(), int(signum))
+    print_summary(*args)
+trainer._print_summary = stopped_first
+sys.argv = ["stereo_exp", *sys.argv[1:]]
+runpy.run_module("stereo_exp", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("stops", [[signal.SIGTERM], [signal.SIGINT, signal.SIGINT]], ids=["sigterm", "ctrl-c-twice"])
+def test_a_stop_after_the_last_step_waits_for_the_run_s_end_and_a_second_ctrl_c_leaves_the_end_to_the_advice(
+    tmp_path, stops
+):
+    # The stop handlers were restored after the last step: SIGTERM while the run ended killed the process, its MLflow
+    # run RUNNING for good; Ctrl-C there said "Interrupted without writing a checkpoint" (the final one was written).
+    args = [arg for arg in TINY_RUN if arg != "tracking=none"]  # the default store, ./mlflow.db
+    env = {**subprocess_env(), "STOPS": ",".join(str(int(signum)) for signum in stops)}
+    stopped = subprocess.run(
+        [sys.executable, "-c", _STOPPED_WHILE_THE_RUN_ENDS, *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = stopped.stdout + stopped.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("stereo_exp").experiment_id])
+    if stops == [signal.SIGTERM]:
+        assert stopped.returncode == 0, output[-3000:]
+        assert "Received SIGTERM after the last step: the run ends first." in output, output[-3000:]
+        assert "Validation summary" in stopped.stdout and run.info.status == "FINISHED"
+        return
+
+    assert stopped.returncode == 128 + signal.SIGINT, output[-3000:]
+    advice = re.findall(
+        r"checkpoint written at step 6\. Run the same command with (hydra\.run\.dir=\S+) to resume", output
+    )
+    assert advice and "Validation summary" not in stopped.stdout, output[-3000:]
+    assert run.info.status == "KILLED" and "Traceback" not in output, output[-3000:]
+    resumed = run_command([sys.executable, "-m", "stereo_exp", *args, *advice], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Nothing to do: the checkpoint is at step 6 of 6." in resumed.stdout + resumed.stderr
+    assert "Validation summary" in resumed.stdout
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"  # the same MLflow run, ended by the resume
 
 
 # A stop signal that arrives while tqdm builds a progress bar, after it set `disable` and before `pos`: the half-built

@@ -105,13 +105,16 @@ def train(cfg: DictConfig) -> TrainResult:
     tracker: MlflowTracker | None = None
     output: Path | None = None
     status = "FAILED"
+    # Installed from the training loop on (_train) until the MLflow run has ended: a stop signal during the end waits
+    # for it, rather than killing the process with the run left RUNNING.
+    stop_signal = _StopSignal()
     try:
         # Every rank works in rank 0's run directory: with torchrun each process composes its own config, and a
         # timestamped default directory can differ by a second between ranks.
         output = Path(dist.broadcast_object(config.paths.output))
         # Records that cannot reach MLflow wait in the run directory (python -m stereo_exp.tracking.sync sends them).
         tracker = MlflowTracker(config.tracking, dist, spool_dir=output)
-        result = _run(config, dist, output, tracker, hydra_output)
+        result = _run(config, dist, output, tracker, hydra_output, stop_signal)
         status = "FINISHED"
         return result
     except Preempted as stop:
@@ -126,6 +129,7 @@ def train(cfg: DictConfig) -> TrainResult:
     finally:
         if tracker is not None and status != "RUNNING":
             tracker.end(status)
+        stop_signal.restore()
         if output is not None:
             resume.unlock(output)
         dist.destroy()
@@ -143,7 +147,9 @@ def setup_runtime(cfg: Config, dist: DistEnv) -> None:
     torch.autograd.set_detect_anomaly(cfg.train.detect_anomaly)
 
 
-def _run(cfg: Config, dist: DistEnv, output: Path, tracker: MlflowTracker, hydra_output: bool) -> TrainResult:
+def _run(
+    cfg: Config, dist: DistEnv, output: Path, tracker: MlflowTracker, hydra_output: bool, stop_signal: _StopSignal
+) -> TrainResult:
     setup_runtime(cfg, dist)
     device = dist.device
     resolved = to_plain(cfg)  # config.yaml, the checkpoint's record of the config, the MLflow params
@@ -202,13 +208,15 @@ def _run(cfg: Config, dist: DistEnv, output: Path, tracker: MlflowTracker, hydra
             tracker.set_tags({f"stereo_exp.inexact_resume.step_{state.step}": "; ".join(start.inexact)})
 
     if state.step < stop_step:
-        _train(cfg, dist, state, train_model, tracker, checkpointer, stop_step)
+        _train(cfg, dist, state, train_model, tracker, checkpointer, stop_step, stop_signal)
         final_checkpoint = checkpointer.path(stop_step)
     else:
+        stop_signal.install()
         log.info("Nothing to do: the checkpoint is at step %d of %d.", state.step, stop_step)
         final_checkpoint = start.checkpoint
 
     # ---- the end: also reached again by a run resumed after its final checkpoint -------------------------------
+    stop_signal.run_ends(state.step, dist.is_main)  # a stop now waits for the end; a second Ctrl-C cuts it
     if dist.is_main:
         if cfg.tracking.log_checkpoint:
             tracker.log_artifact(final_checkpoint, "checkpoints")
@@ -226,8 +234,10 @@ def _train(
     tracker: MlflowTracker,
     checkpointer: Checkpointer,
     stop_step: int,
+    stop_signal: _StopSignal,
 ) -> None:
-    """Steps ``state.step`` .. ``stop_step - 1``, with logging, validation and checkpoints."""
+    """Steps ``state.step`` .. ``stop_step - 1``, with logging, validation and checkpoints; stops after a step at
+    ``stop_signal`` (installed here, restored by the caller once the run has ended)."""
     shard = Shard(rank=dist.rank, world_size=dist.world_size, start_step=state.step, stop_step=stop_step)
     loader = build_train_loader(
         cfg.mix,
@@ -240,7 +250,7 @@ def _train(
         shard=shard,
     )
     step_options = StepOptions.from_config(cfg, dist.device)
-    stop_signal = _install_stop_signals()  # before the loader's workers start: they inherit it and ignore signals
+    stop_signal.install()  # before the loader's workers start: they inherit it and ignore signals
     samples_per_step = cfg.train.batch_size * dist.world_size
     progress = tqdm(
         total=stop_step, initial=state.step, disable=not dist.is_main, desc="train", unit="step", dynamic_ncols=True
@@ -287,7 +297,6 @@ def _train(
                 raise Preempted(signals[-1], done, handover, dist.is_main)
     finally:
         progress.close()
-        stop_signal.restore()
         # Shut the loader's workers down now, also after an error: a traceback keeps this frame alive, and at exit
         # multiprocessing would SIGTERM them, which they ignore (data/loader.py), and wait forever.
         del batches, loader
@@ -487,12 +496,31 @@ STOP_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, s
 
 class _StopSignal:
     """Records stop signals so that the loop can checkpoint between two steps, then hands over to the handlers
-    that were installed before (submitit's: SIGUSR2 requeues the job, SIGTERM is logged)."""
+    that were installed before (submitit's: SIGUSR2 requeues the job, SIGTERM is logged). After the last step
+    (``run_ends``) a stop is too late to checkpoint: the run ends first (the final checkpoint's upload, the summary,
+    the MLflow run FINISHED), and only a second Ctrl-C cuts the end short."""
 
     def __init__(self) -> None:
         self.received: set[int] = set()
         self._previous: dict[int, Any] = {}
         self._pid = os.getpid()
+        self._ending_at: int | None = None  # the last step, once the run is ending
+        self._is_main = True  # the rank that tells the user (Preempted.is_main)
+
+    def install(self) -> None:
+        for signum in STOP_SIGNALS:
+            # signal.signal raises ValueError off the main thread (e.g. a test runner thread): no handling there.
+            with contextlib.suppress(ValueError):
+                self._previous[signum] = signal.signal(signum, self.handle)
+        for handler in self._previous.values():
+            if isinstance(handler, HeldStops):  # signals that came before this training (a sequential sweep's set-up)
+                for signum in handler.received:
+                    self.handle(signum, None)
+                handler.received.clear()
+
+    def run_ends(self, step: int, is_main: bool) -> None:
+        """The last step is done (``step``): from now on a stop waits for the run's end."""
+        self._ending_at, self._is_main = step, is_main
 
     def handle(self, signum: int, _frame: Any) -> None:
         if os.getpid() != self._pid:
@@ -500,12 +528,19 @@ class _StopSignal:
             # terminal, the worker inherited this handler, and the training process alone acts on the signal.
             return
         if signum == signal.SIGINT and signum in self.received:
+            if self._ending_at is not None:  # the final checkpoint is written: the same command resumes the end
+                raise Preempted(signum, self._ending_at, is_main=self._is_main)
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
         if signum == signal.SIGHUP:
             detach_from_terminal()  # the progress bar's next write would end the run before its checkpoint
         if not self.received:
-            again = " (Ctrl-C again to stop at once, without it)" if signum == signal.SIGINT else ""
-            log.warning("Received %s: checkpointing after this step%s.", signal.Signals(signum).name, again)
+            name = signal.Signals(signum).name
+            if self._ending_at is None:
+                again = " (Ctrl-C again to stop at once, without it)" if signum == signal.SIGINT else ""
+                log.warning("Received %s: checkpointing after this step%s.", name, again)
+            else:
+                again = " (Ctrl-C again to stop it)" if signum == signal.SIGINT else ""
+                log.warning("Received %s after the last step: the run ends first%s.", name, again)
         self.received.add(signum)
 
     def agreed(self, dist: DistEnv) -> list[int]:
@@ -531,24 +566,14 @@ class _StopSignal:
         return None
 
     def restore(self) -> None:
+        """The handlers from before ``install``. A sequential sweep's ``HeldStops`` gets back the stops received (the
+        sweep stops before its next job); elsewhere one that came too late to act on (in the last step, while the run
+        ended) is dropped: the run is complete."""
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-            if isinstance(handler, HeldStops) and signum in self.received:  # also one too late to act on (last step)
+            if isinstance(handler, HeldStops) and signum in self.received:
                 handler.received.append(signum)
-
-
-def _install_stop_signals() -> _StopSignal:
-    stop = _StopSignal()
-    for signum in STOP_SIGNALS:
-        # signal.signal raises ValueError off the main thread (e.g. a test runner thread): no handling there.
-        with contextlib.suppress(ValueError):
-            stop._previous[signum] = signal.signal(signum, stop.handle)
-    for handler in stop._previous.values():
-        if isinstance(handler, HeldStops):  # signals that came before this training (a sequential sweep's set-up)
-            for signum in handler.received:
-                stop.handle(signum, None)
-            handler.received.clear()
-    return stop
+        self._previous.clear()
 
 
 def _print_summary(history: dict[str, dict[str, float]], checkpoint: Path, tracker: MlflowTracker) -> None:
