@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import signal
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -86,12 +87,27 @@ def seed_worker(worker_id: int, *, seed: int, rank: int) -> None:
     # is gone.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    quiet_abandoned_transfers()
     first, second = seed_words(seed, Stream.LOADER_WORKER, rank, worker_id)
     random.seed(first)
     np.random.seed(second)
     torch.manual_seed(first << 32 | second)
     # One intra-op thread per worker: the workers already run in parallel, more threads would oversubscribe the CPU.
     torch.set_num_threads(1)
+
+
+def quiet_abandoned_transfers(_worker_id: int = 0) -> None:
+    """In a DataLoader worker (also its ``worker_init_fn``): no traceback when the main process stops receiving a
+    batch midway. A worker hands a batch's tensors over by serving their file descriptors on a connection the main
+    process opens; a stop that ends the main process during that hand-over broke it, and multiprocessing's serving
+    thread printed a ConnectionResetError traceback to the terminal after the stop's one line. The main process is
+    the only peer: it reports its own stop (or its own error)."""
+    sys.excepthook = partial(_unless_the_receiver_left, sys.excepthook)
+
+
+def _unless_the_receiver_left(hook: Any, kind: type[BaseException], value: BaseException, traceback: Any) -> None:
+    if not issubclass(kind, (ConnectionError, EOFError)):
+        hook(kind, value, traceback)
 
 
 def build_mix_datasets(mix: MixConfig, *, data_root: str | Path, dataset_options: DatasetOptions) -> list[Dataset]:

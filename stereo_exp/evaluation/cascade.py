@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from tqdm import tqdm
 
+from stereo_exp.data.loader import quiet_abandoned_transfers
 from stereo_exp.distributed import DistEnv
 from stereo_exp.evaluation.metrics import MetricSums, reduce_metrics
 from stereo_exp.evaluation.visualize import figure_to_png, picture_grid_figure
@@ -135,6 +136,7 @@ def evaluate_grid(
         num_workers=num_workers,
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
+        worker_init_fn=quiet_abandoned_transfers,
     )
     bar = tqdm(  # one forward pass per image and grid cell
         total=len(shard) * len(cells),
