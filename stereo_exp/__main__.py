@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig
 
-from stereo_exp.cli import clean_errors, refuse_unknown_keys, resume_advice
+from stereo_exp.cli import clean_errors, ignore_stops_while_exiting, refuse_unknown_keys, resume_advice
 from stereo_exp.config import register_configs
 
 if TYPE_CHECKING:
@@ -65,3 +65,4 @@ if __name__ == "__main__":
     except KeyboardInterrupt:  # while Hydra starts (main handles the training's; the launchers, their sweep's)
         print("\nInterrupted (Ctrl-C).", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
+    ignore_stops_while_exiting()

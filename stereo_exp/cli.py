@@ -387,6 +387,13 @@ def exit_interrupted(stop: KeyboardInterrupt, what: str) -> NoReturn:
     sys.exit(128 + signum)
 
 
+def ignore_stops_while_exiting() -> None:
+    """After a command's work is done and recorded (its MLflow run ended): Ctrl-C, SIGTERM or a hang-up during the
+    interpreter's exit (a second of the libraries' exit handlers) would only print a traceback from one of them."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def quiet_half_built_objects() -> None:
     """After an interruption, until the process ends: no "Exception ignored in ..." for an object whose finalizer
     fails. Ctrl-C or a stop signal raises wherever the process is, also inside a constructor (tqdm's: its ``__del__``

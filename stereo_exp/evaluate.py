@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from stereo_exp.cli import (
     clean_errors,
     exit_interrupted,
+    ignore_stops_while_exiting,
     interruptible_run,
     refuse_unknown_keys,
     save_hydra_records,
@@ -198,3 +199,4 @@ if __name__ == "__main__":
         main()
     except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, a hang-up: the MLflow run ended KILLED
         exit_interrupted(stop, "Evaluation")
+    ignore_stops_while_exiting()

@@ -24,6 +24,7 @@ from tests.conftest import (
     subprocess_env,
     wait_for_checkpoints,
 )
+from tests.test_evaluate import SYNTHETIC, write_checkpoint
 
 # Libraries that take seconds to import (torchvision ~1.5 s on top of torch ~1.4 s, MLflow ~1 s on a loaded 2-core
 # machine): --help and --cfg job need none of them (issue 15 asked for an answer within 2 s).
@@ -366,6 +367,36 @@ def test_a_stop_after_the_last_step_waits_for_the_run_s_end_and_a_second_ctrl_c_
     assert "Nothing to do: the checkpoint is at step 6 of 6." in resumed.stdout + resumed.stderr
     assert "Validation summary" in resumed.stdout
     assert client.get_run(run.info.run_id).info.status == "FINISHED"  # the same MLflow run, ended by the resume
+
+
+# Runs `python -m MODULE ARGS` with a Ctrl-C to itself from an exit handler: one that arrives once the work is done and
+# recorded, while the interpreter exits (deterministic stand-in for the second or so of the libraries' exit handlers).
+_CTRL_C_WHILE_EXITING = """
+import atexit, os, runpy, signal, sys, time
+atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT) or time.sleep(0.1))  # the last exit handler to run
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("module", ["stereo_exp", "stereo_exp.evaluate", "stereo_exp.eda"])
+def test_a_ctrl_c_once_the_work_is_done_and_recorded_leaves_no_traceback(tmp_path, module):
+    # One Ctrl-C of thirty at the end of `python -m stereo_exp.eda` printed "Exception ignored in atexit callback"
+    # and a KeyboardInterrupt traceback from torch's exit handler, after the finished run's last line.
+    if module == "stereo_exp":
+        args = [arg for arg in TINY_RUN if arg != "tracking=none"]
+    elif module == "stereo_exp.evaluate":
+        weights = write_checkpoint(tmp_path / "m.pth")
+        grid = ["eval.size=[32,48]", "eval.n_cascades=[1]", "eval.n_iterations=[2]"]
+        args = ["model=raft_stereo_tiny", f"weights={weights}", "dataset=synthetic-val", *SYNTHETIC, *grid]
+    else:
+        args = ["eda.num_crops=3", "loader.num_workers=0"]
+    command = [sys.executable, "-c", _CTRL_C_WHILE_EXITING, module, *args]
+    done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([experiment.experiment_id for experiment in client.search_experiments()])
+    assert run.info.status == "FINISHED"
 
 
 # A stop signal that arrives while tqdm builds a progress bar, after it set `disable` and before `pos`: the half-built
