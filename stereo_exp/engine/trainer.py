@@ -25,6 +25,7 @@ import random
 import signal
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,16 @@ class Preempted(Exception):
         return isinstance(self.handover, SystemExit)
 
 
+class _UploadStopped(KeyboardInterrupt):
+    """A second Ctrl-C during the final checkpoint's upload to MLflow. A KeyboardInterrupt, which libraries let
+    through (MLflow wraps any Exception raised inside its calls); ``train`` makes it a ``Preempted`` at ``step``: the
+    checkpoint is written, and the same command resumes the run's end."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient norm."""
 
@@ -123,10 +134,13 @@ def train(cfg: DictConfig) -> TrainResult:
         # (a resumed run is RUNNING again).
         status = "RUNNING" if stop.requeued else "KILLED"
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         status = "KILLED"
+        if isinstance(stop, _UploadStopped):
+            raise Preempted(signal.SIGINT, stop.step, is_main=dist.is_main) from None
         raise
     finally:
+        stop_signal.hold()  # the MLflow run's end is recorded whole (cut, it could leave a SQLite store locked)
         if tracker is not None and status != "RUNNING":
             tracker.end(status)
         stop_signal.restore()
@@ -216,10 +230,11 @@ def _run(
         final_checkpoint = start.checkpoint
 
     # ---- the end: also reached again by a run resumed after its final checkpoint -------------------------------
-    stop_signal.run_ends(state.step, dist.is_main)  # a stop now waits for the end; a second Ctrl-C cuts it
+    stop_signal.run_ends(state.step)  # a stop now waits for the end
     if dist.is_main:
         if cfg.tracking.log_checkpoint:
-            tracker.log_artifact(final_checkpoint, "checkpoints")
+            with stop_signal.upload():  # minutes to a remote server: a second Ctrl-C leaves it to a resume
+                tracker.log_artifact(final_checkpoint, "checkpoints")
         _print_summary(state.validation, final_checkpoint, tracker)
     metrics = {k: v for k, v in state.validation.get("last", {}).items() if k != "step"}
     checkpoint = final_checkpoint if dist.is_main else None
@@ -498,14 +513,16 @@ class _StopSignal:
     """Records stop signals so that the loop can checkpoint between two steps, then hands over to the handlers
     that were installed before (submitit's: SIGUSR2 requeues the job, SIGTERM is logged). After the last step
     (``run_ends``) a stop is too late to checkpoint: the run ends first (the final checkpoint's upload, the summary,
-    the MLflow run FINISHED), and only a second Ctrl-C cuts the end short."""
+    the MLflow run FINISHED); a second Ctrl-C stops only the upload (``upload``), which can take minutes. An MLflow
+    call cut elsewhere could leave a SQLite store locked, and the run's end unrecorded."""
 
     def __init__(self) -> None:
         self.received: set[int] = set()
         self._previous: dict[int, Any] = {}
         self._pid = os.getpid()
         self._ending_at: int | None = None  # the last step, once the run is ending
-        self._is_main = True  # the rank that tells the user (Preempted.is_main)
+        self._held = False  # every stop waits, a second Ctrl-C too
+        self._uploading = False  # the final checkpoint's upload: a second Ctrl-C stops it
 
     def install(self) -> None:
         for signum in STOP_SIGNALS:
@@ -518,9 +535,22 @@ class _StopSignal:
                     self.handle(signum, None)
                 handler.received.clear()
 
-    def run_ends(self, step: int, is_main: bool) -> None:
-        """The last step is done (``step``): from now on a stop waits for the run's end."""
-        self._ending_at, self._is_main = step, is_main
+    def run_ends(self, step: int) -> None:
+        """The last step is done (``step``): from now on every stop waits for the run's end."""
+        self._ending_at, self._held = step, True
+
+    def hold(self) -> None:
+        """From now on every stop waits, a second Ctrl-C too (the MLflow run's end is being recorded)."""
+        self._held = True
+
+    @contextlib.contextmanager
+    def upload(self) -> Iterator[None]:
+        """The final checkpoint's upload (after ``run_ends``): a second Ctrl-C raises ``_UploadStopped``."""
+        self._uploading = True
+        try:
+            yield
+        finally:
+            self._uploading = False
 
     def handle(self, signum: int, _frame: Any) -> None:
         if os.getpid() != self._pid:
@@ -528,19 +558,23 @@ class _StopSignal:
             # terminal, the worker inherited this handler, and the training process alone acts on the signal.
             return
         if signum == signal.SIGINT and signum in self.received:
-            if self._ending_at is not None:  # the final checkpoint is written: the same command resumes the end
-                raise Preempted(signum, self._ending_at, is_main=self._is_main)
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+            if self._uploading:
+                raise _UploadStopped(self._ending_at)
+            if not self._held:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
         if signum == signal.SIGHUP:
             detach_from_terminal()  # the progress bar's next write would end the run before its checkpoint
         if not self.received:
             name = signal.Signals(signum).name
-            if self._ending_at is None:
+            if self._ending_at is not None:
+                uploading = self._uploading and signum == signal.SIGINT
+                upload = " (Ctrl-C again to stop the checkpoint's upload)" if uploading else ""
+                log.warning("Received %s after the last step: the run ends first%s.", name, upload)
+            elif self._held:
+                log.warning("Received %s: the MLflow run's end is recorded first.", name)
+            else:
                 again = " (Ctrl-C again to stop at once, without it)" if signum == signal.SIGINT else ""
                 log.warning("Received %s: checkpointing after this step%s.", name, again)
-            else:
-                again = " (Ctrl-C again to stop it)" if signum == signal.SIGINT else ""
-                log.warning("Received %s after the last step: the run ends first%s.", name, again)
         self.received.add(signum)
 
     def agreed(self, dist: DistEnv) -> list[int]:
