@@ -2,7 +2,8 @@
 
 Any image size works: the model pads to its size multiple and crops back. For each pair it writes the left view's
 disparity in pixels (PFM, or NumPy ``.npy`` by extension) and a colour-mapped PNG with a colour bar beside it.
-LEFT and RIGHT may be glob patterns (quote them): the sorted matches are paired in order.
+LEFT and RIGHT may be glob patterns (quote them): the sorted matches are paired in order. An output file that
+already exists is an error unless ``--overwrite``; an input image is never replaced.
 
 The model comes from ``--weights`` exactly as in ``python -m stereo_exp.evaluate`` (published name, state_dict or
 checkpoint file, MLflow run, or by default the newest checkpoint under outputs/); the rest of its config from
@@ -59,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         "<left name>.<format> and <left name>.png per pair",
     )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace disparity files and PNGs that already exist (never the input images); without it an existing "
+        "output is an error, before anything is computed",
+    )
+    parser.add_argument(
         "--format",
         choices=[s[1:] for s in DISPARITY_SUFFIXES],
         default="pfm",
@@ -80,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--random-weights",
         action="store_true",
-        help="allow an untrained model when there are no weights (its disparities are noise: for testing the pipeline)",
+        help="allow an untrained model when there are no weights (its disparities are noise: for testing the "
+        "pipeline; initialised from conf/evaluate.yaml's seed)",
     )
     parser.add_argument("--tracking-uri", default=None, help="MLflow store of --weights runs:/<id> (default: conf)")
     parser.add_argument("--iters", type=int, default=None, help="recurrent updates (default: the model's eval_iters)")
@@ -167,6 +175,29 @@ def output_paths(lefts: Sequence[Path], output: Path, fmt: str) -> list[Path]:
     if len(set(names)) < len(names):
         raise InputError("Left images share names even with their folder; predict them in separate calls.")
     return [output / f"{name}.{fmt}" for name in names]
+
+
+def check_outputs(pairs: Sequence[tuple[Path, Path]], outputs: Sequence[Path], *, overwrite: bool) -> None:
+    """Refuse, before anything is computed, outputs that would replace an input image (the PNG beside ``-o
+    left.pfm`` is ``left.png``; ``-o .`` beside the images names the PNGs after the left images), and outputs that
+    already exist unless ``overwrite``."""
+    inputs = {path.resolve() for pair in pairs for path in pair}
+    written = [path for out in outputs for path in (out, out.with_suffix(".png"))]
+    for path in written:
+        if path.resolve() in inputs:
+            raise InputError(
+                f"--output would replace the input image {path} with a disparity picture; choose another --output "
+                "(e.g. the default predictions/)."
+            )
+    existing = [path for path in written if path.exists()]
+    if existing and not overwrite:
+        shown = ", ".join(str(path) for path in existing[:3]) + (
+            f" and {len(existing) - 3} more" if existing[3:] else ""
+        )
+        raise InputError(
+            f"{shown} already exist{'s' if len(existing) == 1 else ''} ({len(existing)} of the {len(written)} files "
+            "this command writes). Pass --overwrite to replace them, or choose another --output."
+        )
 
 
 def write_pfm(path: Path, disparity: np.ndarray) -> None:
@@ -289,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for path in (left, right):
                 if not path.is_file():
                     raise InputError(f"Image {path} does not exist.")
+        check_outputs(pairs, outputs, overwrite=args.overwrite)
+
+        import torch
 
         from stereo_exp.distributed import DistEnv
         from stereo_exp.evaluation.model_source import load_model
@@ -296,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         cfg = _compose_config(args)
         _check_weights_exist(args, cfg.model.weights)
+        torch.manual_seed(cfg.seed)  # only matters for --random-weights: the same noise every time
         try:
             loaded = load_model(args.weights, cfg.model, checkpoints=args.checkpoints, tracking_uri=cfg.tracking.uri)
         except (ValueError, KeyError, RuntimeError) as error:  # the weights' messages say what to pass instead

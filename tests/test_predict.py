@@ -128,6 +128,32 @@ def test_without_weights_or_a_checkpoint_it_refuses_unless_random_weights_are_as
     assert not out.parent.exists()  # nothing written
     assert main([*args, "--random-weights"]) == 0
     assert out.is_file() and out.with_suffix(".png").is_file()
+    first = out.read_bytes()
+    assert main([*args, "--random-weights", "--overwrite"]) == 0
+    assert out.read_bytes() == first  # seeded (conf/evaluate.yaml's seed): the same noise every time
+
+
+def test_outputs_never_replace_the_input_images_and_existing_ones_only_with_overwrite(tmp_path, weights, capsys):
+    left, right = write_pair(tmp_path / "pair")
+    images = {path: path.read_bytes() for path in (left, right)}
+    base = [str(left), str(right), "--weights", str(weights), "--iters", "1"]
+    # The PNG beside `-o left.pfm` is left.png; `-o` the images' own folder names the PNG after the left image.
+    for output in (left.with_suffix(".pfm"), right.with_suffix(".npy"), left.parent):
+        for overwrite in ([], ["--overwrite"]):
+            assert main([*base, "-o", str(output), *overwrite]) == 2
+            assert "would replace the input image" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in left.parent.iterdir()} == images  # nothing written, nothing changed
+
+    out = tmp_path / "out" / "d.pfm"
+    assert main([*base, "-o", str(out)]) == 0
+    written = {path: path.read_bytes() for path in (out, out.with_suffix(".png"))}
+    out.write_bytes(b"an earlier prediction")
+    assert main([*base, "-o", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert f"{out}, {out.with_suffix('.png')} already exist (2 of the 2 files" in error and "--overwrite" in error
+    assert out.read_bytes() == b"an earlier prediction"
+    assert main([*base, "-o", str(out), "--overwrite"]) == 0
+    assert {path: path.read_bytes() for path in written} == written
 
 
 def test_a_checkpoint_file_given_as_the_folder_to_search_says_to_pass_it_as_weights(tmp_path, weights, capsys):

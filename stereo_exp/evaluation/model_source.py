@@ -185,8 +185,8 @@ def _from_model_config(
     assert isinstance(cfg, dict)
     if config.weights is None:
         log.warning(
-            "No weights: %s is randomly initialised (no checkpoint under %s). Its metrics only show that the "
-            "pipeline runs; pass weights=NAME|FILE|runs:/RUN_ID for a real evaluation.",
+            "No weights: %s is randomly initialised (no checkpoint under %s). What it computes only shows that "
+            "the pipeline runs; give it weights (a published name, a .pth file or runs:/RUN_ID) for real results.",
             config.name,
             search,
         )
