@@ -177,6 +177,44 @@ def save_hydra_records(cfg: Any, *, replace: bool) -> None:
         (records / name).write_text(OmegaConf.to_yaml(content))
 
 
+def refuse_another_commands_folder() -> None:
+    """Raise ``RunDirectoryError`` when this job's Hydra run folder holds the records of another command: evaluate or
+    eda given a training run's folder (``hydra.run.dir=``) replaced that run's ``.hydra/`` records with their own, and
+    a training given an evaluation's folder kept the evaluation's records as its own. Called before the command
+    writes anything. A command is known by its primary config (``config``: training, also from an app that wraps it;
+    ``evaluate``; ``eda``): a folder of the same one (a rerun, a resume) is its own."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf.errors import OmegaConfBaseException
+
+    from stereo_exp.engine.resume import RunDirectoryError
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    folder = Path(hydra_cfg.runtime.output_dir)
+    records = folder / HYDRA_RECORDS / "hydra.yaml"
+    try:
+        other = OmegaConf.load(records).hydra.job.config_name
+    except (OSError, OmegaConfBaseException, AttributeError):  # no records (a new folder), or not Hydra's
+        return
+    this = hydra_cfg.job.config_name
+    if other == this:
+        return
+    if folder.is_relative_to(Path.cwd()):
+        folder = folder.relative_to(Path.cwd())
+    raise RunDirectoryError(
+        f"hydra.run.dir={folder} holds a run of {_command_of(other)} ({folder / HYDRA_RECORDS / records.name}); "
+        f"{_command_of(this)} would mix its records and results into it. Choose a folder of its own, e.g. "
+        f"hydra.run.dir={folder / ('train' if this == 'config' else this)}."
+    )
+
+
+def _command_of(config_name: str) -> str:
+    """The command of a primary config: ``python -m stereo_exp`` for ``config``, else ``python -m stereo_exp.<name>``
+    (conf/evaluate.yaml, conf/eda.yaml)."""
+    return "python -m stereo_exp" if config_name == "config" else f"python -m stereo_exp.{config_name}"
+
+
 def output_is_hydra_run_dir(cfg: DictConfig) -> bool:
     """Whether ``paths.output`` is left at its default, Hydra's run directory (``hydra.run.dir`` then names the run's
     folder), rather than set by hand. True for an app without ``paths.output``: Hydra's folder is all it has."""

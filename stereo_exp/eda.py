@@ -35,6 +35,7 @@ from stereo_exp.cli import (
     exit_interrupted,
     ignore_stops_while_exiting,
     interruptible_run,
+    refuse_another_commands_folder,
     refuse_unknown_keys,
     save_hydra_records,
     uninterrupted,
@@ -60,6 +61,7 @@ def run_eda(cfg: DictConfig) -> dict[str, Any]:
     config: EdaAppConfig = typed(cfg)  # typed once: every schema's checks
     with refusing():  # before the MLflow store or run exists
         check_mix_datasets(config.mix, data_root=config.paths.data, options=config.datasets)
+    refuse_another_commands_folder()  # hydra.run.dir= of a training run: its records stay its own
     tracker = MlflowTracker(config.tracking)
     with interruptible_run(tracker):  # SIGTERM (scancel, timeout) or a hang-up: KILLED, as after Ctrl-C
         return _run(config, tracker)

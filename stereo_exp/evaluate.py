@@ -24,6 +24,7 @@ from stereo_exp.cli import (
     exit_interrupted,
     ignore_stops_while_exiting,
     interruptible_run,
+    refuse_another_commands_folder,
     refuse_unknown_keys,
     save_hydra_records,
     uninterrupted,
@@ -98,6 +99,7 @@ def _run(cfg: EvaluateConfig, eval_cfg: EvalConfig, dist: DistEnv, tracker: Mlfl
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)  # only matters for a model without weights
     check_evaluation(cfg)  # a missing dataset stops the run before weights are downloaded or loaded
+    refuse_another_commands_folder()  # hydra.run.dir= of a training run: its records stay its own
     with refusing():  # weights of another model, a file as checkpoints: one line saying what to pass instead
         loaded = load_model(cfg.weights, cfg.model, checkpoints=cfg.checkpoints, tracking_uri=cfg.tracking.uri)
     log.info("Model: %s", loaded.source)

@@ -175,6 +175,30 @@ def test_a_refused_command_in_a_run_folder_changes_no_byte_of_it_and_a_resume_ke
     assert resumed.returncode == 0, resumed.stderr
     assert (run / ".hydra" / "overrides.yaml").read_text() == started_by  # the records of the command that started it
 
+    # Another command in the run's folder: evaluate and eda replaced its .hydra/ records with their own, and a
+    # training in an evaluation's folder kept the evaluation's as its own. Refused, changing no byte; the advice works.
+    before = file_checksums(run, with_logs=True)
+    grid = ["eval.size=[32,48]", "eval.n_cascades=[1]", "eval.n_iterations=[1]", "dataset=synthetic-val", *SYNTHETIC]
+    evaluate = [sys.executable, "-m", "stereo_exp.evaluate", "model=raft_stereo_tiny", *grid, "tracking=none"]
+    eda = [sys.executable, "-m", "stereo_exp.eda", "eda.num_crops=1", "loader.num_workers=0", "tracking=none"]
+    for other, name in ((evaluate, "evaluate"), (eda, "eda")):
+        refused = launch_in(tmp_path, [*other, f"hydra.run.dir={run}"])
+        message = "error: hydra.run.dir=run holds a run of python -m stereo_exp (run/.hydra/hydra.yaml); "  # cwd's
+        assert refused.returncode == 1 and refused.stderr.startswith(message), refused.stderr
+        assert refused.stderr.rstrip().endswith(f"e.g. hydra.run.dir=run/{name}."), refused.stderr
+    assert file_checksums(run, with_logs=True) == before
+    evaluated = launch_in(tmp_path, [*evaluate, f"hydra.run.dir={run / 'evaluate'}"])  # the advice
+    assert evaluated.returncode == 0 and (run / "evaluate" / "eval.json").is_file(), evaluated.stderr[-2000:]
+    before = file_checksums(run, with_logs=True)
+    refused = launch_in(tmp_path, [*command[:-1], f"hydra.run.dir={run / 'evaluate'}"])
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.startswith("error: hydra.run.dir=run/evaluate holds a run of python -m stereo_exp.evaluate")
+    assert file_checksums(run, with_logs=True) == before
+
+
+def launch_in(folder: Path, command: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=folder, env=subprocess_env(), capture_output=True, text=True, timeout=180)
+
 
 @pytest.mark.parametrize(
     ("overrides", "message"),

@@ -37,7 +37,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from stereo_exp import evaluation, models
-from stereo_exp.cli import HeldStops, detach_from_terminal, output_is_hydra_run_dir, save_hydra_records
+from stereo_exp.cli import (
+    HeldStops,
+    detach_from_terminal,
+    output_is_hydra_run_dir,
+    refuse_another_commands_folder,
+    save_hydra_records,
+)
 from stereo_exp.config import Config, to_plain, typed
 from stereo_exp.data.loader import Shard, build_train_loader
 from stereo_exp.distributed import DistEnv
@@ -111,6 +117,7 @@ def train(cfg: DictConfig) -> TrainResult:
     config: Config = typed(cfg)  # every schema's own checks run here
     hydra_output = output_is_hydra_run_dir(cfg)  # else paths.output was set by hand
     check_run(config)  # the datasets, the weights, cross-group checks: before anything is created or downloaded
+    refuse_another_commands_folder()  # hydra.run.dir= of an evaluation, say
     dist = DistEnv.from_environment(config.train.device)
     dist.init_process_group()
     tracker: MlflowTracker | None = None
