@@ -349,13 +349,13 @@ class Interrupted(KeyboardInterrupt):
 @contextlib.contextmanager
 def stop_signals_interrupt() -> Iterator[None]:
     """Within: Ctrl-C, SIGTERM and SIGHUP raise ``Interrupted`` where the process is (main thread only), except in an
-    ``uninterrupted()`` region, which raises it when it ends."""
+    ``uninterrupted()`` region, which raises the first one when it ends."""
 
     def interrupt(signum: int, _frame: Any) -> None:
         if signum == signal.SIGHUP:
             detach_from_terminal()  # the next line printed to the gone terminal would fail
-        if _uninterrupted.depth and _uninterrupted.pending is None:  # a second stop is not held
-            _uninterrupted.pending = signum
+        if _uninterrupted.depth:  # a second stop waits too: raised inside MLflow's call, it would cut it
+            _uninterrupted.pending = _uninterrupted.pending or signum
             return
         raise Interrupted(signum)
 
@@ -381,8 +381,10 @@ _uninterrupted = _Uninterrupted()
 @contextlib.contextmanager
 def uninterrupted() -> Iterator[None]:
     """A region a stop must not cut in two, such as an MLflow call (a run created but not yet known to the tracker,
-    which then cannot end it KILLED; a SQLite commit half done): under ``stop_signals_interrupt`` a stop received
-    inside is raised when the region ends (a second one at once)."""
+    which then cannot end it KILLED; a SQLite store being created or written, which a cut left half made or locked):
+    under ``stop_signals_interrupt`` the first stop received inside is raised when the region ends, and every other
+    one waits with it (a double Ctrl-C is common). MLflow's calls are bounded (``TrackingConfig.http_*``, SQLite's
+    lock timeout), so the wait is too."""
     _uninterrupted.depth += 1
     completed = False
     try:
@@ -420,14 +422,16 @@ def exit_interrupted(stop: KeyboardInterrupt, what: str) -> NoReturn:
     """End a command that Ctrl-C, SIGTERM or a hang-up stopped (``stop``): one line naming ``what`` stopped and how,
     no traceback, exit code 128 + the signal."""
     signum = getattr(stop, "signum", signal.SIGINT)
+    ignore_stops_while_exiting()  # the command is ending: another Ctrl-C would only end it by the signal instead
     quiet_half_built_objects()
     print(f"\n{what} interrupted ({stop_name(signum)}).", file=sys.stderr)
     sys.exit(128 + signum)
 
 
 def ignore_stops_while_exiting() -> None:
-    """After a command's work is done and recorded (its MLflow run ended): Ctrl-C, SIGTERM or a hang-up during the
-    interpreter's exit (a second of the libraries' exit handlers) would only print a traceback from one of them."""
+    """After a command's work is done and recorded (its MLflow run ended), or once it reports its stop: Ctrl-C,
+    SIGTERM or a hang-up during the interpreter's exit (a second of the libraries' exit handlers) would only print a
+    traceback from one of them, or end the process by the signal instead of its exit code."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
 
