@@ -356,9 +356,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt as stop:
-        from stereo_exp.cli import exit_interrupted
+    from stereo_exp.cli import exit_interrupted, ignore_stops_while_exiting
 
+    try:
+        status = main()
+    except KeyboardInterrupt as stop:
         exit_interrupted(stop, "Prediction")
+    ignore_stops_while_exiting()  # the files are written: a stop now would only print an exit handler's traceback
+    sys.exit(status)

@@ -11,8 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from stereo_exp.cli import Interrupted, stop_signals_interrupt, uninterrupted
 from tests.conftest import (
@@ -424,7 +426,7 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 """
 
 
-@pytest.mark.parametrize("module", ["stereo_exp", "stereo_exp.evaluate", "stereo_exp.eda"])
+@pytest.mark.parametrize("module", ["stereo_exp", "stereo_exp.evaluate", "stereo_exp.eda", "stereo_exp.predict"])
 def test_a_ctrl_c_once_the_work_is_done_and_recorded_leaves_no_traceback(tmp_path, module):
     # One Ctrl-C of thirty at the end of `python -m stereo_exp.eda` printed "Exception ignored in atexit callback"
     # and a KeyboardInterrupt traceback from torch's exit handler, after the finished run's last line.
@@ -434,11 +436,20 @@ def test_a_ctrl_c_once_the_work_is_done_and_recorded_leaves_no_traceback(tmp_pat
         weights = write_checkpoint(tmp_path / "m.pth")
         grid = ["eval.size=[32,48]", "eval.n_cascades=[1]", "eval.n_iterations=[2]"]
         args = ["model=raft_stereo_tiny", f"weights={weights}", "dataset=synthetic-val", *SYNTHETIC, *grid]
-    else:
+    elif module == "stereo_exp.eda":
         args = ["eda.num_crops=3", "loader.num_workers=0"]
+    else:
+        weights = write_checkpoint(tmp_path / "m.pth")
+        image = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+        for name in ("left.png", "right.png"):
+            Image.fromarray(image).save(tmp_path / name)
+        args = ["left.png", "right.png", "-o", "d.pfm", "--weights", str(weights), "--iters", "1"]
     command = [sys.executable, "-c", _CTRL_C_WHILE_EXITING, module, *args]
     done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    if module == "stereo_exp.predict":  # no MLflow run
+        assert (tmp_path / "d.pfm").is_file()
+        return
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     (run,) = client.search_runs([experiment.experiment_id for experiment in client.search_experiments()])
     assert run.info.status == "FINISHED"
