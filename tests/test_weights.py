@@ -168,8 +168,25 @@ def test_a_truncated_file_names_the_path(tmp_path):
 def test_a_file_holding_other_objects_is_refused_without_running_them(tmp_path):
     path = tmp_path / "pickled.pth"
     torch.save({"model": crestereo_tiny().state_dict(), "extra": NotATensor()}, path)
-    with pytest.raises(ValueError, match="holds other objects"):
+    with pytest.raises(ValueError, match="holds objects other than tensors and plain Python types, which are never"):
         load_weights(crestereo_tiny(), path)
+
+
+@pytest.mark.parametrize(
+    ("content", "cause"),
+    [
+        (b"\x89PNG\r\n\x1a\n and the rest", r"it is not a file written by torch\.save \(it begins b'\\x89PNG"),
+        (b"", "the file is empty"),
+    ],
+    ids=["image", "empty"],
+)
+def test_a_file_that_is_not_weights_is_named_with_its_cause_in_one_line(tmp_path, content, cause):
+    # torch's own message ran to nine lines, advising weights_only=False (which would let the file run code).
+    path = tmp_path / "left.png"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"^Could not read weights file {re.escape(str(path))}: {cause}") as refused:
+        load_weights(crestereo_tiny(), path)
+    assert "\n" not in str(refused.value) and "weights_only" not in str(refused.value)
 
 
 def test_weights_with_nan_name_the_tensor(tmp_path):

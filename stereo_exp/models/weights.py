@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -340,12 +341,29 @@ def read_weights_only(path: str | os.PathLike[str], *, what: str, hint: str = ""
     if not path.is_file():
         raise FileNotFoundError(f"{what[0].upper()}{what[1:]} {path} does not exist{hint}.")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises RuntimeError / UnpicklingError / EOFError depending on the damage
-        raise UnreadableFileError(
-            f"Could not read {what} {path} ({type(error).__name__}: {error}). Expected a file written by torch.save "
-            "holding only tensors and plain Python types; it is truncated, corrupt or holds other objects."
-        ) from error
+        with warnings.catch_warnings():  # a plain pickle's protocol: the refusal below says what matters
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises RuntimeError / UnpicklingError / KeyError / EOFError
+        raise UnreadableFileError(f"Could not read {what} {path}: {_unreadable_cause(path, error)}.") from error
+
+
+def _unreadable_cause(path: Path, error: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in a phrase: torch's messages run to paragraphs (and advise
+    ``weights_only=False``, which would let the file run code), or say nothing (``KeyError: '101'``)."""
+    with open(path, "rb") as file:
+        head = file.read(8)
+    if not head:
+        return "the file is empty"
+    text = str(error)
+    archive = head.startswith(b"PK\x03\x04")  # torch.save's format, a zip archive (a pickle inside)
+    if "WeightsUnpickler error:" in text and (archive or head.startswith(b"\x80")):  # \x80: a pickle's first byte
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+        detail = detail.split(" was not an allowed")[0]
+        return f"it holds objects other than tensors and plain Python types, which are never loaded ({detail})"
+    if archive:
+        return f"the torch.save archive is truncated or damaged ({text.split('. ')[0]})"
+    return f"it is not a file written by torch.save (it begins {head!r})"
 
 
 def checkpoint_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
