@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from torch import Tensor
+
+if TYPE_CHECKING:  # imported where the histogram is drawn (matplotlib takes ~0.8 s to import)
+    from matplotlib.figure import Figure
 
 
 class DisparityStats:
@@ -160,6 +162,8 @@ def histogram_figure(
     report: dict[str, dict[str, Any]], *, title: str, log_scale: bool, max_disparity: float | None
 ) -> Figure:
     """One histogram per dataset (share of valid pixels per bin), stacked vertically."""
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(8, 2.2 * len(report) + 0.6), layout="constrained")
     axes = figure.subplots(len(report), 1, squeeze=False)[:, 0]
     for ax, (name, entry) in zip(axes, report.items(), strict=True):

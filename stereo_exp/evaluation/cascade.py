@@ -14,10 +14,9 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from tqdm import tqdm
@@ -27,6 +26,9 @@ from stereo_exp.distributed import DistEnv
 from stereo_exp.evaluation.metrics import MetricSums, reduce_metrics
 from stereo_exp.evaluation.visualize import figure_to_png, picture_grid_figure
 from stereo_exp.models.registry import unwrap_ddp
+
+if TYPE_CHECKING:  # drawn by evaluation.visualize, which imports matplotlib when it draws
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,14 @@ or from the prediction when there is none), so equal colours mean equal disparit
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
-import matplotlib
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from torch import Tensor
+
+if TYPE_CHECKING:  # matplotlib (~0.8 s to import) is imported where a picture is drawn: runs without pictures skip it
+    from matplotlib.figure import Figure
 
 DEFAULT_COLORMAP = "turbo"  # disparity: perceptually ordered, far = dark blue, near = dark red
 DEFAULT_ERROR_COLORMAP = "inferno"  # error: black (0 px) to bright yellow (>= max_error)
@@ -71,6 +72,8 @@ def colorize_disparity(
     arr = _as_hw(disparity, "disparity")
     mask = _as_mask(valid, arr.shape) & np.isfinite(arr)
     scaled = np.clip((arr - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
+    import matplotlib
+
     rgb = matplotlib.colormaps[colormap](np.nan_to_num(scaled))[..., :3]
     rgb[~mask] = 0.0
     return (rgb * 255.0 + 0.5).astype(np.uint8)
@@ -101,6 +104,8 @@ def image_to_uint8(image: Tensor) -> np.ndarray:
 
 def figure_to_png(fig: Figure) -> bytes:
     """Render a figure on the Agg canvas and return the PNG file's bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     canvas = FigureCanvasAgg(fig)
     buffer = io.BytesIO()
     canvas.print_png(buffer)
@@ -139,6 +144,8 @@ def picture_grid_figure(
 
     h, w = g.shape
     panel_w = _PANEL_INCHES * w / h
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(5 * panel_w + 1.0, _PANEL_INCHES + (0.6 if title else 0.35)), dpi=_DPI)
     axes = fig.subplots(1, 5)
     panels = [
@@ -178,6 +185,8 @@ def disparity_figure(
     vmax = high if vmax is None else vmax
     h, w = arr.shape
     bar_inches = 1.0  # room for the colour bar and its labels
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(w / _DPI + bar_inches, h / _DPI + 0.2), dpi=_DPI)
     ax = fig.add_axes((0.0, 0.0, (w / _DPI) / (w / _DPI + bar_inches), 1.0))
     image = ax.imshow(np.nan_to_num(arr, nan=vmin), cmap=colormap, vmin=vmin, vmax=vmax, interpolation="nearest")
