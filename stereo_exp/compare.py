@@ -12,7 +12,9 @@ it, every training run of the experiment is compared (sweep parent runs and the 
 commands are left out). The metric defaults to the held-out validation metric the runs were trained with
 (``val/<first eval dataset>/mae``). A lookup never creates a store: a URI without one is an error.
 
-Written into ``-o`` (default ``compare``):
+Written into ``-o``; by default a folder of this comparison's own, so that comparing another sweep replaces nothing:
+``<sweep folder>/compare`` for a sweep folder, ``compare/<sweep id>`` for a sweep id, ``compare/<experiment>`` for
+every run of an experiment:
 
     <metric>.png   the metric against step, one line per run, labelled by the overrides that differ between runs
     <metric>.md    table: run, overrides, status, last step, final value, best value (and its step)
@@ -28,6 +30,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -56,37 +59,53 @@ def newest_sweep(folder: Path) -> Path:
     return newest
 
 
-def resolve_target(uri: str | None, experiment: str | None, sweep: str | None) -> tuple[str, str, str | None]:
-    """(tracking URI, experiment, sweep id) to compare: what a sweep directory records, unless given explicitly;
-    otherwise ``$MLFLOW_TRACKING_URI`` or the tracking config's defaults.
+@dataclass(frozen=True)
+class Target:
+    """What to compare: the runs of ``experiment`` in the store at ``uri``, those of one sweep when ``sweep_id``."""
+
+    uri: str
+    experiment: str
+    sweep_id: str | None = None
+    sweep_dir: Path | None = None  # the sweep's folder, when --sweep named one
+
+    def default_output(self) -> Path:
+        """This comparison's own folder: beside the sweep's jobs, else under compare/ by sweep id or experiment."""
+        if self.sweep_dir is not None:
+            return self.sweep_dir / "compare"
+        return Path("compare") / (self.sweep_id or re.sub(r"[^A-Za-z0-9._-]+", "_", self.experiment))
+
+
+def resolve_target(uri: str | None, experiment: str | None, sweep: str | None) -> Target:
+    """The runs to compare: what a sweep directory records, unless given explicitly; otherwise
+    ``$MLFLOW_TRACKING_URI`` or the tracking config's defaults.
 
     Raises:
         ValueError: the sweep directory logged to several stores or experiments and the arguments do not choose;
             ``sweep`` is neither a directory nor a sweep id.
     """
-    sweep_id = sweep
+    sweep_id, sweep_dir = sweep, None
     if sweep and not Path(sweep).is_dir() and not re.fullmatch(r"[0-9a-f]{12}", sweep):
         raise ValueError(
             f"--sweep {sweep}: no such directory, and not a sweep id (12 hex digits); run compare where "
             "the sweep's folder is (multirun/ under the folder you started it from)"
         )
     if sweep and Path(sweep).is_dir():
-        sweep = newest_sweep(Path(sweep))
-        sweep_id = sweep_id_of(sweep)
-        records = [r for p in record_files(sweep) if (r := read_record(p)) is not None]
+        sweep_dir = newest_sweep(Path(sweep))
+        sweep_id = sweep_id_of(sweep_dir)
+        records = [r for p in record_files(sweep_dir) if (r := read_record(p)) is not None]
         records = [r for r in records if uri in (None, r.tracking_uri) and experiment in (None, r.experiment)]
         if len(records) > 1:
             where = "; ".join(f"--uri {r.tracking_uri} --experiment {r.experiment}" for r in records)
-            raise ValueError(f"sweep {sweep} logged to several places; choose one: {where}")
+            raise ValueError(f"sweep {sweep_dir} logged to several places; choose one: {where}")
         if records:
-            return records[0].tracking_uri, records[0].experiment, records[0].sweep_id
-        if _tracking_backend(sweep) == "none":
+            return Target(records[0].tracking_uri, records[0].experiment, records[0].sweep_id, sweep_dir)
+        if _tracking_backend(sweep_dir) == "none":
             raise ValueError(
-                f"sweep {sweep} ran with tracking=none: no MLflow run to compare (its summary, with each job's final "
-                f"mae: {sweep / SUMMARY_FILE})"
+                f"sweep {sweep_dir} ran with tracking=none: no MLflow run to compare (its summary, with each job's "
+                f"final mae: {sweep_dir / SUMMARY_FILE})"
             )
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-    return uri, experiment or DEFAULT_EXPERIMENT, sweep_id
+    return Target(uri, experiment or DEFAULT_EXPERIMENT, sweep_id, sweep_dir)
 
 
 def _tracking_backend(sweep: Path) -> str | None:
@@ -119,15 +138,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="min",
         help="best = min (errors: mae, rmse, relepe) or max (shares: 1px, 3px, 5px)",
     )
-    parser.add_argument("-o", "--output", default="compare", help="folder for the plot and tables (default: compare)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        help="folder for the plot and tables (default: <sweep folder>/compare, else compare/<sweep id or experiment>)",
+    )
     args = parser.parse_args(argv)
 
     try:
-        uri, experiment, sweep = resolve_target(args.uri, args.experiment, args.sweep)
+        target = resolve_target(args.uri, args.experiment, args.sweep)
+        uri, experiment, sweep = target.uri, target.experiment, target.sweep_id
         client = open_client(uri, create=False)
-        result = compare(
-            client, experiment=experiment, sweep=sweep, metric=args.metric, mode=args.mode, output=Path(args.output)
-        )
+        output = Path(args.output) if args.output else target.default_output()
+        result = compare(client, experiment=experiment, sweep=sweep, metric=args.metric, mode=args.mode, output=output)
     except StoreNotFound as error:
         print(
             f"error: {error}; run compare where the runs were logged, or pass --uri or --sweep SWEEP_DIR",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 
 import pytest
 from mlflow.entities import Metric
@@ -100,6 +101,23 @@ def test_a_folder_of_sweeps_means_its_newest_sweep(store, tmp_path, monkeypatch,
     assert compare_main(["--sweep", "multirun", "-o", str(tmp_path)]) == 0
     assert f"newest sweep in multirun: {sweep_dir.relative_to(sweep_dir.parents[2])}" in capsys.readouterr().err
     assert (tmp_path / "val_kitti2015-train_mae.md").read_text().count("| FINISHED |") == 3
+
+
+def test_by_default_each_comparison_writes_to_a_folder_of_its_own(store, tmp_path, monkeypatch):
+    # The default was ./compare for every comparison: comparing a second sweep replaced the first one's plot and tables.
+    uri, sweep_dir = store
+    monkeypatch.chdir(tmp_path)
+    name = "val_kitti2015-train_mae.md"
+    try:
+        assert compare_main(["--sweep", str(sweep_dir)]) == 0
+        first = (sweep_dir / "compare" / name).read_text()  # beside the sweep's jobs
+        assert compare_main(["--uri", uri, "--experiment", "schedules", "--sweep", "0123456789ab"]) == 0
+        assert compare_main(["--uri", uri, "--experiment", "schedules", "--metric", MAE]) == 0  # every training run
+        assert (tmp_path / "compare" / "0123456789ab" / name).read_text().count("| other sweep |") == 1
+        assert (tmp_path / "compare" / "schedules" / name).read_text().count("| FINISHED |") == 4
+        assert (sweep_dir / "compare" / name).read_text() == first
+    finally:
+        shutil.rmtree(sweep_dir / "compare", ignore_errors=True)  # the store is shared: leave its folder as it was
 
 
 def test_max_mode_ranks_shares_where_higher_is_better(store, tmp_path):
