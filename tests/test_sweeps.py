@@ -300,7 +300,7 @@ def test_ctrl_c_in_a_local_sweep_checkpoints_every_job_and_the_command_it_prints
     # to kill its job 1 s later, before the checkpoint; the submitter ended in a traceback; the jobs' advice, "run the
     # same command again", would have started a new sweep in a new time-named folder.
     command = sweep_command(
-        "hydra/launcher=local", "mix.dataset_steps=[80]", "train.val_every=80", "schedule.lr=1e-4,2e-4"
+        "hydra/launcher=local", "mix.dataset_steps=[40]", "train.val_every=40", "schedule.lr=1e-4,2e-4"
     )
     output = ctrl_c_once_checkpointed(command, tmp_path, jobs=[0, 1])
     (sweep,) = tmp_path.glob("multirun/*/*")
@@ -317,7 +317,7 @@ def test_ctrl_c_in_a_local_sweep_checkpoints_every_job_and_the_command_it_prints
     assert summary_lines(resumed.stdout)[0].endswith("2 of 2 jobs completed")
     for num, step in enumerate(steps):
         assert f"Resumed from step {step}\n" in (sweep / str(num) / "__main__.log").read_text()
-    assert_each_job_one_finished_run_with_every_step_once(tmp_path, ["lr=0.0001", "lr=0.0002"], steps=80)
+    assert_each_job_one_finished_run_with_every_step_once(tmp_path, ["lr=0.0001", "lr=0.0002"], steps=40)
 
 
 @pytest.mark.slow
