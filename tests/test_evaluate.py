@@ -420,8 +420,8 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 
 
 def test_a_double_ctrl_c_as_the_mlflow_run_starts_waits_for_it_then_ends_it_killed(tmp_path):
-    # The second Ctrl-C was raised at once, inside MLflow's calls: the store was left without its tables (4 of 16
-    # double Ctrl-Cs to `python -m stereo_exp.eda` at random moments), or a run was created that nothing ended.
+    # The second Ctrl-C was raised at once, inside MLflow's calls: of 16 double Ctrl-Cs to `python -m stereo_exp.eda`
+    # as it started, 3 left the store without its tables and 6 without the run it was creating.
     command = [sys.executable, "-c", CTRL_C_TWICE_AT_START, "stereo_exp.eda", "eda.num_crops=3", "loader.num_workers=0"]
     done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     output = done.stdout + done.stderr
